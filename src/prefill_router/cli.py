@@ -1,0 +1,238 @@
+"""The ``prefill-router`` command line: thin typer commands, one group per pipeline stage.
+
+Errors of ours become one line on stderr and the exit code of their class
+(:mod:`prefill_router.errors`); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prefill_router import __version__
+from prefill_router.errors import PrefillRouterError
+
+app = typer.Typer(
+    name="prefill-router",
+    help="Route each LLM request to the cheapest model that will answer it correctly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Import, inspect and price routing datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# Piped output keeps full model names: rich would otherwise assume 80 columns.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 140
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
+_state = {"debug": False}
+
+DatasetArg = Annotated[str, typer.Argument(help="A routing dataset (.parquet), or the word 'bundled'.")]
+
+
+class ImportKind(StrEnum):
+    """The source formats ``data import`` understands."""
+
+    llmrouter = "llmrouter"
+    mmlu_pro = "mmlu-pro"
+    routellm = "routellm"
+    routerbench = "routerbench"
+    long_csv = "long-csv"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"prefill-router {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+# --------------------------------------------------------------------------- data
+@data_app.command("import")
+def data_import(
+    kind: Annotated[ImportKind, typer.Argument(help="The source format.")],
+    src: Annotated[Path, typer.Argument(help="The source file or folder.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output Parquet file.")],
+    prices: Annotated[
+        Path | None, typer.Option(help="YAML/JSON price table (target -> input/output USD per M tokens).")
+    ] = None,
+    split_seed: Annotated[int, typer.Option(help="Seed of the split assigned to sources without one.")] = 0,
+    keep_contaminated: Annotated[
+        bool, typer.Option(help="routellm: keep rows upstream lists as contaminated.")
+    ] = False,
+) -> None:
+    """Convert a public routing dataset into prefill-router's Parquet format."""
+    from prefill_router.data.importers import import_dataset, reprice
+    from prefill_router.data.prices import builtin_prices, load_price_file
+
+    options: dict[str, Any] = {"split_seed": split_seed}
+    if kind is ImportKind.routellm:
+        options["keep_contaminated"] = keep_contaminated
+    if kind is ImportKind.mmlu_pro:
+        options["progress"] = True
+    started = time.perf_counter()
+    result = import_dataset(kind.value, src, prices=builtin_prices(), **options)
+    dataset = result.dataset
+    if prices is not None:
+        dataset = reprice(dataset, load_price_file(prices))
+    dataset.save(out)
+    console.print(
+        f"[bold green]wrote[/] {out}: {dataset.n_prompts} prompts x {len(dataset.targets)} targets "
+        f"({_split_text(dataset.splits.tolist())}) in {time.perf_counter() - started:.1f} s"
+    )
+    for note in result.notes:
+        console.print(f"  - {note}")
+
+
+@data_app.command("info")
+def data_info(
+    data: DatasetArg,
+    split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Also save a cost-accuracy figure (PNG).")] = None,
+) -> None:
+    """Per-target accuracy and cost, oracle, best single, headroom and agreement zones."""
+    from prefill_router.data.dataset import RoutingDataset
+    from prefill_router.data.summary import summarise
+
+    dataset = RoutingDataset.load(data)
+    if split is not None:
+        dataset = dataset.select(split=split)
+    summary = summarise(dataset)
+    if plot is not None:
+        from prefill_router.data.plots import plot_summary
+
+        plot_summary(summary, plot, title=f"{data}{f' ({split})' if split else ''}")
+    if as_json:
+        print(json.dumps(summary.to_json(), indent=2))
+        return
+    _print_summary(summary, title=f"{data}" + (f" — split {split}" if split else ""))
+    if plot is not None:
+        console.print(f"figure: {plot}")
+
+
+@data_app.command("prices")
+def data_prices(
+    prices: Annotated[Path | None, typer.Option(help="A price file layered over the built-in table.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show the price table (built-in, or with your file over it) and where each price came from."""
+    from prefill_router.data.prices import price_table
+
+    table = price_table(prices)
+    rows: list[dict[str, Any]] = [
+        {
+            "name": e.name,
+            "input_usd_per_mtok": e.input_usd_per_mtok,
+            "output_usd_per_mtok": e.output_usd_per_mtok,
+            "source": e.source,
+            "derived": e.derived,
+        }
+        for e in table.entries
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    out = Table("target", "$/M in", "$/M out", "source", title=f"{len(rows)} prices")
+    for row in rows:
+        source = row["source"] + (" [yellow](derived)[/]" if row["derived"] else "")
+        out.add_row(
+            row["name"], f"{row['input_usd_per_mtok']:.3g}", f"{row['output_usd_per_mtok']:.3g}", source
+        )
+    console.print(out)
+
+
+# ------------------------------------------------------------------------ printing
+def _split_text(splits: list[str | None]) -> str:
+    counts: dict[str, int] = {}
+    for s in splits:
+        counts[s or "(none)"] = counts.get(s or "(none)", 0) + 1
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value * 1000:.4f}"
+
+
+def _print_summary(summary: Any, title: str) -> None:
+    table = Table("target", "accuracy", "labelled", "$/M in", "$/M out", "$ per 1k prompts", title=title)
+    best = summary.best_single["name"]
+    for t in sorted(summary.targets, key=lambda t: -t.accuracy):
+        price_in = (
+            "-"
+            if t.input_usd_per_mtok is None
+            else f"{t.input_usd_per_mtok:.3g}" + ("*" if t.price_derived else "")
+        )
+        price_out = "-" if t.output_usd_per_mtok is None else f"{t.output_usd_per_mtok:.3g}"
+        name = f"[bold]{t.name}[/]" if t.name == best else t.name
+        table.add_row(
+            name, f"{t.accuracy:.3f}", str(t.n_labeled), price_in, price_out, _money(t.mean_cost_usd)
+        )
+    console.print(table)
+    if any(t.price_derived for t in summary.targets):
+        console.print("  * price derived from the parameter count (no public list price)")
+    zones = summary.agreement
+    savings = summary.oracle_cost_savings
+    lines = [
+        f"prompts: {summary.n_prompts} ({_split_text_from_counts(summary.splits)}); "
+        f"complete rows (every target labelled): {summary.n_complete}",
+        f"oracle accuracy: [bold]{summary.oracle_accuracy:.3f}[/] "
+        f"at {_money(summary.oracle_cost_usd)} per 1k prompts"
+        + (
+            f" ({savings:.1%} cheaper than always {summary.most_expensive['name']})"
+            if savings is not None
+            else ""
+        ),
+        f"best single: [bold]{best}[/] {summary.best_single['accuracy']:.3f}   "
+        f"headroom (oracle - best single): [bold]{summary.headroom:+.3f}[/]",
+        f"agreement: all correct {zones['all_correct']:.1%} | disagree {zones['disagree']:.1%} "
+        f"(where routing can help) | all wrong {zones['all_wrong']:.1%}",
+        f"prompts duplicated across splits: {summary.duplicated_across_splits}",
+    ]
+    for line in lines:
+        console.print(line)
+
+
+def _split_text_from_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
+
+
+# ---------------------------------------------------------------------------- entry
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit code (errors of ours become one line)."""
+    _state["debug"] = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        # Standalone mode: typer prints usage errors itself and raises SystemExit with their code.
+        app(args=argv, prog_name="prefill-router")
+    except PrefillRouterError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

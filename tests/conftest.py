@@ -1,0 +1,40 @@
+"""Shared test fixtures: paths to the committed fixtures and to the real datasets in ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefill_router.data.dataset import RoutingDataset, TargetInfo
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+
+needs_shared = pytest.mark.skipif(not SHARED_DATASETS.is_dir(), reason="../shared/datasets is not present")
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    """The folder of committed fixtures cut from the real datasets."""
+    return FIXTURES
+
+
+@pytest.fixture
+def small_dataset() -> RoutingDataset:
+    """Four prompts x three targets with a NaN, a graded label and prices."""
+    return RoutingDataset(
+        prompt_ids=["a", "b", "c", "d"],
+        prompts=["What is 2+2?", "Name a colour.", "Prove Fermat.", "Say hi"],
+        tasks=["math", "trivia", "math", None],
+        splits=["train", "train", "test", "test"],
+        labels=np.array([[1, 0, 1], [0, 0, 1], [0, 0, 0], [1, np.nan, 0.5]], dtype=float),
+        targets=(
+            TargetInfo("small", 0.1, 0.1, "test"),
+            TargetInfo("medium", 0.5, 1.5, "test"),
+            TargetInfo("large", 10.0, 30.0, "test"),
+        ),
+        provenance={"source": "unit-test"},
+    )

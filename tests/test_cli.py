@@ -1,0 +1,116 @@
+"""The `prefill-router` command line: data import / info / prices, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefill_router import DataError, RoutingDataset
+from prefill_router.cli import run
+
+
+@pytest.mark.parametrize(
+    ("kind", "source"),
+    [
+        ("llmrouter", "llmrouter"),
+        ("mmlu-pro", "mmlu_pro"),
+        ("routellm", "routellm"),
+        ("routerbench", "routerbench/sample.csv"),
+        ("long-csv", "long_csv/sample.csv"),
+    ],
+)
+def test_data_import_writes_a_loadable_dataset(
+    kind: str, source: str, fixtures: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.parquet"
+    assert run(["data", "import", kind, str(fixtures / source), "-o", str(out)]) == 0
+    ds = RoutingDataset.load(out)
+    assert ds.n_prompts > 0 and ds.provenance["source"] == kind
+    assert f"wrote {out}" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_data_import_applies_a_price_file(fixtures: Path, tmp_path: Path) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("gpt-4-1106-preview: {input: 1.5, output: 2.5}\n")
+    out = tmp_path / "out.parquet"
+    assert (
+        run(
+            [
+                "data",
+                "import",
+                "routellm",
+                str(fixtures / "routellm"),
+                "-o",
+                str(out),
+                "--prices",
+                str(prices),
+            ]
+        )
+        == 0
+    )
+    target = RoutingDataset.load(out).target("gpt-4-1106-preview")
+    assert (target.input_usd_per_mtok, target.output_usd_per_mtok) == (1.5, 2.5)
+
+
+def test_data_info_json_has_the_contract_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["data", "info", "bundled", "--split", "test", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_prompts"] == 381
+    assert len(info["targets"]) == 9 and {"name", "accuracy", "n_labeled"} <= set(info["targets"][0])
+    assert info["best_single"]["name"] == "llama-3.1-nemotron-51b-instruct"
+    assert info["oracle_accuracy"] > info["best_single"]["accuracy"]
+    assert sum(info["agreement"].values()) == pytest.approx(1.0)
+
+
+def test_data_info_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plot = tmp_path / "info.png"
+    assert run(["data", "info", "bundled", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "oracle accuracy: 0.798" in out and "headroom" in out and "all wrong" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_data_prices_lists_sources(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["data", "prices", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["gpt-4-1106-preview"]["output_usd_per_mtok"] == 30.0
+    assert rows["Qwen1.5-110B"]["derived"] is True
+
+
+def test_errors_are_one_line_with_the_class_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["data", "info", str(tmp_path / "missing.parquet")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and err.endswith("missing.parquet: no such file")
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_unknown_split_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["data", "info", "bundled", "--split", "dev"]) == 2
+    assert "no row has split 'dev'; known splits: test, train" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        run(["--debug", "data", "info", str(tmp_path / "missing.parquet")])
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["data", "import", "nonsense", "x", "-o", "y"]) == 2
+    err = capsys.readouterr().err
+    assert "'nonsense' is not one of 'llmrouter'" in err and "'long-csv'" in err
+
+
+def test_console_script_is_installed() -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "prefill-router"), "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "prefill-router 0.1.0"

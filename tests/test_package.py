@@ -1,0 +1,41 @@
+"""The package surface: a pinned public API and an import that stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import prefill_router
+
+PUBLIC_API = [
+    "ConfigError",
+    "DataError",
+    "MissingDependencyError",
+    "PrefillRouterError",
+    "RoutingDataset",
+    "TargetInfo",
+    "UnknownTargetError",
+    "__version__",
+]
+
+
+def test_public_api_is_pinned_and_sorted() -> None:
+    assert prefill_router.__all__ == PUBLIC_API
+    assert all(hasattr(prefill_router, name) for name in PUBLIC_API)
+
+
+def test_import_loads_no_heavy_library() -> None:
+    code = (
+        "import sys, prefill_router, prefill_router.cli, prefill_router.data.importers;"
+        "heavy = {'torch', 'transformers', 'fastapi', 'ray', 'matplotlib', 'sklearn'} & set(sys.modules);"
+        "print(sorted(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_errors_carry_distinct_exit_codes() -> None:
+    from prefill_router.errors import ConfigError, DataError, MissingDependencyError, PrefillRouterError
+
+    codes = [cls.exit_code for cls in (PrefillRouterError, DataError, ConfigError, MissingDependencyError)]
+    assert codes == [1, 2, 3, 4]
