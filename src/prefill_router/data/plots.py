@@ -21,9 +21,7 @@ def plot_summary(summary: DatasetSummary, path: str | Path, *, title: str = "") 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     priced = [(t, t.mean_cost_usd * 1000) for t in summary.targets if t.mean_cost_usd is not None]
     for t, cost_per_1k in priced:
-        ax.scatter(
-            cost_per_1k, t.accuracy, s=40, color="tab:blue", marker="s" if t.price_derived else "o"
-        )
+        ax.scatter(cost_per_1k, t.accuracy, s=40, color="tab:blue", marker="s" if t.price_derived else "o")
         ax.annotate(
             t.name,
             (cost_per_1k, t.accuracy),
