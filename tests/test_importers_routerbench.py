@@ -315,7 +315,7 @@ def test_bad_cost(table: pd.DataFrame, tmp_path: Path, cost: str) -> None:
     table.loc[9, "mistralai/mixtral-8x7b-chat|total_cost"] = cost
     src = write(table, tmp_path / "rb.csv")
     with raises(
-        f"cost must be a finite number of USD >= 0, got {cost!r}",
+        f"mistralai/mixtral-8x7b-chat|total_cost must be a finite number >= 0 or empty, got {cost!r}",
         "row 9 (sample_id 'mtbench.test.82'), column 'mistralai/mixtral-8x7b-chat|total_cost'",
     ):
         import_routerbench(src, prices=NO_PRICES)

@@ -1,4 +1,4 @@
-"""Atomic file writes shared by every stage that writes to disk.
+"""File helpers shared by every stage: atomic writes and strict UTF-8 reads.
 
 Written by hand because the standard library has the two pieces (a temporary file in the same
 directory and :func:`os.replace`) but no single call that combines them with fsync and clean-up.
@@ -11,6 +11,8 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from prefill_router.errors import DataError
 
 
 @contextlib.contextmanager
@@ -44,3 +46,30 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_text(path: Path, *, what: str = "file") -> str:
+    """Read a UTF-8 text file; a missing file, a folder or invalid UTF-8 raises :class:`DataError`.
+
+    ``what`` names the kind of file in the messages (e.g. "price file").
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise DataError(f"no such {what}", source=str(path)) from exc
+    except IsADirectoryError as exc:
+        raise DataError(f"expected a {what}, found a directory", source=str(path)) from exc
+    return decode_utf8(data, str(path), what=what)
+
+
+def decode_utf8(data: bytes, source: str, *, what: str = "file") -> str:
+    """Decode bytes as UTF-8, naming the line and byte offset of the first invalid sequence."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"invalid UTF-8 at byte {exc.start}; save the {what} as UTF-8",
+            source=source,
+            where=f"line {line}",
+        ) from exc

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from prefill_router._files import read_text
 from prefill_router.data.dataset import TargetInfo
 from prefill_router.errors import DataError
 
@@ -228,7 +229,7 @@ def load_price_file(path: str | Path) -> PriceTable:
     """
     path = Path(path)
     source = str(path)
-    document = _parse(_read_text(path), path)
+    document = _parse(read_text(path, what="price file"), path)
     if not isinstance(document, dict):
         got = _KIND_NAMES.get(type(document).__name__, f"a {type(document).__name__}")
         raise DataError(
@@ -261,24 +262,6 @@ def price_table(path: str | Path | None = None) -> PriceTable:
 
 
 # ---------------------------------------------------------------------- helpers
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise DataError("no such price file", source=str(path)) from exc
-    except IsADirectoryError as exc:
-        raise DataError("expected a price file, found a directory", source=str(path)) from exc
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"invalid UTF-8 at byte {exc.start}; save the price file as UTF-8",
-            source=str(path),
-            where=f"line {line}",
-        ) from exc
-
-
 def _parse(text: str, path: Path) -> Any:
     """Parse ``text`` as JSON for a ``.json`` file, as YAML otherwise, naming the line of an error."""
     if path.suffix.lower() == ".json":

@@ -13,6 +13,7 @@ from typing import Any, Literal, overload
 import numpy as np
 import pandas as pd
 
+from prefill_router._files import read_text
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.data.prices import PriceTable
 from prefill_router.errors import DataError
@@ -24,26 +25,6 @@ class ImportResult:
 
     dataset: RoutingDataset
     notes: list[str] = field(default_factory=list)
-
-
-def read_text(path: Path) -> str:
-    """Read a UTF-8 text file; a missing file or invalid UTF-8 raises :class:`DataError`."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise DataError("no such file", source=str(path)) from exc
-    except IsADirectoryError as exc:
-        raise DataError("expected a file, found a directory", source=str(path)) from exc
-    return decode_utf8(data, str(path))
-
-
-def decode_utf8(data: bytes, source: str) -> str:
-    """Decode bytes as UTF-8, naming the byte offset of the first invalid sequence."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(f"invalid UTF-8 at byte {exc.start}", source=source, where=f"line {line}") from exc
 
 
 def parse_json(text: str, source: str) -> Any:
@@ -171,3 +152,18 @@ def find_file(src: Path, relative: str, *, required: bool) -> Path | None:
             raise DataError(f"expected a file {relative!r} inside this folder", source=str(src))
         return None
     return matches[0]
+
+
+def nonnegative_numbers(column: pd.Series, name: str, where: Sequence[str], source: str) -> np.ndarray:
+    """Finite numbers >= 0 from a text column, NaN where empty; ``where[i]`` locates row i in errors."""
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    filled = (column.astype(str).str.strip() != "").to_numpy(dtype=bool) & column.notna().to_numpy(dtype=bool)
+    bad = (filled & ~np.isfinite(values)) | (values < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{name} must be a finite number >= 0 or empty, got {column.iloc[i]!r}",
+            source=source,
+            where=f"{where[i]}, column {name!r}",
+        )
+    return values

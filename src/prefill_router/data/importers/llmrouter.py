@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from prefill_router._files import read_text
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.data.importers._common import (
     ImportResult,
@@ -22,7 +23,6 @@ from prefill_router.data.importers._common import (
     parse_json,
     parse_label,
     read_jsonl,
-    read_text,
     unpriced_note,
 )
 from prefill_router.data.prices import PriceTable

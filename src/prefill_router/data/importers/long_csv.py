@@ -30,13 +30,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from prefill_router._files import read_text
 from prefill_router.data.dataset import RoutingDataset
 from prefill_router.data.importers._common import (
     ImportResult,
     make_targets,
+    nonnegative_numbers,
     parse_label,
     read_csv,
-    read_text,
     require_columns,
     unpriced_note,
 )
@@ -141,7 +142,7 @@ def _parse_rows(frame: pd.DataFrame, lines: Sequence[str], source: str) -> pd.Da
     _check_not_blank(rows[MODEL], MODEL, lines, source)
     for column in NUMERIC_COLUMNS:
         if column in frame.columns:
-            rows[column] = _nonnegative(text[column], column, lines, source)
+            rows[column] = nonnegative_numbers(text[column], column, lines, source)
     for column in TEXT_COLUMNS:
         if column in frame.columns:
             rows[column] = text[column].str.strip().astype(object)
@@ -157,22 +158,6 @@ def _check_not_blank(column: pd.Series, name: str, lines: Sequence[str], source:
         raise DataError(f"empty {name}; every row needs one", source=source, where=lines[i])
 
 
-def _nonnegative(column: pd.Series, name: str, lines: Sequence[str], source: str) -> np.ndarray:
-    """Numbers >= 0 from a text column; NaN where empty."""
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    filled = (column.str.strip() != "").to_numpy(dtype=bool)
-    bad = (filled & ~np.isfinite(values)) | (values < 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"{name} must be a finite number >= 0 or empty, got {column.iloc[i]!r}",
-            source=source,
-            where=f"{lines[i]}, column {name!r}",
-        )
-    return values
-
-
-# ------------------------------------------------------------------- duplicates
 def _value_columns(rows: pd.DataFrame) -> list[str]:
     return [c for c in rows.columns if c not in (QUESTION, MODEL, _LINE)]
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from prefill_router._files import decode_utf8
 from prefill_router.data.dataset import RoutingDataset
 from prefill_router.data.importers._common import (
     ImportResult,
-    decode_utf8,
     make_targets,
     parse_json,
     unpriced_note,

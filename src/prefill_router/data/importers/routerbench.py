@@ -38,6 +38,7 @@ from prefill_router.data.dataset import RoutingDataset
 from prefill_router.data.importers._common import (
     ImportResult,
     make_targets,
+    nonnegative_numbers,
     parse_label,
     read_csv,
     require_columns,
@@ -113,7 +114,9 @@ def import_routerbench(src: Path, *, prices: PriceTable, split_seed: int = 0) ->
     prompts, n_turn_lists = _prompts(frame["prompt"], where, source)
     tasks = [None if is_empty(v) else str(v).strip() for v in frame["eval_name"]]
     labels = np.column_stack([_labels(frame[m], m, where, source) for m in models])
-    costs = _block(frame, models, COST_SUFFIX, lambda col, name: _costs(col, name, where, source))
+    costs = _block(
+        frame, models, COST_SUFFIX, lambda col, name: nonnegative_numbers(col, name, where, source)
+    )
     output_tokens = _block(frame, models, RESPONSE_SUFFIX, lambda col, _: _output_tokens(col))
 
     notes.append(f"{len(prompt_ids)} prompts x {len(models)} models: {', '.join(models)}")
@@ -291,21 +294,6 @@ def _labels(column: pd.Series, model: str, where: Sequence[str], source: str) ->
         ],
         dtype=np.float64,
     )
-
-
-def _costs(column: pd.Series, name: str, where: Sequence[str], source: str) -> np.ndarray:
-    """Observed costs in USD: finite numbers >= 0, NaN where empty."""
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    filled = ~column.map(is_empty).to_numpy(dtype=bool)
-    bad = (filled & ~np.isfinite(values)) | (values < 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"cost must be a finite number of USD >= 0, got {column.iloc[i]!r}",
-            source=source,
-            where=f"{where[i]}, column {name!r}",
-        )
-    return values
 
 
 def _output_tokens(column: pd.Series) -> np.ndarray:
