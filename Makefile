@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml constraints.txt model-packages.txt
 	@touch $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/mypy
 
 test: setup lint
@@ -34,8 +34,8 @@ test-all: setup lint
 	$(BIN)/pytest -m "" $(PYTEST_ARGS)
 
 format: setup
-	$(BIN)/ruff format src tests scripts
-	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts benchmarks
+	$(BIN)/ruff check --fix src tests scripts benchmarks
 
 demo: setup
 	$(BIN)/prefill-router data info bundled --plot demo/bundled.png

@@ -38,3 +38,25 @@ def small_dataset() -> RoutingDataset:
         ),
         provenance={"source": "unit-test"},
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight llama model directory with a chat template."""
+    from tests.tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight bert model directory (raw view)."""
+    from tests.tiny_models import build_tiny_bert
+
+    return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test writes converted models and features under a temporary cache, never ~/.cache."""
+    monkeypatch.setenv("PREFILL_ROUTER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -114,3 +114,41 @@ def test_console_script_is_installed() -> None:
         check=True,
     )
     assert done.stdout.strip() == "prefill-router 0.1.0"
+
+
+# ------------------------------------------------------------------------- encode
+@pytest.fixture
+def tiny_dataset(small_dataset: RoutingDataset, tmp_path: Path) -> Path:
+    return small_dataset.save(tmp_path / "tiny.parquet")
+
+
+def test_encode_caches_and_exports(
+    tiny_dataset: Path, tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    args = ["encode", str(tiny_dataset), "--encoder", str(tiny_llama_dir), "--cache", str(tmp_path / "c")]
+    assert run([*args, "--layers", "1-3", "--export", str(tmp_path / "f.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "features 4 x 2 x 3 x 32" in out and "chunks computed 1, reused 0" in out
+    exported = np.load(tmp_path / "f.npz")
+    assert exported["prompt_id"].tolist() == ["a", "b", "c", "d"]
+    assert exported["mean"].shape == exported["last"].shape == (4, 3, 32)
+    assert exported["mean"].dtype == np.float32 and exported["layers"].tolist() == [1, 2, 3]
+    assert run([*args, "--layers", "1-3"]) == 0
+    assert "chunks computed 0, reused 1" in capsys.readouterr().out
+
+
+def test_encode_limit_and_bad_layers(
+    tiny_dataset: Path, tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["encode", str(tiny_dataset), "--encoder", str(tiny_llama_dir), "--cache", str(tmp_path / "c")]
+    assert run([*args, "--limit", "2", "--pooling", "mean"]) == 0
+    assert "features 2 x 1 x 5 x 32" in capsys.readouterr().out
+    assert run([*args, "--layers", "9"]) == 3
+    assert "layer 9 is out of range: this encoder has layers 0..4" in capsys.readouterr().err
+
+
+def test_encode_unknown_encoder_exits_3(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["encode", str(tiny_dataset), "--encoder", "smollm"]) == 3
+    assert "Did you mean 'smollm2-135m'?" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import prefill_router
 PUBLIC_API = [
     "ConfigError",
     "DataError",
+    "EncodeError",
     "MissingDependencyError",
     "PrefillRouterError",
     "RoutingDataset",
@@ -35,7 +36,13 @@ def test_import_loads_no_heavy_library() -> None:
 
 
 def test_errors_carry_distinct_exit_codes() -> None:
-    from prefill_router.errors import ConfigError, DataError, MissingDependencyError, PrefillRouterError
+    from prefill_router.errors import (
+        ConfigError,
+        DataError,
+        EncodeError,
+        MissingDependencyError,
+        PrefillRouterError,
+    )
 
-    codes = [cls.exit_code for cls in (PrefillRouterError, DataError, ConfigError, MissingDependencyError)]
-    assert codes == [1, 2, 3, 4]
+    classes = (PrefillRouterError, DataError, ConfigError, MissingDependencyError, EncodeError)
+    assert [cls.exit_code for cls in classes] == [1, 2, 3, 4, 5]

@@ -7,6 +7,7 @@ from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.errors import (
     ConfigError,
     DataError,
+    EncodeError,
     MissingDependencyError,
     PrefillRouterError,
     UnknownTargetError,
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "DataError",
+    "EncodeError",
     "MissingDependencyError",
     "PrefillRouterError",
     "RoutingDataset",

@@ -6,10 +6,12 @@ Errors of ours become one line on stderr and the exit code of their class
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -159,6 +161,103 @@ def data_prices(
             row["name"], f"{row['input_usd_per_mtok']:.3g}", f"{row['output_usd_per_mtok']:.3g}", source
         )
     console.print(out)
+
+
+# ------------------------------------------------------------------------- encode
+@app.command("encode")
+def encode(
+    data: DatasetArg,
+    encoder: Annotated[
+        str, typer.Option(help="Registered encoder name or a local model directory.")
+    ] = "smollm2-135m",
+    layers: Annotated[str, typer.Option(help="'all', a list '5,10,22' or a range '10-20'.")] = "all",
+    pooling: Annotated[str, typer.Option(help="'mean', 'last' or 'mean,last'.")] = "mean,last",
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(help="Longer prompts keep their start and end [default: 512 or the context]."),
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    view: Annotated[str, typer.Option(help="auto (chat template if any), chat or raw.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    cache: Annotated[
+        Path | None, typer.Option(help="Cache folder (default: $PREFILL_ROUTER_CACHE or ~/.cache).")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Only the first N prompts, in the dataset's order.")
+    ] = None,
+    token_budget: Annotated[int, typer.Option(help="Tokens per batch (batch size x longest prompt).")] = 8192,
+    export: Annotated[
+        Path | None, typer.Option(help="Also write the features as a plain NumPy .npz.")
+    ] = None,
+) -> None:
+    """Extract pooled prefill features of a dataset's prompts into the feature cache."""
+    from prefill_router.data.dataset import RoutingDataset
+    from prefill_router.encode import Encoder, FeatureStore, default_cache_dir, export_npz, extract_features
+
+    dataset = RoutingDataset.load(data)
+    if split is not None:
+        dataset = dataset.select(split=split)
+    if limit is not None:
+        dataset = dataset.take(range(min(limit, dataset.n_prompts)))
+    started = time.perf_counter()
+    with console.status(f"loading encoder {encoder} ({dtype})"):
+        model = Encoder(
+            encoder, view=view, max_tokens=max_tokens, dtype=dtype, device=device, cache_dir=cache
+        )
+    store = FeatureStore(cache or default_cache_dir())
+    with _encode_progress(dataset.n_prompts) as advance:
+        stored = extract_features(
+            model, dataset.prompts.tolist(), store, layers=layers, poolings=pooling,
+            token_budget=token_budget, on_progress=advance,
+        )  # fmt: skip
+    elapsed = time.perf_counter() - started
+    shape = " x ".join(map(str, stored.features.shape))
+    console.print(
+        f"[bold green]features[/] {shape} (prompts x poolings x layers x hidden, float16) in {elapsed:.1f} s"
+    )
+    console.print(f"  stored at {stored.path}")
+    console.print(
+        f"  encoder {model.name} ({model.view.name} view, {model.dtype}, {model.device}), "
+        f"layers {_layer_text(stored.key.layers)}, poolings {', '.join(stored.key.poolings)}"
+    )
+    console.print(
+        f"  {stored.n_tokens:,} tokens; "
+        f"{stored.n_truncated} prompts truncated to {model.view.max_tokens} tokens; "
+        f"{stored.n_empty} empty; chunks computed {stored.computed_chunks}, reused {stored.reused_chunks}"
+    )
+    if export is not None:
+        export_npz(stored, dataset.prompt_ids.tolist(), export)
+        console.print(f"  exported {export}")
+
+
+def _layer_text(layers: tuple[int, ...]) -> str:
+    if list(layers) == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+@contextlib.contextmanager
+def _encode_progress(total: int) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar with prompts/s, tokens/s and ETA; yields its advance(n_prompts, n_tokens)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]encoding"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err_console, transient=True,
+    )  # fmt: skip
+    task = progress.add_task("encode", total=total, rate="")
+    started, counts = time.perf_counter(), {"prompts": 0, "tokens": 0}
+
+    def advance(n_prompts: int, n_tokens: int) -> None:
+        counts["prompts"] += n_prompts
+        counts["tokens"] += n_tokens
+        seconds = max(time.perf_counter() - started, 1e-9)
+        rate = f"{counts['prompts'] / seconds:.1f} prompts/s, {counts['tokens'] / seconds:,.0f} tokens/s"
+        progress.update(task, advance=n_prompts, rate=rate)
+
+    with progress:
+        yield advance
 
 
 # ------------------------------------------------------------------------ printing

@@ -9,7 +9,8 @@ can catch one type; the CLI turns each into a one-line message and the exit code
     ├── DataError                       exit 2   a dataset file or source is malformed
     │   └── UnknownTargetError          exit 2   a target name that the dataset does not hold
     ├── ConfigError                     exit 3   a bad option value or settings file
-    └── MissingDependencyError          exit 4   an optional package is not installed
+    ├── MissingDependencyError          exit 4   an optional package is not installed
+    └── EncodeError                     exit 5   an encoder cannot be loaded or produced bad features
 """
 
 from __future__ import annotations
@@ -62,3 +63,9 @@ class MissingDependencyError(PrefillRouterError):
     """An optional package is needed but not installed; the message holds the pip command."""
 
     exit_code = 4
+
+
+class EncodeError(PrefillRouterError):
+    """An encoder cannot be loaded, or a forward pass produced unusable (NaN/inf) features."""
+
+    exit_code = 5

@@ -1,0 +1,640 @@
+"""The feature store: an on-disk, content-addressed cache of pooled encoder features.
+
+Encoding a dataset takes minutes; reading its features back should take milliseconds. The store
+keys features by everything that changes them (:class:`FeatureKey`) plus the prompt texts, keeps
+them as float16 ``.npy`` files and hands them back memory-mapped. Layout under ``root``::
+
+    features/<key digest[:16]>/
+        key.json                     the FeatureKey, for people and for clear()
+        chunks/<chunk digest>.npy    float16 (n, n_poolings, n_layers, hidden), n <= chunk_size
+        chunks/<chunk digest>.json   manifest: rows, shape, sha256 of the .npy, token counts
+        views/<order digest>.npy     every chunk of one prompt list, in order, as one array
+        views/<order digest>.json    manifest of the view, with totals over all prompts
+
+A chunk's digest covers the key digest and its prompt texts, so a run over the first N prompts
+reuses every full chunk of a later run over all of them (and the other way round). Every file is
+written atomically and a manifest is written only after its ``.npy``: the manifest is the commit
+marker, so a killed run resumes at the first chunk without one. Pure numpy and stdlib on purpose:
+the store never needs the encoder, only a callback that computes features for a list of prompts.
+
+Example::
+
+    store = FeatureStore(default_cache_dir())
+    stored = store.get_or_compute(key, prompts, encoder_callback)
+    X = stored.pooled("mean")[:, -1]  # (N, hidden), last stored layer
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import numpy.typing as npt
+
+from prefill_router._files import atomic_path
+from prefill_router.errors import ConfigError, EncodeError
+
+__all__ = ["ChunkResult", "FeatureKey", "FeatureStore", "StoredFeatures", "default_cache_dir"]
+
+#: Bumped whenever the on-disk layout or the digests change; it is part of every key digest, so
+#: files written by an older layout are simply never looked up again.
+STORE_FORMAT_VERSION = 1
+
+_DISK_DTYPE = np.dtype("<f2")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+
+
+# --- Public value types ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """Everything that changes the features, except the prompt texts.
+
+    Two runs share cached features exactly when their keys are equal. The store checks the
+    structure of the fields (types, non-empty, sorted layers) but not their vocabulary: which
+    views, dtypes and poolings exist is the encoder's business.
+
+    Example::
+
+        key = FeatureKey("smollm2-135m", sha, "chat", 512, "float32", ("mean", "last"), (0, 15, 30))
+    """
+
+    encoder: str  # registered name or local path
+    weights_sha256: str  # hash of the weights actually loaded, so a changed model is a new key
+    view: str  # "chat" | "raw"
+    max_tokens: int  # truncation length
+    dtype: str  # "float32" | "bfloat16": compute dtype, not the float16 storage dtype
+    poolings: tuple[str, ...]  # in the order of axis 1 of the features, e.g. ("mean", "last")
+    layers: tuple[int, ...]  # sorted; 0 = embedding output, as in DESIGN.md §4
+
+    def __post_init__(self) -> None:
+        for name in ("encoder", "weights_sha256", "view", "dtype"):
+            _require(_is_nonempty_str(getattr(self, name)), name, "a non-empty string", getattr(self, name))
+        _require(
+            _is_int(self.max_tokens) and self.max_tokens > 0, "max_tokens", "a positive int", self.max_tokens
+        )
+        poolings = _as_tuple(self.poolings)
+        _require(
+            bool(poolings) and all(map(_is_nonempty_str, poolings)) and len(set(poolings)) == len(poolings),
+            "poolings", "a non-empty tuple of distinct names", self.poolings,
+        )  # fmt: skip
+        layers = _as_tuple(self.layers)
+        layers_ok = all(_is_int(x) and x >= 0 for x in layers) and list(layers) == sorted(set(layers))
+        _require(
+            bool(layers) and layers_ok,
+            "layers", "a non-empty, strictly increasing tuple of layer indices >= 0", self.layers,
+        )  # fmt: skip
+        # Plain Python values whatever the caller passed (lists, numpy ints), so the key stays
+        # hashable and its JSON, hence its digest, never depends on the caller's container types.
+        object.__setattr__(self, "max_tokens", int(self.max_tokens))
+        object.__setattr__(self, "poolings", poolings)
+        object.__setattr__(self, "layers", tuple(int(x) for x in layers))
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (tuples become lists)."""
+        return {
+            "encoder": self.encoder,
+            "weights_sha256": self.weights_sha256,
+            "view": self.view,
+            "max_tokens": self.max_tokens,
+            "dtype": self.dtype,
+            "poolings": list(self.poolings),
+            "layers": list(self.layers),
+        }
+
+    def digest(self) -> str:
+        """The sha256 hex digest of a canonical JSON of every field and the store format version."""
+        payload = {"store_format": STORE_FORMAT_VERSION, **self.to_json()}
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What the compute callback returns for a list of prompts."""
+
+    features: npt.NDArray[np.float32]  # (n, n_poolings, n_layers, hidden)
+    n_tokens: int  # tokens run through the encoder
+    n_truncated: int  # prompts cut to max_tokens
+    n_empty: int  # empty prompts (encoded as the bare template)
+
+
+@dataclass(frozen=True)
+class StoredFeatures:
+    """Features of N prompts as stored: a read-only float16 memmap plus the run's totals."""
+
+    key: FeatureKey
+    features: npt.NDArray[np.float16]  # np.memmap (N, n_poolings, n_layers, hidden), read-only
+    path: Path  # the .npy file behind ``features``
+    n_tokens: int  # totals over the N prompts
+    n_truncated: int
+    n_empty: int
+    computed_chunks: int  # chunks this call ran the encoder for
+    reused_chunks: int  # chunks found on disk (all of them when the view was reused)
+
+    def pooled(self, pooling: str) -> npt.NDArray[np.float16]:
+        """The features of one pooling, (N, n_layers, hidden), still backed by the memmap.
+
+        Raises:
+            ConfigError: ``pooling`` is not one of ``key.poolings``.
+        """
+        if pooling not in self.key.poolings:
+            raise ConfigError(
+                f"unknown pooling {pooling!r}; the stored poolings are {', '.join(self.key.poolings)}."
+            )
+        result: npt.NDArray[np.float16] = self.features[:, self.key.poolings.index(pooling)]
+        return result
+
+    def layer_slice(self, layers: Sequence[int]) -> npt.NDArray[np.float16]:
+        """The features of some stored layers, (N, n_poolings, len(layers), hidden).
+
+        A memmap-backed view when the layers sit at evenly spaced positions (a single layer, a
+        range, every third layer); otherwise numpy's fancy indexing makes a copy.
+
+        Raises:
+            ConfigError: ``layers`` is empty, or names a layer that is not stored.
+        """
+        layers = list(layers)
+        if not layers:
+            raise ConfigError("layer_slice needs at least one layer; got an empty list.")
+        for layer in layers:
+            if layer not in self.key.layers:
+                stored = _describe_layers(self.key.layers)
+                raise ConfigError(f"layer {layer!r} is not stored for this key; stored layers: {stored}.")
+        positions = [self.key.layers.index(layer) for layer in layers]
+        result: npt.NDArray[np.float16] = self.features[:, :, _as_slice(positions)]
+        return result
+
+
+# --- The store ---------------------------------------------------------------------------------
+
+
+class FeatureStore:
+    """An on-disk cache of pooled encoder features under ``root/features``.
+
+    Only ``root/features`` is ever written or removed, so ``root`` can be a cache directory that
+    other parts of the package share (see :func:`default_cache_dir`).
+
+    Example::
+
+        store = FeatureStore(tmp_dir)
+        stored = store.get_or_compute(key, ["Hi", "What is 2+2?"], compute, chunk_size=256)
+        stored.features.shape  # (2, n_poolings, n_layers, hidden)
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def features_dir(self) -> Path:
+        """The folder that holds one sub-folder per feature key."""
+        return self.root / "features"
+
+    def get_or_compute(
+        self,
+        key: FeatureKey,
+        prompts: Sequence[str],
+        compute: Callable[[Sequence[str]], ChunkResult],
+        *,
+        chunk_size: int = 256,
+        on_chunk: Callable[[int, ChunkResult | None], None] | None = None,
+    ) -> StoredFeatures:
+        """Return the features of ``prompts`` under ``key``, computing only what is not on disk.
+
+        Prompts are cut in order into chunks of ``chunk_size``; ``compute`` runs once per missing
+        chunk and its result is checked and written before the next chunk starts. ``on_chunk``
+        is called after every chunk with its row count and the ChunkResult, or ``None`` for a
+        chunk found on disk (every chunk, when the assembled view is reused), so a progress bar
+        can advance.
+
+        Raises:
+            ConfigError: no prompts, a prompt that is not a str, or ``chunk_size`` < 1.
+            EncodeError: ``compute`` returned features of the wrong shape, NaN/inf values, or
+                values float16 cannot hold; nothing is stored for that chunk.
+        """
+        prompts = _check_prompts(prompts)
+        if not _is_int(chunk_size) or chunk_size < 1:
+            raise ConfigError(
+                f"The 'chunk_size' parameter must be a positive int; got {chunk_size!r} instead."
+            )
+        key_digest = key.digest()
+        layout = _KeyLayout(self.features_dir / key_digest[:16])
+        _write_key_file(layout.root / "key.json", key)
+        spans = [
+            (start, min(start + chunk_size, len(prompts))) for start in range(0, len(prompts), chunk_size)
+        ]
+        digests = [_chunk_digest(key_digest, prompts[start:stop]) for start, stop in spans]
+        view_path = layout.views / f"{_order_digest(key_digest, digests)}.npy"
+
+        stored = _open_view(key, view_path, len(prompts), computed=0, reused=len(spans))
+        if stored is not None:
+            for start, stop in spans:  # nothing to do, but let a progress bar reach its total
+                _notify(on_chunk, stop - start, None)
+            return stored
+
+        runner = _ChunkRunner(key, layout, compute, on_chunk)
+        manifests = []
+        for index, ((start, stop), digest) in enumerate(zip(spans, digests, strict=True)):
+            manifests.append(runner.ensure(index, start, prompts[start:stop], digest))
+        _write_view(view_path, key, [layout.chunk_npy(d) for d in digests], manifests)
+        stored = _open_view(key, view_path, len(prompts), computed=runner.computed, reused=runner.reused)
+        assert stored is not None, "a view just written must open"  # internal invariant
+        return stored
+
+    def clear(self, key: FeatureKey | None = None) -> int:
+        """Remove the stored files of ``key`` (of every key when ``None``); return the bytes freed."""
+        target = self.features_dir if key is None else self.features_dir / key.digest()[:16]
+        freed = _tree_size(target)
+        if target.exists():
+            shutil.rmtree(target)
+        return freed
+
+    def size_bytes(self) -> int:
+        """Bytes taken by every stored file, temporary leftovers of killed runs included."""
+        return _tree_size(self.features_dir)
+
+
+def default_cache_dir() -> Path:
+    """The user cache folder: ``$PREFILL_ROUTER_CACHE``, else ``$XDG_CACHE_HOME/prefill-router``,
+    else ``~/.cache/prefill-router``. Nothing is created."""
+    explicit = os.environ.get("PREFILL_ROUTER_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "prefill-router"
+
+
+# --- Chunks: look up, compute, check, write ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _KeyLayout:
+    """The paths of one key's folder."""
+
+    root: Path
+
+    @property
+    def chunks(self) -> Path:
+        return self.root / "chunks"
+
+    @property
+    def views(self) -> Path:
+        return self.root / "views"
+
+    def chunk_npy(self, digest: str) -> Path:
+        return self.chunks / f"{digest}.npy"
+
+
+class _ChunkRunner:
+    """Makes sure each chunk is on disk, one at a time, and counts what it computed."""
+
+    def __init__(
+        self,
+        key: FeatureKey,
+        layout: _KeyLayout,
+        compute: Callable[[Sequence[str]], ChunkResult],
+        on_chunk: Callable[[int, ChunkResult | None], None] | None,
+    ) -> None:
+        self.key = key
+        self.layout = layout
+        self.compute = compute
+        self.on_chunk = on_chunk
+        self.hidden: int | None = None  # set by the first chunk; every later one must agree
+        self.computed = 0
+        self.reused = 0
+
+    def ensure(self, index: int, start: int, prompts: list[str], digest: str) -> dict[str, Any]:
+        """Return the manifest of this chunk, computing and writing the chunk if needed."""
+        npy = self.layout.chunk_npy(digest)
+        expected = (len(prompts), len(self.key.poolings), len(self.key.layers))
+        manifest = _load_chunk_manifest(npy, expected, self.hidden)
+        if manifest is None:
+            manifest = self._compute(index, start, prompts, npy)
+            self.computed += 1
+        else:
+            self.reused += 1
+            _notify(self.on_chunk, len(prompts), None)
+        self.hidden = int(manifest["shape"][3])
+        return manifest
+
+    def _compute(self, index: int, start: int, prompts: list[str], npy: Path) -> dict[str, Any]:
+        # The float32 result lives only in this frame: by the time the next chunk is computed it
+        # has been written as float16 and dropped, so at most one chunk's float32 is in memory.
+        result = self.compute(prompts)
+        counts = _check_chunk_result(result, self.key, len(prompts), self.hidden, index, start)
+        features16 = np.ascontiguousarray(result.features, dtype=_DISK_DTYPE)
+        with atomic_path(npy) as tmp:
+            sha256, n_bytes = _write_npy(tmp, features16.shape, [features16])
+        manifest = {
+            "format_version": STORE_FORMAT_VERSION,
+            "n_rows": len(prompts),
+            "shape": list(features16.shape),
+            "dtype": _DISK_DTYPE.str,
+            "sha256": sha256,
+            "n_bytes": n_bytes,
+            **counts,
+        }
+        del features16
+        _write_json(npy.with_suffix(".json"), manifest)  # the commit marker, strictly after the .npy
+        _notify(self.on_chunk, len(prompts), result)
+        return manifest
+
+
+def _load_chunk_manifest(
+    npy: Path, expected: tuple[int, int, int], hidden: int | None
+) -> dict[str, Any] | None:
+    """The manifest of a valid stored chunk, or ``None`` when the chunk must be (re)computed.
+
+    No manifest means the chunk was never committed (not computed yet, or the run was killed
+    while writing it): that is normal and silent. A manifest whose ``.npy`` is missing, has the
+    wrong size or hash, or whose shape does not fit, is damage: it gets one warning.
+    """
+    manifest_path = npy.with_suffix(".json")
+    if not manifest_path.exists():
+        return None
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        problem = _chunk_problem(npy, manifest, expected, hidden)
+    except (OSError, ValueError, KeyError, TypeError):
+        problem = f"unusable (unreadable manifest {manifest_path.name})"
+    if problem is None:
+        return manifest
+    # Frames: here, ensure(), get_or_compute(), its caller: the warning names the caller's line.
+    warnings.warn(f"feature store: chunk {npy} is {problem}; recomputing it", UserWarning, stacklevel=4)
+    return None
+
+
+def _chunk_problem(
+    npy: Path, manifest: dict[str, Any], expected: tuple[int, int, int], hidden: int | None
+) -> str | None:
+    """What is wrong with a committed chunk, in words, or ``None`` when it is sound."""
+    shape = tuple(manifest["shape"])
+    if len(shape) != 4 or shape[:3] != expected or (hidden is not None and shape[3] != hidden):
+        return f"unusable (stored shape {shape} does not fit {(*expected, hidden or 'hidden')})"
+    try:
+        size = npy.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    if size != manifest["n_bytes"]:
+        return f"corrupt (truncated: {size} of {manifest['n_bytes']} bytes)"
+    with open(npy, "rb") as handle:
+        actual = hashlib.file_digest(handle, "sha256").hexdigest()
+    return None if actual == manifest["sha256"] else "corrupt (sha256 mismatch)"
+
+
+def _check_chunk_result(
+    result: object, key: FeatureKey, n: int, hidden: int | None, index: int, start: int
+) -> dict[str, int]:
+    """Check one computed chunk before anything is written; return its counts as plain ints."""
+    # ``object``: the callback is user code, so check what it returned, not what it promised.
+    if not isinstance(result, ChunkResult):
+        raise EncodeError(f"compute must return a ChunkResult; got {type(result).__name__} instead.")
+    features: object = result.features
+    if not isinstance(features, np.ndarray) or not np.issubdtype(features.dtype, np.floating):
+        kind = features.dtype if isinstance(features, np.ndarray) else type(features).__name__
+        raise EncodeError(f"compute must return float32 numpy features; got {kind} instead (chunk {index}).")
+    want = (n, len(key.poolings), len(key.layers))
+    if features.ndim != 4 or features.shape[:3] != want or features.shape[3] < 1:
+        raise EncodeError(
+            f"compute returned features of shape {features.shape} for chunk {index}; expected "
+            f"(n_prompts, n_poolings, n_layers, hidden) = {(*want, hidden or 'hidden')}."
+        )
+    if hidden is not None and features.shape[3] != hidden:
+        raise EncodeError(
+            f"compute returned hidden size {features.shape[3]} for chunk {index}, but earlier chunks "
+            f"of this key have hidden size {hidden}; inconsistent shapes."
+        )
+    _check_values(features, index, start)
+    return _check_counts(result, n, index)
+
+
+def _check_values(features: npt.NDArray[np.floating[Any]], index: int, start: int) -> None:
+    """Refuse NaN, inf and anything float16 would turn into inf, naming the first bad prompt."""
+    # Row-wise max and min find all three problems without a second full-size array in memory.
+    row_max = features.max(axis=(1, 2, 3))
+    row_min = features.min(axis=(1, 2, 3))
+    bad = ~(np.isfinite(row_max) & np.isfinite(row_min))
+    if bad.any():
+        row = int(np.argmax(bad))
+        kind = "NaN" if np.isnan(row_max[row]) or np.isnan(row_min[row]) else "inf"
+        raise EncodeError(
+            f"encoder produced {kind} features for prompt {start + row} (chunk {index}, row {row}; "
+            f"{int(bad.sum())} of {len(bad)} prompts in this chunk); nothing was stored for this chunk."
+        )
+    peak = np.maximum(np.abs(row_max), np.abs(row_min))
+    over = peak > _FLOAT16_MAX
+    if over.any():
+        row = int(np.argmax(over))
+        raise EncodeError(
+            f"encoder produced features outside the float16 range for prompt {start + row} (chunk "
+            f"{index}, row {row}): max |value| {float(peak[row]):.6g} > {_FLOAT16_MAX:g}; the store "
+            "keeps float16, so these would become inf. Nothing was stored for this chunk."
+        )
+
+
+def _check_counts(result: ChunkResult, n: int, index: int) -> dict[str, int]:
+    counts = {"n_tokens": result.n_tokens, "n_truncated": result.n_truncated, "n_empty": result.n_empty}
+    for name, value in counts.items():
+        limit = None if name == "n_tokens" else n
+        if not _is_int(value) or value < 0 or (limit is not None and value > limit):
+            bound = "an int >= 0" if limit is None else f"an int in [0, {limit}]"
+            raise EncodeError(f"compute returned {name}={value!r} for chunk {index}; expected {bound}.")
+    return {name: int(value) for name, value in counts.items()}
+
+
+# --- Views: one array per prompt order ---------------------------------------------------------
+
+
+def _open_view(
+    key: FeatureKey, npy: Path, n_rows: int, *, computed: int, reused: int
+) -> StoredFeatures | None:
+    """Open a committed view read-only, or return ``None`` if there is none (or it is damaged)."""
+    manifest_path = npy.with_suffix(".json")
+    if not manifest_path.exists():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        features = np.load(npy, mmap_mode="r", allow_pickle=False)
+        sound = (
+            npy.stat().st_size == manifest["n_bytes"]
+            and features.dtype == _DISK_DTYPE
+            and features.ndim == 4
+            and features.shape[:3] == (n_rows, len(key.poolings), len(key.layers))
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        sound = False
+    if not sound:
+        # Only the view is rebuilt (from the chunks, which are checked one by one), so this is
+        # cheap; a full hash of a multi-GB view on every load would defeat "reload instantly".
+        # Frames: here, get_or_compute(), its caller.
+        warnings.warn(f"feature store: view {npy} is damaged; rebuilding it", UserWarning, stacklevel=3)
+        return None
+    return StoredFeatures(
+        key=key,
+        features=features,
+        path=npy,
+        n_tokens=int(manifest["n_tokens"]),
+        n_truncated=int(manifest["n_truncated"]),
+        n_empty=int(manifest["n_empty"]),
+        computed_chunks=computed,
+        reused_chunks=reused,
+    )
+
+
+def _write_view(npy: Path, key: FeatureKey, chunk_paths: list[Path], manifests: list[dict[str, Any]]) -> None:
+    """Concatenate the chunks into one .npy, streaming one chunk at a time, then commit it."""
+    hidden = int(manifests[0]["shape"][3])
+    n_rows = sum(int(m["n_rows"]) for m in manifests)
+    shape = (n_rows, len(key.poolings), len(key.layers), hidden)
+    # Memory-mapped reads page each chunk in as it is written; only one is resident at a time.
+    blocks = (np.load(path, mmap_mode="r", allow_pickle=False) for path in chunk_paths)
+    with atomic_path(npy) as tmp:
+        sha256, n_bytes = _write_npy(tmp, shape, blocks)
+    totals = {name: sum(int(m[name]) for m in manifests) for name in ("n_tokens", "n_truncated", "n_empty")}
+    manifest = {
+        "format_version": STORE_FORMAT_VERSION,
+        "key_digest": key.digest(),
+        "n_rows": n_rows,
+        "shape": list(shape),
+        "dtype": _DISK_DTYPE.str,
+        "sha256": sha256,
+        "n_bytes": n_bytes,
+        **totals,
+        "chunks": [path.stem for path in chunk_paths],
+    }
+    _write_json(npy.with_suffix(".json"), manifest)
+
+
+# --- Small helpers -----------------------------------------------------------------------------
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes what passes through, so no file is read back."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.hash = hashlib.sha256()
+        self.n_bytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.n_bytes += len(data)
+        return self.handle.write(data)
+
+
+def _write_npy(path: Path, shape: tuple[int, ...], blocks: Iterable[npt.NDArray[Any]]) -> tuple[str, int]:
+    """Write float16 ``blocks`` (stacked on axis 0) as one C-order .npy; return (sha256, n_bytes)."""
+    with open(path, "wb") as handle:
+        writer = _HashingWriter(handle)
+        header = {"descr": np.lib.format.dtype_to_descr(_DISK_DTYPE), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(writer, header)
+        rows = 0
+        for block in blocks:
+            assert block.dtype == _DISK_DTYPE and block.shape[1:] == shape[1:], "chunk shape drifted"
+            writer.write(np.ascontiguousarray(block).tobytes())
+            rows += block.shape[0]
+        assert rows == shape[0], "row count drifted"  # internal invariant: manifests sum to shape
+    return writer.hash.hexdigest(), writer.n_bytes
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _write_key_file(path: Path, key: FeatureKey) -> None:
+    """Record the key beside its features once, so a folder of digests can be read by people."""
+    if not path.exists():
+        _write_json(
+            path, {"format_version": STORE_FORMAT_VERSION, "digest": key.digest(), "key": key.to_json()}
+        )
+
+
+def _chunk_digest(key_digest: str, prompts: Sequence[str]) -> str:
+    """sha256 over the key digest and each prompt, length-prefixed so boundaries are unambiguous."""
+    digest = hashlib.sha256(key_digest.encode("ascii"))
+    for prompt in prompts:
+        # surrogatepass: any Python str hashes, even one with lone surrogates from bad JSON.
+        data = prompt.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _order_digest(key_digest: str, chunk_digests: Sequence[str]) -> str:
+    """sha256 over the key digest and every chunk digest, in order: one per prompt list."""
+    return hashlib.sha256("\n".join([key_digest, *chunk_digests]).encode("ascii")).hexdigest()
+
+
+def _check_prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        raise ConfigError("prompts must be a sequence of strings; got a single str instead.")
+    prompts = list(prompts)
+    if not prompts:
+        raise ConfigError("no prompts to encode; got an empty list. Check the dataset and --limit.")
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ConfigError(f"prompt {index} must be a str; got {type(prompt).__name__} instead.")
+    return prompts
+
+
+def _notify(
+    on_chunk: Callable[[int, ChunkResult | None], None] | None, n: int, result: ChunkResult | None
+) -> None:
+    if on_chunk is not None:
+        on_chunk(n, result)
+
+
+def _tree_size(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+
+
+def _as_slice(positions: list[int]) -> slice | list[int]:
+    """A basic slice for evenly spaced positions (numpy then returns a view), else the list."""
+    if len(positions) == 1:
+        return slice(positions[0], positions[0] + 1)
+    step = positions[1] - positions[0]
+    if step == 0 or any(b - a != step for a, b in itertools.pairwise(positions)):
+        return positions
+    stop = positions[-1] + step
+    return slice(positions[0], stop if stop >= 0 else None, step)
+
+
+def _describe_layers(layers: tuple[int, ...]) -> str:
+    """'0-30' for a contiguous range, else the list: short in the common case, exact always."""
+    if len(layers) > 1 and list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ", ".join(str(layer) for layer in layers)
+
+
+def _as_tuple(value: object) -> tuple[Any, ...]:
+    """``value`` as a tuple; a str or a non-iterable gives ``()`` (caught by the caller's check)."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        return ()
+    return tuple(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_nonempty_str(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _require(ok: bool, name: str, expected: str, got: object) -> None:
+    if not ok:
+        raise ConfigError(f"The {name!r} parameter must be {expected}; got {got!r} instead.")
