@@ -93,3 +93,9 @@ def test_oracle_beats_every_single_target(labels: np.ndarray) -> None:
     assert sum(summary.agreement.values()) == pytest.approx(1.0)
     zones = agreement_zones(labels)
     assert all(0.0 <= v <= 1.0 + 1e-12 for v in zones.values())
+
+
+def test_agreement_shares_are_never_negative() -> None:
+    """1 - 1/3 - 2/3 is -1e-16 in floating point; the disagree share is counted instead."""
+    zones = agreement_zones(np.array([[1.0], [0.0], [0.0]]))
+    assert zones == {"all_correct": 1 / 3, "disagree": 0.0, "all_wrong": 2 / 3}

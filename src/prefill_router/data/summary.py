@@ -109,11 +109,11 @@ def agreement_zones(labels: np.ndarray) -> dict[str, float]:
     if labels.size == 0:
         return {"all_correct": float("nan"), "disagree": float("nan"), "all_wrong": float("nan")}
     correct = labels >= CORRECT_THRESHOLD
-    all_correct, all_wrong = correct.all(axis=1).mean(), (~correct).all(axis=1).mean()
+    all_correct, all_wrong = correct.all(axis=1), (~correct).all(axis=1)
     return {
-        "all_correct": float(all_correct),
-        "disagree": float(1 - all_correct - all_wrong),
-        "all_wrong": float(all_wrong),
+        "all_correct": float(all_correct.mean()),
+        "disagree": float((~all_correct & ~all_wrong).mean()),  # counted, not 1 - a - b, so never < 0
+        "all_wrong": float(all_wrong.mean()),
     }
 
 
