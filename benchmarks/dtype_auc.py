@@ -48,6 +48,7 @@ def main() -> None:
         "--n", type=int, default=1000, help="training prompts sampled from the bundled dataset"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layer-step", type=int, default=3, help="probe every k-th layer (0, k, 2k, ...)")
     args = parser.parse_args()
     train = RoutingDataset.load("bundled").select(split="train")
     rows = np.sort(np.random.default_rng(args.seed).choice(train.n_prompts, size=args.n, replace=False))
@@ -75,7 +76,7 @@ def main() -> None:
         if y.min() == y.max():
             continue
         for p, pooling in enumerate(("mean", "last")):
-            for layer in range(a.shape[2]):
+            for layer in range(0, a.shape[2], args.layer_step):
                 auc = {d: cv_auc(features[d][:, p, layer], y, args.seed) for d in features}
                 per.append({"target": target, "pooling": pooling, "layer": layer, **auc})
         print(target, "done", flush=True)
@@ -83,6 +84,7 @@ def main() -> None:
     summary = {
         "n_prompts": args.n,
         "seed": args.seed,
+        "layers_probed": list(range(0, a.shape[2], args.layer_step)),
         "machine": platform.processor() or platform.machine(),
         "timing": timing,
         "cosine_min": float(cosine.min()),

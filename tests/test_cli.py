@@ -152,3 +152,18 @@ def test_encode_limit_and_bad_layers(
 def test_encode_unknown_encoder_exits_3(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["encode", str(tiny_dataset), "--encoder", "smollm"]) == 3
     assert "Did you mean 'smollm2-135m'?" in capsys.readouterr().err
+
+
+def test_cache_info_and_clear(
+    tiny_dataset: Path, tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = str(tmp_path / "c")
+    assert run(["encode", str(tiny_dataset), "--encoder", str(tiny_llama_dir), "--cache", cache]) == 0
+    capsys.readouterr()
+    assert run(["cache", "info", "--cache", cache]) == 0
+    out = capsys.readouterr().out
+    assert "in 1 feature keys" in out and "layers 0-4, poolings mean, last" in out
+    assert run(["cache", "clear", "--cache", cache]) == 0
+    assert "freed" in capsys.readouterr().out
+    assert run(["cache", "info", "--cache", cache]) == 0
+    assert "0.0 MB in 0 feature keys" in capsys.readouterr().out

@@ -36,12 +36,12 @@ def full_model_reference(encoder: Encoder, prompts: list[str]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir: Path) -> Encoder:
-    return Encoder(str(tiny_llama_dir))
+    return Encoder(str(tiny_llama_dir), dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def bert(tiny_bert_dir: Path) -> Encoder:
-    return Encoder(str(tiny_bert_dir))
+    return Encoder(str(tiny_bert_dir), dtype="float32")
 
 
 @pytest.mark.parametrize("layers", ["all", "0,2", "1-3", "4", "0"])
@@ -206,7 +206,7 @@ def test_nan_features_are_refused(llama: Encoder, monkeypatch: pytest.MonkeyPatc
 # ------------------------------------------------------------ the real encoders
 @pytest.mark.slow
 def test_real_smollm2_early_exit_and_cache_equal_the_full_model() -> None:
-    encoder = Encoder("smollm2-135m")
+    encoder = Encoder("smollm2-135m", dtype="float32")
     assert (encoder.n_layers, encoder.hidden_size, encoder.view.name) == (30, 576, "chat")
     prompts = ["What is the capital of France?", "Solve 12*7.", ""]
     reference = full_model_reference(encoder, prompts)
@@ -221,3 +221,11 @@ def test_real_minilm_loads_from_its_package() -> None:
     encoder = Encoder("minilm-l6")
     assert (encoder.n_layers, encoder.hidden_size, encoder.view.name) == (6, 384, "raw")
     assert encoder.encode(["hello"]).features.shape == (1, 2, 7, 384)
+
+
+def test_bfloat16_is_the_default_and_close_to_float32(tiny_llama_dir: Path, llama: Encoder) -> None:
+    fast = Encoder(str(tiny_llama_dir))
+    assert fast.dtype == "bfloat16"
+    a, b = llama.encode(PROMPTS).features, fast.encode(PROMPTS).features
+    cosine = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    assert cosine.min() > 0.99

@@ -32,6 +32,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Import, inspect and price routing datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(help="Inspect or empty the feature cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 # Piped output keeps full model names: rich would otherwise assume 80 columns.
 _WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 140
@@ -40,6 +42,10 @@ err_console = Console(stderr=True, width=_WIDTH)
 _state = {"debug": False}
 
 DatasetArg = Annotated[str, typer.Argument(help="A routing dataset (.parquet), or the word 'bundled'.")]
+CacheOption = Annotated[
+    Path | None,
+    typer.Option(help="Cache folder (default: $PREFILL_ROUTER_CACHE or ~/.cache/prefill-router)."),
+]
 
 
 class ImportKind(StrEnum):
@@ -176,17 +182,17 @@ def encode(
         int | None,
         typer.Option(help="Longer prompts keep their start and end [default: 512 or the context]."),
     ] = None,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    dtype: Annotated[
+        str, typer.Option(help="bfloat16 (fast; AUCs equal to float32's) or float32.")
+    ] = "bfloat16",
     view: Annotated[str, typer.Option(help="auto (chat template if any), chat or raw.")] = "auto",
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
-    cache: Annotated[
-        Path | None, typer.Option(help="Cache folder (default: $PREFILL_ROUTER_CACHE or ~/.cache).")
-    ] = None,
+    cache: CacheOption = None,
     split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
     limit: Annotated[
         int | None, typer.Option(help="Only the first N prompts, in the dataset's order.")
     ] = None,
-    token_budget: Annotated[int, typer.Option(help="Tokens per batch (batch size x longest prompt).")] = 8192,
+    token_budget: Annotated[int, typer.Option(help="Tokens per batch (batch size x longest prompt).")] = 2048,
     export: Annotated[
         Path | None, typer.Option(help="Also write the features as a plain NumPy .npz.")
     ] = None,
@@ -229,6 +235,32 @@ def encode(
     if export is not None:
         export_npz(stored, dataset.prompt_ids.tolist(), export)
         console.print(f"  exported {export}")
+
+
+@cache_app.command("info")
+def cache_info(cache: CacheOption = None) -> None:
+    """Where the feature cache is and how much disk it takes."""
+    from prefill_router.encode import FeatureStore, default_cache_dir
+
+    store = FeatureStore(cache or default_cache_dir())
+    keys = sorted(store.features_dir.glob("*/key.json")) if store.features_dir.is_dir() else []
+    console.print(f"{store.features_dir}: {store.size_bytes() / 1e6:,.1f} MB in {len(keys)} feature keys")
+    for path in keys:
+        key = json.loads(path.read_text())["key"]
+        console.print(
+            f"  {path.parent.name}: {key['encoder']} ({key['view']} view, {key['dtype']}, "
+            f"max_tokens {key['max_tokens']}), layers {_layer_text(tuple(key['layers']))}, "
+            f"poolings {', '.join(key['poolings'])}"
+        )
+
+
+@cache_app.command("clear")
+def cache_clear(cache: CacheOption = None) -> None:
+    """Delete every cached feature (converted models stay)."""
+    from prefill_router.encode import FeatureStore, default_cache_dir
+
+    freed = FeatureStore(cache or default_cache_dir()).clear()
+    console.print(f"freed {freed / 1e6:,.1f} MB")
 
 
 def _layer_text(layers: tuple[int, ...]) -> str:

@@ -144,10 +144,16 @@ def _gguf_path(spec: EncoderSpec, package_dir: Path, cache: Path) -> Path:
     target = cache / "gguf" / f"{spec.name}.gguf"
     if not target.is_file():
         module = importlib.import_module(spec.module)
-        with atomic_path(target) as tmp:
-            written = getattr(module, spec.assemble or "assemble")(tmp)
-            if written is not None and Path(written) != tmp:
-                shutil.move(str(written), tmp)
+        try:
+            with atomic_path(target) as tmp:
+                written = getattr(module, spec.assemble or "assemble")(tmp, overwrite=True)
+                if written is not None and Path(written) != tmp:
+                    shutil.move(str(written), tmp)
+        except (ModuleNotFoundError, FileNotFoundError) as exc:
+            raise MissingDependencyError(
+                f"encoder {spec.name!r} is missing part of its model ({exc}); "
+                f"install it with: {spec.pip_install}"
+            ) from exc
     return target
 
 
