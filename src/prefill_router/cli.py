@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from prefill_router import __version__
-from prefill_router.errors import PrefillRouterError
+from prefill_router._files import atomic_path
+from prefill_router.errors import ConfigError, PrefillRouterError
 
 app = typer.Typer(
     name="prefill-router",
@@ -235,6 +236,125 @@ def encode(
     if export is not None:
         export_npz(stored, dataset.prompt_ids.tolist(), export)
         console.print(f"  exported {export}")
+
+
+# -------------------------------------------------------------------------- probe
+@app.command("probe")
+def probe(
+    data: DatasetArg,
+    encoder: Annotated[
+        list[str] | None, typer.Option(help="Encoder name or model folder; repeat to compare encoders.")
+    ] = None,
+    pooling: Annotated[str, typer.Option(help="mean or last.")] = "mean",
+    targets: Annotated[str | None, typer.Option(help="Comma-separated target names (default: all).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N training prompts.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Save the per-target probe figure (PNG).")] = None,
+    pca_k: Annotated[int, typer.Option(help="PCA dimensions after standardisation.")] = 128,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
+    shrinkage: Annotated[
+        float, typer.Option(help="J_lda shrinkage (share of the mean S_W eigenvalue).")
+    ] = 0.1,
+    dtype: Annotated[str, typer.Option(help="Encoder dtype: bfloat16 or float32.")] = "bfloat16",
+    max_tokens: Annotated[int | None, typer.Option(help="Encoder truncation [default: 512].")] = None,
+    cache: CacheOption = None,
+) -> None:
+    """Fisher separability, d_eff and CV-AUC of every layer for every target (training rows only)."""
+    from prefill_router.data.dataset import RoutingDataset
+    from prefill_router.encode import (
+        Encoder,
+        FeatureStore,
+        default_cache_dir,
+        extract_features,
+        parse_poolings,
+    )
+    from prefill_router.probe import ProbeSettings, probe_layers
+
+    pooling_name = parse_poolings(pooling)
+    if len(pooling_name) != 1:
+        raise ConfigError("probe takes one pooling at a time: --pooling mean or --pooling last")
+    dataset = RoutingDataset.load(data)
+    train = dataset.select(split="train") if "train" in dataset.split_names() else dataset
+    if targets:
+        train = train.select(targets=[t.strip() for t in targets.split(",")])
+    if limit is not None:
+        train = train.take(range(min(limit, train.n_prompts)))
+    settings = ProbeSettings(pca_k=pca_k, folds=folds, shrinkage=shrinkage)
+    store = FeatureStore(cache or default_cache_dir())
+    reports = {}
+    for name in encoder or ["smollm2-135m"]:
+        with console.status(f"loading encoder {name} ({dtype})"):
+            model = Encoder(name, dtype=dtype, max_tokens=max_tokens, cache_dir=cache)
+        with _encode_progress(train.n_prompts) as advance:
+            stored = extract_features(model, train.prompts.tolist(), store, on_progress=advance)
+        with console.status(f"probing {len(stored.key.layers)} layers x {len(train.targets)} targets"):
+            report = probe_layers(
+                stored.pooled(pooling_name[0]), train.labels, train.target_names, stored.key.layers, settings
+            )
+        report.settings.update(
+            {"pooling": pooling_name[0], "encoder": model.name, "dtype": dtype, "n_rows": train.n_prompts}
+        )
+        reports[model.name] = report
+        _print_probe(report, model.name)
+    if len(reports) > 1:
+        _print_encoder_comparison(reports)
+    if json_out is not None:
+        first = next(iter(reports.values())).to_json()
+        if len(reports) > 1:
+            first["encoders"] = {name: r.to_json() for name, r in reports.items()}
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(first, indent=1))
+        console.print(f"report: {json_out}")
+    if plot is not None:
+        from prefill_router.probe_plot import plot_probes
+
+        plot_probes(
+            reports, plot, title=f"{data}: {pooling_name[0]} pooling, {train.n_prompts} training prompts"
+        )
+        console.print(f"figure: {plot}")
+
+
+def _print_probe(report: Any, encoder: str) -> None:
+    table = Table(
+        "target", "best by AUC", "by J_lda (AUC, lost)", "by trace J (AUC, lost)", "ρ J_lda~AUC", "ρ J~AUC",
+        "d_eff @best", "chosen",
+        title=f"{encoder}: {report.settings['pooling']} pooling, PCA-{report.settings['pca_k']}, "
+        f"{report.settings['folds']}-fold, {report.seconds:.1f} s",
+    )  # fmt: skip
+    for name, t in report.targets.items():
+        if t.skipped:
+            table.add_row(name, f"[yellow]skipped: {t.skipped}[/]", "", "", "", "", "", "")
+            continue
+        auc = {p.layer: p.cv_auc for p in t.layers}
+        deff = {p.layer: p.d_eff for p in t.layers}
+        table.add_row(
+            name, f"L{t.best_by_auc} {auc[t.best_by_auc]:.3f}",
+            f"L{t.best_by_j_lda} {auc[t.best_by_j_lda]:.3f} (-{t.auc_lost:.3f})",
+            f"L{t.best_by_j} {auc[t.best_by_j]:.3f} (-{t.auc_lost_trace_j:.3f})",
+            f"{t.spearman_j_lda_auc:+.2f}", f"{t.spearman_j_auc:+.2f}", f"{deff[t.best_by_auc]:.1f}",
+            ",".join(map(str, t.chosen)),
+        )  # fmt: skip
+    console.print(table)
+    for layer, reason in report.skipped_layers.items():
+        console.print(f"  layer {layer} skipped: {reason}")
+
+
+def _print_encoder_comparison(reports: dict[str, Any]) -> None:
+    names = list(reports)
+    table = Table("target", *[f"{n} best AUC" for n in names], "best encoder", title="encoder comparison")
+    first = reports[names[0]]
+    for target in first.targets:
+        cells, best = [], ("", -1.0)
+        for name in names:
+            t = reports[name].targets.get(target)
+            if t is None or not t.layers:
+                cells.append("-")
+                continue
+            value = max(p.cv_auc for p in t.layers)
+            cells.append(f"{value:.3f} (L{t.best_by_auc})")
+            best = max(best, (name, value), key=lambda b: b[1])
+        table.add_row(target, *cells, best[0])
+    console.print(table)
 
 
 @cache_app.command("info")

@@ -1,0 +1,416 @@
+"""Stage 3 — layer probes (DESIGN §5): Fisher separability, effective dimensionality, CV-AUC.
+
+For every layer x target, on training rows only:
+
+- ``fisher_j``: trace form ``tr(S_B) / tr(S_W)`` on standardised, PCA-k features (reported, never
+  used to select: a few massive-activation dimensions dominate its traces);
+- ``fisher_j_lda``: discriminant form ``(wᵀΔμ)² / (wᵀ S_W/N w)`` with ``w = (S_W/N + αI)⁻¹ Δμ``,
+  fitted on k-1 folds and evaluated on the held-out fold (out of fold, so not optimistic);
+- ``d_eff``: participation ratio ``(Σλ)² / Σλ²`` of the covariance of the layer's raw features;
+- ``cv_auc``: k-fold ROC-AUC of an L2 logistic regression on the same standardised PCA-k features.
+
+Everything is vectorised across layers (and across targets where the maths allows) with torch's
+batched linear algebra; standardisation and PCA are fitted inside each fold.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from prefill_router.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
+
+STRATEGIES = ("fisher", "auc", "all-mean")
+DEFAULT_N_LAYERS = 1
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How the probes are computed (all stated in the report)."""
+
+    pca_k: int = 128  # PCA dimensions after per-layer standardisation
+    folds: int = 5  # stratified k-fold for J_lda and CV-AUC
+    shrinkage: float = 0.1  # α as a share of the mean eigenvalue of S_W/N
+    l2_c: float = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's C)
+    label_threshold: float = 0.5  # graded labels count as correct at or above this
+    seed: int = 0
+    newton_steps: int = 12  # Newton iterations of the batched logistic regression
+
+
+@dataclass(frozen=True)
+class LayerProbe:
+    """The four probes of one layer for one target."""
+
+    layer: int
+    fisher_j: float
+    fisher_j_lda: float
+    d_eff: float
+    cv_auc: float
+
+
+@dataclass
+class TargetProbe:
+    """Per-layer probes of one target, the layers chosen, and how well J ranks layers."""
+
+    target: str
+    n_rows: int
+    positive_rate: float
+    layers: list[LayerProbe] = field(default_factory=list)
+    chosen: list[int] = field(default_factory=list)
+    best_by_auc: int = -1
+    best_by_j_lda: int = -1
+    best_by_j: int = -1
+    spearman_j_auc: float = math.nan
+    spearman_j_lda_auc: float = math.nan
+    auc_lost: float = math.nan  # best CV-AUC minus CV-AUC of the layer J_lda picks
+    auc_lost_trace_j: float = math.nan  # the same for the trace form
+    skipped: str | None = None
+
+
+@dataclass
+class ProbeReport:
+    """Probes of every target; ``to_json`` gives the ``probe --json`` document."""
+
+    settings: dict[str, Any]
+    targets: dict[str, TargetProbe]
+    skipped_layers: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as plain JSON (NaN becomes null)."""
+        blob = {
+            "settings": self.settings,
+            "seconds": self.seconds,
+            "skipped_layers": {str(k): v for k, v in self.skipped_layers.items()},
+            "targets": {k: asdict(v) for k, v in self.targets.items()},
+        }
+        result: dict[str, Any] = _finite_or_none(blob)
+        return result
+
+
+# -------------------------------------------------------------------- the maths
+def fisher_j(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Trace-form Fisher separability per layer: ``tr(S_B) / tr(S_W)``.
+
+    Args:
+        x: (L, N, K) features; y: (N,) 0/1 classes.
+    Returns:
+        (L,) J per layer.
+    """
+    mu = x.mean(axis=1, keepdims=True)
+    between, within = np.zeros(x.shape[0]), np.zeros(x.shape[0])
+    for c in (0, 1):
+        xc = x[:, y == c]
+        mu_c = xc.mean(axis=1, keepdims=True)
+        between += xc.shape[1] * ((mu_c - mu) ** 2).sum(axis=(1, 2))
+        within += ((xc - mu_c) ** 2).sum(axis=(1, 2))
+    return np.asarray(between / within)
+
+
+def d_eff(x: np.ndarray) -> np.ndarray:
+    """Effective dimensionality per layer: participation ratio of the covariance eigenvalues.
+
+    Args:
+        x: (L, N, H) features.
+    Returns:
+        (L,) values in [1, rank].
+    """
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).double()
+    t = t - t.mean(dim=1, keepdim=True)
+    eig = torch.linalg.eigvalsh(t.transpose(1, 2) @ t / max(x.shape[1] - 1, 1)).clamp(min=0)
+    ratio: np.ndarray = (eig.sum(-1) ** 2 / (eig**2).sum(-1)).numpy()
+    return ratio
+
+
+def fisher_j_lda(
+    train: torch.Tensor, y_train: torch.Tensor, test: torch.Tensor, y_test: torch.Tensor, shrinkage: float
+) -> torch.Tensor:
+    """Discriminant-form J fitted on ``train`` and evaluated on ``test``, for every layer x target.
+
+    Args:
+        train: (L, n, K) features; y_train: (n, T) 0/1 float; test, y_test: the held-out fold.
+    Returns:
+        (L, T) out-of-fold J_lda.
+    """
+    import torch
+
+    mu1, mu0 = _class_means(train, y_train)  # (L, T, K)
+    within = _within_cov(train, y_train, mu1, mu0)  # (L, T, K, K)
+    k = train.shape[-1]
+    alpha = shrinkage * within.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    eye = torch.eye(k, dtype=train.dtype)
+    w = torch.linalg.solve(within + alpha * eye, (mu1 - mu0)[..., None])[..., 0]  # (L, T, K)
+    t1, t0 = _class_means(test, y_test)
+    test_within = _within_cov(test, y_test, t1, t0)
+    numerator = ((w * (t1 - t0)).sum(-1)) ** 2
+    denominator = torch.einsum("ltk,ltkj,ltj->lt", w, test_within, w)
+    result: torch.Tensor = numerator / denominator.clamp(min=1e-12)
+    return result
+
+
+def logistic_fit(x: torch.Tensor, y: torch.Tensor, l2_c: float, steps: int) -> torch.Tensor:
+    """L2 logistic regressions for every layer x target at once, by Newton's method.
+
+    Minimises ``Σ log-loss + ||w||² / (2C)`` (intercept unpenalised), scikit-learn's objective.
+    Written by hand because scikit-learn fits one model at a time: the 1,395 fits of a
+    31-layer x 9-target x 5-fold probe take minutes there and seconds batched here.
+
+    Args:
+        x: (L, n, K) features; y: (n, T) 0/1 float.
+    Returns:
+        (L, T, K + 1) weights, intercept last.
+    """
+    import torch
+
+    n_layers, n, k = x.shape
+    xb = torch.cat([x, torch.ones(n_layers, n, 1, dtype=x.dtype)], dim=-1)  # (L, n, K+1)
+    w = torch.zeros(n_layers, y.shape[1], k + 1, dtype=x.dtype)
+    penalty = torch.full((k + 1,), 1.0 / l2_c, dtype=x.dtype)
+    penalty[-1] = 0.0
+    ridge = torch.diag(penalty) + 1e-8 * torch.eye(k + 1, dtype=x.dtype)
+    for _ in range(steps):
+        p = torch.sigmoid(w @ xb.transpose(1, 2))  # (L, T, n)
+        grad = (p - y.T[None]) @ xb + penalty * w  # (L, T, K+1)
+        weight = p * (1 - p)
+        # One batched matmul per target keeps the (L, n, K+1) intermediate small.
+        hessian = torch.stack(
+            [(xb * weight[:, t, :, None]).transpose(1, 2) @ xb for t in range(y.shape[1])], 1
+        )
+        step = torch.linalg.solve(hessian + ridge, grad[..., None])[..., 0]
+        w = w - step
+        if step.abs().max() < 1e-6:
+            break
+    return w
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (NaN when either side is constant)."""
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(spearmanr(a, b).statistic)
+
+
+# ------------------------------------------------------------------- the probe
+def probe_layers(
+    features: np.ndarray,
+    labels: np.ndarray,
+    target_names: Sequence[str],
+    layer_ids: Sequence[int],
+    settings: ProbeSettings | None = None,
+) -> ProbeReport:
+    """Probe every layer x target.
+
+    Args:
+        features: (N, L, H) pooled features of the training rows (any float dtype; memmaps fine).
+        labels: (N, T) labels in [0, 1], NaN = not evaluated (those rows are left out per target).
+        target_names: T names; layer_ids: L layer indices (for the report).
+
+    Raises:
+        DataError: NaN/inf features, fewer rows than folds overall. Targets with one class or too
+            few labelled rows are skipped with the reason in ``TargetProbe.skipped``.
+    """
+    import torch
+
+    settings = settings or ProbeSettings()
+    started = time.perf_counter()
+    x = np.asarray(features, dtype=np.float32).transpose(1, 0, 2)  # (L, N, H)
+    _check_features(x, layer_ids)
+    constant = (x.std(axis=1) == 0).all(axis=1)  # e.g. last-token layer 0 under a chat template
+    skipped = {int(layer_ids[int(i)]): "constant across prompts" for i in np.flatnonzero(constant)}
+    if constant.all():
+        raise DataError("every layer's features are constant across prompts; nothing to probe")
+    x, layer_ids = x[~constant], [layer for i, layer in enumerate(layer_ids) if not constant[i]]
+    report = ProbeReport(settings=_settings_json(settings, x.shape), targets={}, skipped_layers=skipped)
+    d = d_eff(x)
+    y_all = (labels >= settings.label_threshold).astype(np.float32)
+    observed = ~np.isnan(labels)
+    probed: list[int] = []
+    for j, name in enumerate(target_names):
+        rows = observed[:, j]
+        target = TargetProbe(name, int(rows.sum()), float(y_all[rows, j].mean()) if rows.any() else math.nan)
+        target.skipped = _skip_reason(y_all[rows, j], settings.folds)
+        report.targets[name] = target
+        if target.skipped is None:
+            probed.append(j)
+    # Rows every probed target labels, so all targets share one set of folds (vectorised).
+    common = observed[:, probed].all(axis=1) if probed else np.zeros(len(labels), dtype=bool)
+    if probed and common.sum() < settings.folds * 2:
+        raise DataError(
+            f"only {int(common.sum())} rows are labelled for every target; need at least {settings.folds * 2}"
+        )
+    if probed:
+        xt = torch.from_numpy(np.ascontiguousarray(x[:, common]))
+        yt = torch.from_numpy(y_all[common][:, probed])
+        j_trace, j_lda, auc = _cross_validate(xt, yt, settings)
+        for col, j in enumerate(probed):
+            _fill_target(
+                report.targets[target_names[j]], layer_ids, j_trace[:, col], j_lda[:, col], auc[:, col], d
+            )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _cross_validate(
+    x: torch.Tensor, y: torch.Tensor, settings: ProbeSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(L,) trace J on all rows; (L, T) mean out-of-fold J_lda and CV-AUC."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    n_layers, n, _ = x.shape
+    strata = (y * (2 ** torch.arange(y.shape[1], dtype=y.dtype))).sum(1).numpy() % 7  # mix of targets
+    folds = StratifiedKFold(settings.folds, shuffle=True, random_state=settings.seed)
+    j_lda = torch.zeros(n_layers, y.shape[1], dtype=x.dtype)
+    auc = np.zeros((n_layers, y.shape[1]))
+    whole = _standardise_pca(x, x, settings.pca_k)[0].numpy()
+    j_trace = np.stack([fisher_j(whole, y[:, t].numpy()) for t in range(y.shape[1])], axis=1)
+    for train_rows, test_rows in folds.split(np.zeros(n), strata):
+        train, test = _standardise_pca(x[:, train_rows], x[:, test_rows], settings.pca_k)
+        j_lda += fisher_j_lda(train, y[train_rows], test, y[test_rows], settings.shrinkage)
+        w = logistic_fit(train, y[train_rows], settings.l2_c, settings.newton_steps)
+        scores = torch.einsum("lnk,ltk->ltn", test, w[..., :-1]) + w[..., -1:]
+        for layer in range(n_layers):
+            for t in range(y.shape[1]):
+                auc[layer, t] += roc_auc_score(y[test_rows, t].numpy(), scores[layer, t].numpy())
+    return j_trace, (j_lda / settings.folds).numpy(), auc / settings.folds
+
+
+def _standardise_pca(train: torch.Tensor, test: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer standardisation and PCA to ``k`` dims, fitted on ``train``, applied to both."""
+    import torch
+
+    mean = train.mean(dim=1, keepdim=True)
+    std = train.std(dim=1, keepdim=True).clamp(min=1e-6)
+    a, b = (train - mean) / std, (test - mean) / std
+    k = min(k, a.shape[1] - 1, a.shape[2])
+    _, vectors = torch.linalg.eigh((a.transpose(1, 2) @ a).double())  # ascending eigenvalues
+    top = vectors[..., -k:].to(a.dtype)
+    return a @ top, b @ top
+
+
+def _class_means(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, T, K) class-1 and class-0 means of every layer for every target."""
+    n1 = y.sum(0).clamp(min=1)
+    n0 = (1 - y).sum(0).clamp(min=1)
+    mu1 = (y.T[None] @ x) / n1[None, :, None]
+    mu0 = ((1 - y).T[None] @ x) / n0[None, :, None]
+    return mu1, mu0
+
+
+def _within_cov(x: torch.Tensor, y: torch.Tensor, mu1: torch.Tensor, mu0: torch.Tensor) -> torch.Tensor:
+    """(L, T, K, K) pooled within-class covariance S_W / N."""
+    import torch
+
+    second = x.transpose(1, 2) @ x  # (L, K, K) Σ x xᵀ
+    n1 = y.sum(0)
+    n0 = (1 - y).sum(0)
+    outer1 = torch.einsum("ltk,ltj->ltkj", mu1, mu1) * n1[None, :, None, None]
+    outer0 = torch.einsum("ltk,ltj->ltkj", mu0, mu0) * n0[None, :, None, None]
+    return (second[:, None] - outer1 - outer0) / x.shape[1]
+
+
+def _fill_target(
+    target: TargetProbe,
+    layer_ids: Sequence[int],
+    j_trace: np.ndarray,
+    j_lda: np.ndarray,
+    auc: np.ndarray,
+    d: np.ndarray,
+) -> None:
+    jt = j_trace
+    target.layers = [
+        LayerProbe(int(layer), float(jt[i]), float(j_lda[i]), float(d[i]), float(auc[i]))
+        for i, layer in enumerate(layer_ids)
+    ]
+    best_auc = int(np.argmax(auc))
+    target.best_by_auc = int(layer_ids[best_auc])
+    target.best_by_j_lda = int(layer_ids[int(np.argmax(j_lda))])
+    target.best_by_j = int(layer_ids[int(np.argmax(jt))])
+    target.spearman_j_auc = spearman(jt, auc)
+    target.spearman_j_lda_auc = spearman(j_lda, auc)
+    target.auc_lost = float(auc[best_auc] - auc[int(np.argmax(j_lda))])
+    target.auc_lost_trace_j = float(auc[best_auc] - auc[int(np.argmax(jt))])
+    target.chosen = select_layers(target, "fisher")
+
+
+def select_layers(target: TargetProbe, strategy: str, n: int = DEFAULT_N_LAYERS) -> list[int]:
+    """Layers a strategy picks for one target.
+
+    ``fisher``: top-n by out-of-fold J_lda among layers whose d_eff is not collapsed (at least
+    a quarter of the median d_eff); ``auc``: top-n by CV-AUC; ``all-mean``: every layer (to be
+    standardised per layer, concatenated and PCA-reduced by the trainer).
+
+    Raises:
+        ConfigError: unknown strategy or n < 1.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"unknown layer strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}, or a list"
+        )
+    if n < 1:
+        raise ConfigError(f"The 'n' parameter must be >= 1; got {n} instead.")
+    if not target.layers:
+        return []
+    if strategy == "all-mean":
+        return [p.layer for p in target.layers]
+    if strategy == "auc":
+        ranked = sorted(target.layers, key=lambda p: -p.cv_auc)
+    else:
+        floor = 0.25 * float(np.median([p.d_eff for p in target.layers]))
+        healthy = [p for p in target.layers if p.d_eff >= floor] or target.layers
+        ranked = sorted(healthy, key=lambda p: -p.fisher_j_lda)
+    return sorted(p.layer for p in ranked[:n])
+
+
+# --------------------------------------------------------------------- helpers
+def _check_features(x: np.ndarray, layer_ids: Sequence[int]) -> None:
+    if x.shape[0] != len(layer_ids):
+        raise DataError(f"features hold {x.shape[0]} layers but {len(layer_ids)} layer ids were given")
+    bad = ~np.isfinite(x).all(axis=(1, 2))
+    if bad.any():
+        raise DataError(f"features of layer {layer_ids[int(np.argmax(bad))]} contain NaN or inf")
+
+
+def _skip_reason(y: np.ndarray, folds: int) -> str | None:
+    if len(y) == 0:
+        return "no labelled training rows"
+    positives, negatives = int(y.sum()), int(len(y) - y.sum())
+    if positives == 0 or negatives == 0:
+        return f"only one class in the training rows ({positives} correct, {negatives} wrong)"
+    if min(positives, negatives) < folds:
+        return f"too few rows of one class for {folds} folds ({positives} correct, {negatives} wrong)"
+    return None
+
+
+def _settings_json(settings: ProbeSettings, shape: tuple[int, ...]) -> dict[str, Any]:
+    return {
+        **asdict(settings),
+        "pca_k": min(settings.pca_k, shape[1] - 1, shape[2]),
+        "d_eff_on": "centred raw features (all training rows)",
+        "fisher_j_on": "standardised PCA-k features (all training rows)",
+        "fisher_j_lda_on": "standardised PCA-k features, out of fold (mean over folds)",
+        "cv_auc_on": "standardised PCA-k features, L2 logistic regression, mean ROC-AUC over folds",
+    }
+
+
+def _finite_or_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
