@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from prefill_router import DataError, RoutingDataset
+from prefill_router import DataError, RoutingDataset, TargetInfo
 from prefill_router.cli import run
 
 
@@ -167,3 +167,65 @@ def test_cache_info_and_clear(
     assert "freed" in capsys.readouterr().out
     assert run(["cache", "info", "--cache", cache]) == 0
     assert "0.0 MB in 0 feature keys" in capsys.readouterr().out
+
+
+# -------------------------------------------------------------------------- probe
+@pytest.fixture
+def probe_dataset(tmp_path: Path) -> Path:
+    """60 prompts x 3 targets: one target follows a word in the prompt, one is noise, one has one class."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    words = ["blue", "square", "python", "answer", "colour", "number"]
+    prompts = [f"{rng.choice(words)} {rng.choice(words)} question {i}" for i in range(60)]
+    planted = np.array([1.0 if "python" in p else 0.0 for p in prompts])
+    labels = np.column_stack([planted, rng.integers(0, 2, 60).astype(float), np.ones(60)])
+    ds = RoutingDataset(
+        [f"p{i}" for i in range(60)], prompts, [None] * 60, ["train"] * 60, labels,
+        (TargetInfo("planted"), TargetInfo("noise"), TargetInfo("always-right")),
+    )  # fmt: skip
+    return ds.save(tmp_path / "probe.parquet")
+
+
+def test_probe_reports_json_plot_and_skips_one_class_targets(
+    probe_dataset: Path, tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report, figure = tmp_path / "probe.json", tmp_path / "probe.png"
+    args = ["probe", str(probe_dataset), "--encoder", str(tiny_llama_dir), "--cache", str(tmp_path / "c")]
+    assert run([*args, "--folds", "3", "--pca-k", "8", "--json", str(report), "--plot", str(figure)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out
+    blob = json.loads(report.read_text())
+    assert {"pooling", "pca_k", "folds", "shrinkage"} <= set(blob["settings"])
+    assert blob["settings"]["pca_k"] == 8 and blob["settings"]["pooling"] == "mean"
+    planted = blob["targets"]["planted"]
+    assert [row["layer"] for row in planted["layers"]] == [0, 1, 2, 3, 4]
+    assert {"layer", "fisher_j", "fisher_j_lda", "d_eff", "cv_auc"} <= set(planted["layers"][0])
+    assert {"chosen", "spearman_j_auc", "auc_lost"} <= set(planted)
+    assert (
+        blob["targets"]["always-right"]["skipped"]
+        == "only one class in the training rows (60 correct, 0 wrong)"
+    )
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_probe_compares_encoders(
+    probe_dataset: Path,
+    tiny_llama_dir: Path,
+    tiny_bert_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = tmp_path / "probe.json"
+    args = ["probe", str(probe_dataset), "--cache", str(tmp_path / "c"), "--folds", "3", "--pca-k", "8"]
+    args += ["--encoder", str(tiny_llama_dir), "--encoder", str(tiny_bert_dir), "--targets", "planted,noise"]
+    assert run([*args, "--json", str(report)]) == 0
+    assert "encoder comparison" in capsys.readouterr().out
+    blob = json.loads(report.read_text())
+    assert set(blob["encoders"]) == {str(tiny_llama_dir), str(tiny_bert_dir)}
+    assert len(blob["encoders"][str(tiny_bert_dir)]["targets"]["planted"]["layers"]) == 4
+
+
+def test_probe_takes_one_pooling(probe_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["probe", str(probe_dataset), "--pooling", "mean,last"]) == 3
+    assert "probe takes one pooling at a time" in capsys.readouterr().err

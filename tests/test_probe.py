@@ -61,7 +61,9 @@ def separated_and_noise(n: int = 400, h: int = 20, seed: int = 0) -> tuple[np.nd
     return x, y.astype(float)[:, None]
 
 
-def planted_layer(n: int = 500, h: int = 16, n_layers: int = 7, planted: int = 3, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def planted_layer(
+    n: int = 500, h: int = 16, n_layers: int = 7, planted: int = 3, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, L, H) noise features with a moderately informative layer ``planted``; (N, 1) labels."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, n_layers, h))
@@ -91,7 +93,9 @@ def test_fisher_j_matches_the_direct_formula() -> None:
     shift=st.floats(-100, 100, allow_nan=False),
     scale=st.floats(0.01, 100, allow_nan=False),
 )
-def test_fisher_j_is_invariant_to_translation_and_isotropic_scaling(seed: int, shift: float, scale: float) -> None:
+def test_fisher_j_is_invariant_to_translation_and_isotropic_scaling(
+    seed: int, shift: float, scale: float
+) -> None:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(2, 60, 5))
     y = np.arange(60) % 2
@@ -177,8 +181,15 @@ def test_separable_layer_has_auc_one_and_noise_layer_auc_near_half() -> None:
     assert abs(noisy.cv_auc - 0.5) < 0.1
     assert separated.fisher_j > 5.0 and noisy.fisher_j < 0.2
     assert separated.fisher_j_lda > 50.0 and noisy.fisher_j_lda < 1.0
-    assert report.targets["m"].best_by_auc == 0
-    assert report.targets["m"].chosen == [0]
+    assert report.targets["m"].best_by_auc == report.targets["m"].best_by_j_lda == 0
+
+
+def test_fisher_strategy_chooses_a_perfectly_separable_layer() -> None:
+    x, y = separated_and_noise()
+    target = probe_layers(x, y, ["m"], [0, 1], FAST).targets["m"]
+    auc = {p.layer: p.cv_auc for p in target.layers}
+    assert target.auc_lost == pytest.approx(max(auc.values()) - auc[target.chosen[0]])
+    assert target.chosen == [0]
 
 
 def test_fisher_and_auc_strategies_find_a_planted_layer_among_noise_layers() -> None:
@@ -195,16 +206,24 @@ def test_fisher_and_auc_strategies_find_a_planted_layer_among_noise_layers() -> 
     assert target.auc_lost == pytest.approx(0.0)
 
 
-def test_fisher_strategy_passes_over_a_collapsed_layer() -> None:
-    layers = [LayerProbe(i, 0.1, j, d, 0.7) for i, (j, d) in enumerate([(1.0, 10.0), (2.0, 9.0), (9.0, 1.0), (0.5, 11.0)])]
-    target = TargetProbe("m", 100, 0.5, layers=layers)
-    assert select_layers(target, "fisher") == [1]  # layer 2 has the top J_lda but d_eff 1 < 0.25 * median
-    assert select_layers(target, "fisher", n=2) == [0, 1]
+def test_fisher_strategy_breaks_near_ties_against_a_collapsed_layer() -> None:
+    """d_eff only breaks near-ties: a collapsed layer within 5% of a healthy one ranks below it,
+    but a collapsed layer with clearly more J_lda is still chosen."""
+    near_tie = [
+        LayerProbe(i, 0.1, j, d, 0.7) for i, (j, d) in enumerate([(1.0, 10.0), (2.0, 9.0), (2.05, 1.0)])
+    ]
+    target = TargetProbe("m", 100, 0.5, layers=near_tie)
+    assert select_layers(target, "fisher") == [1]
+    assert select_layers(target, "fisher", n=2) == [1, 2]
+    clear = [LayerProbe(i, 0.1, j, d, 0.7) for i, (j, d) in enumerate([(1.0, 10.0), (2.0, 9.0), (9.0, 1.0)])]
+    assert select_layers(TargetProbe("m", 100, 0.5, layers=clear), "fisher") == [2]
 
 
 def test_select_layers_rejects_an_unknown_strategy_and_n_below_one() -> None:
     target = TargetProbe("m", 10, 0.5, layers=[LayerProbe(0, 1.0, 1.0, 1.0, 0.5)])
-    with pytest.raises(ConfigError, match=r"unknown layer strategy 'bogus'; expected one of: fisher, auc, all-mean"):
+    with pytest.raises(
+        ConfigError, match=r"unknown layer strategy 'bogus'; expected one of: fisher, auc, all-mean"
+    ):
         select_layers(target, "bogus")
     with pytest.raises(ConfigError, match=r"The 'n' parameter must be >= 1; got 0 instead\."):
         select_layers(target, "fisher", n=0)
@@ -259,15 +278,13 @@ def test_a_constant_layer_is_skipped_and_the_others_are_probed() -> None:
     report = probe_layers(x, labels, ["a", "b"], [0, 1, 2], FAST)
     assert report.skipped_layers == {0: "constant across prompts"}
     assert [p.layer for p in report.targets["a"].layers] == [1, 2]
-    assert all(math.isfinite(v) for p in report.targets["a"].layers for v in (p.fisher_j, p.fisher_j_lda, p.d_eff, p.cv_auc))
+    assert all(
+        math.isfinite(v)
+        for p in report.targets["a"].layers
+        for v in (p.fisher_j, p.fisher_j_lda, p.d_eff, p.cv_auc)
+    )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="probe.py bug: constancy is tested as float32 `x.std(axis=1) == 0`; a layer whose every row is the same "
-    "non-representable vector (e.g. last-token layer 0 under a chat template) has a rounding-error std ~1e-8, is "
-    "not skipped, and gets d_eff = NaN (0/0 on all-zero eigenvalues) and a noise fisher_j",
-)
 def test_a_constant_layer_of_arbitrary_values_is_skipped() -> None:
     x, labels = noise()
     x[:, 0] = np.random.default_rng(8).normal(size=16)  # every prompt has the same (non-zero) features
@@ -278,7 +295,9 @@ def test_a_constant_layer_of_arbitrary_values_is_skipped() -> None:
 def test_every_layer_constant_is_a_data_error() -> None:
     x, labels = noise()
     x[:] = 1.0
-    with pytest.raises(DataError, match=r"every layer's features are constant across prompts; nothing to probe"):
+    with pytest.raises(
+        DataError, match=r"every layer's features are constant across prompts; nothing to probe"
+    ):
         probe_layers(x, labels, ["a", "b"], [0, 1, 2], FAST)
 
 
@@ -305,13 +324,6 @@ def test_graded_labels_count_as_correct_at_the_threshold() -> None:
     assert target.layers[0].cv_auc > 0.999
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="probe.py bug: probe_layers probes every target on the rows labelled for *all* probed targets (`common`), "
-    "but decides skipping on each target's own rows; target 'b' below has both classes in its 400 labelled rows "
-    "(skip check passes) yet only class 0 in the 350 common rows, so it gets NaN fisher_j / cv_auc "
-    "(RuntimeWarning 'Mean of empty slice', UndefinedMetricWarning) instead of being probed or skipped",
-)
 def test_nan_labels_of_one_target_do_not_starve_another() -> None:
     x, labels = noise(n=400)
     labels[:, 1] = 0.0
@@ -322,12 +334,6 @@ def test_nan_labels_of_one_target_do_not_starve_another() -> None:
     assert all(math.isfinite(p.cv_auc) for p in report.targets["b"].layers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DataError,
-    reason="probe.py bug: same `common`-rows cause; two targets labelled on disjoint halves of the rows, each "
-    "probe-able alone, raise DataError 'only 0 rows are labelled for every target' instead of being probed per target",
-)
 def test_targets_labelled_on_disjoint_rows_are_each_probed() -> None:
     x, labels = noise(n=400)
     labels[:200, 1] = np.nan
@@ -337,13 +343,6 @@ def test_targets_labelled_on_disjoint_rows_are_each_probed() -> None:
     assert len(report.targets["a"].layers) == len(report.targets["b"].layers) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="probe.py bug: the folds stratify on `sum(y_t * 2**t) % 7` (a mix of targets), so a target whose rare "
-    "class just passes the 'too few rows' check (5 correct, folds=5) is not spread one per fold when there are "
-    "3 targets: StratifiedKFold warns 'least populated class ... only 1 members', and a test fold with no "
-    "correct row gives a silent NaN cv_auc (UndefinedMetricWarning) for target 'c'",
-)
 def test_a_rare_class_is_spread_over_the_folds_with_several_targets() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(200, 1, 8))
@@ -362,7 +361,11 @@ def test_report_json_is_strict_and_holds_the_documented_keys() -> None:
     report = probe_layers(x, labels, ["a", "b"], [0, 1, 2], ProbeSettings(pca_k=128, folds=3, shrinkage=0.2))
     blob = json.loads(json.dumps(report.to_json(), allow_nan=False))
     assert {"pca_k", "folds", "shrinkage"} <= blob["settings"].keys()
-    assert (blob["settings"]["pca_k"], blob["settings"]["folds"], blob["settings"]["shrinkage"]) == (16, 3, 0.2)
+    assert (blob["settings"]["pca_k"], blob["settings"]["folds"], blob["settings"]["shrinkage"]) == (
+        16,
+        3,
+        0.2,
+    )
     a = blob["targets"]["a"]
     assert {"layers", "chosen", "spearman_j_auc", "auc_lost"} <= a.keys()
     assert [layer["layer"] for layer in a["layers"]] == [0, 1, 2]

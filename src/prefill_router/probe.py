@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
 
 STRATEGIES = ("fisher", "auc", "all-mean")
+COLLAPSED_D_EFF = 1.05  # participation ratio below which a layer counts as collapsed
 DEFAULT_N_LAYERS = 1
 
 
@@ -197,7 +198,9 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation (NaN when either side is constant)."""
     from scipy.stats import spearmanr
 
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
     return float(spearmanr(a, b).statistic)
 
@@ -227,7 +230,7 @@ def probe_layers(
     started = time.perf_counter()
     x = np.asarray(features, dtype=np.float32).transpose(1, 0, 2)  # (L, N, H)
     _check_features(x, layer_ids)
-    constant = (x.std(axis=1) == 0).all(axis=1)  # e.g. last-token layer 0 under a chat template
+    constant = (np.ptp(x, axis=1) == 0).all(axis=1)  # e.g. last-token layer 0 under a chat template
     skipped = {int(layer_ids[int(i)]): "constant across prompts" for i in np.flatnonzero(constant)}
     if constant.all():
         raise DataError("every layer's features are constant across prompts; nothing to probe")
@@ -244,17 +247,17 @@ def probe_layers(
         report.targets[name] = target
         if target.skipped is None:
             probed.append(j)
-    # Rows every probed target labels, so all targets share one set of folds (vectorised).
-    common = observed[:, probed].all(axis=1) if probed else np.zeros(len(labels), dtype=bool)
-    if probed and common.sum() < settings.folds * 2:
-        raise DataError(
-            f"only {int(common.sum())} rows are labelled for every target; need at least {settings.folds * 2}"
-        )
-    if probed:
-        xt = torch.from_numpy(np.ascontiguousarray(x[:, common]))
-        yt = torch.from_numpy(y_all[common][:, probed])
+    # Targets labelled on the same rows share folds and run vectorised; each group uses exactly
+    # its targets' own labelled rows.
+    groups: dict[bytes, list[int]] = {}
+    for j in probed:
+        groups.setdefault(np.packbits(observed[:, j]).tobytes(), []).append(j)
+    for members in groups.values():
+        rows = observed[:, members[0]]
+        xt = torch.from_numpy(np.ascontiguousarray(x[:, rows]))
+        yt = torch.from_numpy(y_all[rows][:, members])
         j_trace, j_lda, auc = _cross_validate(xt, yt, settings)
-        for col, j in enumerate(probed):
+        for col, j in enumerate(members):
             _fill_target(
                 report.targets[target_names[j]], layer_ids, j_trace[:, col], j_lda[:, col], auc[:, col], d
             )
@@ -271,21 +274,35 @@ def _cross_validate(
     from sklearn.model_selection import StratifiedKFold
 
     n_layers, n, _ = x.shape
-    strata = (y * (2 ** torch.arange(y.shape[1], dtype=y.dtype))).sum(1).numpy() % 7  # mix of targets
+    # Folds are shared by the targets; stratify on the one with the rarest class, so that every
+    # target with at least `folds` rows of each class sees both classes in every test fold.
+    minority = torch.minimum(y.sum(0), (1 - y).sum(0))
+    strata = y[:, int(torch.argmin(minority))].numpy()
     folds = StratifiedKFold(settings.folds, shuffle=True, random_state=settings.seed)
-    j_lda = torch.zeros(n_layers, y.shape[1], dtype=x.dtype)
-    auc = np.zeros((n_layers, y.shape[1]))
+    j_lda = np.zeros((settings.folds, n_layers, y.shape[1]))
+    auc = np.full((settings.folds, n_layers, y.shape[1]), np.nan)
     whole = _standardise_pca(x, x, settings.pca_k)[0].numpy()
     j_trace = np.stack([fisher_j(whole, y[:, t].numpy()) for t in range(y.shape[1])], axis=1)
-    for train_rows, test_rows in folds.split(np.zeros(n), strata):
+    for fold, (train_rows, test_rows) in enumerate(folds.split(np.zeros(n), strata)):
         train, test = _standardise_pca(x[:, train_rows], x[:, test_rows], settings.pca_k)
-        j_lda += fisher_j_lda(train, y[train_rows], test, y[test_rows], settings.shrinkage)
+        j_lda[fold] = fisher_j_lda(train, y[train_rows], test, y[test_rows], settings.shrinkage).numpy()
         w = logistic_fit(train, y[train_rows], settings.l2_c, settings.newton_steps)
         scores = torch.einsum("lnk,ltk->ltn", test, w[..., :-1]) + w[..., -1:]
-        for layer in range(n_layers):
-            for t in range(y.shape[1]):
-                auc[layer, t] += roc_auc_score(y[test_rows, t].numpy(), scores[layer, t].numpy())
-    return j_trace, (j_lda / settings.folds).numpy(), auc / settings.folds
+        for t in range(y.shape[1]):
+            truth = y[test_rows, t].numpy()
+            if truth.min() == truth.max():  # a fold without both classes says nothing about AUC
+                j_lda[fold, :, t] = np.nan
+                continue
+            for layer in range(n_layers):
+                auc[fold, layer, t] = roc_auc_score(truth, scores[layer, t].numpy())
+    return j_trace, _fold_mean(j_lda), _fold_mean(auc)
+
+
+def _fold_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over folds (axis 0), ignoring folds that had no verdict (NaN)."""
+    counts = (~np.isnan(values)).sum(axis=0)
+    total = np.nansum(values, axis=0)
+    return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
 
 
 def _standardise_pca(train: torch.Tensor, test: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,23 +352,26 @@ def _fill_target(
         LayerProbe(int(layer), float(jt[i]), float(j_lda[i]), float(d[i]), float(auc[i]))
         for i, layer in enumerate(layer_ids)
     ]
-    best_auc = int(np.argmax(auc))
+    best_auc = int(np.nanargmax(auc)) if np.isfinite(auc).any() else 0
     target.best_by_auc = int(layer_ids[best_auc])
-    target.best_by_j_lda = int(layer_ids[int(np.argmax(j_lda))])
-    target.best_by_j = int(layer_ids[int(np.argmax(jt))])
+    target.best_by_j = int(layer_ids[int(np.nanargmax(jt))]) if np.isfinite(jt).any() else target.best_by_auc
     target.spearman_j_auc = spearman(jt, auc)
     target.spearman_j_lda_auc = spearman(j_lda, auc)
-    target.auc_lost = float(auc[best_auc] - auc[int(np.argmax(j_lda))])
-    target.auc_lost_trace_j = float(auc[best_auc] - auc[int(np.argmax(jt))])
     target.chosen = select_layers(target, "fisher")
+    pick = select_layers(target, "fisher", n=1)[0]
+    target.best_by_j_lda = pick
+    target.auc_lost = float(auc[best_auc] - auc[list(layer_ids).index(pick)])
+    target.auc_lost_trace_j = float(auc[best_auc] - auc[list(layer_ids).index(target.best_by_j)])
 
 
 def select_layers(target: TargetProbe, strategy: str, n: int = DEFAULT_N_LAYERS) -> list[int]:
     """Layers a strategy picks for one target.
 
-    ``fisher``: top-n by out-of-fold J_lda among layers whose d_eff is not collapsed (at least
-    a quarter of the median d_eff); ``auc``: top-n by CV-AUC; ``all-mean``: every layer (to be
-    standardised per layer, concatenated and PCA-reduced by the trainer).
+    ``fisher``: top-n by out-of-fold J_lda; a collapsed layer (d_eff below
+    :data:`COLLAPSED_D_EFF`: one direction holds nearly all its variance) ranks below any healthy
+    layer whose J_lda is within 5% of its own, so d_eff breaks near-ties but never overrides clear
+    evidence; ``auc``: top-n by CV-AUC; ``all-mean``: every layer (to be standardised per layer,
+    concatenated and PCA-reduced by the trainer).
 
     Raises:
         ConfigError: unknown strategy or n < 1.
@@ -367,15 +387,19 @@ def select_layers(target: TargetProbe, strategy: str, n: int = DEFAULT_N_LAYERS)
     if strategy == "all-mean":
         return [p.layer for p in target.layers]
     if strategy == "auc":
-        ranked = sorted(target.layers, key=lambda p: -p.cv_auc)
+        ranked = sorted(target.layers, key=lambda p: -_nan_low(p.cv_auc))
     else:
-        floor = 0.25 * float(np.median([p.d_eff for p in target.layers]))
-        healthy = [p for p in target.layers if p.d_eff >= floor] or target.layers
-        ranked = sorted(healthy, key=lambda p: -p.fisher_j_lda)
+        penalty = {p.layer: 0.95 if p.d_eff < COLLAPSED_D_EFF else 1.0 for p in target.layers}
+        ranked = sorted(target.layers, key=lambda p: -_nan_low(p.fisher_j_lda) * penalty[p.layer])
     return sorted(p.layer for p in ranked[:n])
 
 
 # --------------------------------------------------------------------- helpers
+def _nan_low(value: float) -> float:
+    """Rank NaN (no verdict) below every number."""
+    return -math.inf if math.isnan(value) else value
+
+
 def _check_features(x: np.ndarray, layer_ids: Sequence[int]) -> None:
     if x.shape[0] != len(layer_ids):
         raise DataError(f"features hold {x.shape[0]} layers but {len(layer_ids)} layer ids were given")
