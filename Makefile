@@ -37,11 +37,13 @@ format: setup
 	$(BIN)/ruff format src tests scripts benchmarks
 	$(BIN)/ruff check --fix src tests scripts benchmarks
 
-# The main job so far: what routing could gain on the bundled dataset, then the encoder features
-# of all its prompts (cached: the first run takes a few minutes on 2 cores, later runs seconds).
+# The main job so far: what routing could gain on the bundled dataset, the encoder features of
+# all its prompts (cached: the first run takes ~5 minutes on 2 cores, later runs seconds), and
+# the layer probes that choose which layers the router reads.
 demo: setup
 	$(BIN)/prefill-router data info bundled --plot demo/bundled.png
 	$(BIN)/prefill-router encode bundled
+	$(BIN)/prefill-router probe bundled --plot demo/probe_mean.png --json demo/probe_mean.json
 
 # Rebuild the bundled dataset from ../shared (maintainers only; the result is committed).
 bundled: setup
