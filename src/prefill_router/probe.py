@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from prefill_router._json import finite_or_none
 from prefill_router.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ class ProbeReport:
             "skipped_layers": {str(k): v for k, v in self.skipped_layers.items()},
             "targets": {k: asdict(v) for k, v in self.targets.items()},
         }
-        result: dict[str, Any] = _finite_or_none(blob)
+        result: dict[str, Any] = finite_or_none(blob)
         return result
 
 
@@ -428,13 +429,3 @@ def _settings_json(settings: ProbeSettings, shape: tuple[int, ...]) -> dict[str,
         "fisher_j_lda_on": "standardised PCA-k features, out of fold (mean over folds)",
         "cv_auc_on": "standardised PCA-k features, L2 logistic regression, mean ROC-AUC over folds",
     }
-
-
-def _finite_or_none(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
-    return obj

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from prefill_router._json import finite_or_none
 from prefill_router.data.costs import cost_matrix
 from prefill_router.data.dataset import RoutingDataset
 from prefill_router.data.splits import duplicated_across_splits
@@ -53,7 +54,7 @@ class DatasetSummary:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (``data info --json``)."""
-        blob: dict[str, Any] = _finite_or_none(asdict(self))
+        blob: dict[str, Any] = finite_or_none(asdict(self))
         return blob
 
 
@@ -149,14 +150,3 @@ def _counts(values: np.ndarray) -> dict[str, int]:
         np.array(["(none)" if v is None else v for v in values], dtype=object), return_counts=True
     )
     return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """Replace NaN/inf floats by None so the JSON is strict."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_or_none(v) for v in obj]
-    return obj
