@@ -240,7 +240,9 @@ class Encoder:
             kwargs = {
                 "cache": cache,
                 "use_cache": True,
-                "position_ids": (torch.arange(width) + prefix_len)[None, :].expand(len(batch), -1),
+                "position_ids": (torch.arange(width) + prefix_len)[None, :]
+                .expand(len(batch), -1)
+                .to(self.device),
             }
             mask = torch.cat([torch.ones(len(batch), prefix_len, dtype=torch.long), mask], dim=1)
         states = self._hidden_states(ids, mask, layers, **kwargs)  # L x (B, T, H)
@@ -256,10 +258,7 @@ class Encoder:
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             output_hidden_states=list(layers),
-            **{
-                k: (v.to(self.device) if hasattr(v, "to") and k == "position_ids" else v)
-                for k, v in kwargs.items()
-            },
+            **kwargs,
         )
         states = out.hidden_states
         return [states[i] for i in layers]
