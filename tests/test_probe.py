@@ -375,3 +375,13 @@ def test_report_json_is_strict_and_holds_the_documented_keys() -> None:
     assert len(a["chosen"]) == 1 and a["chosen"][0] in {0, 1, 2}
     b = blob["targets"]["b"]
     assert (b["layers"], b["positive_rate"], b["spearman_j_auc"], b["auc_lost"]) == ([], None, None, None)
+
+
+def test_fisher_strategy_ignores_d_eff_when_every_layer_sits_near_one() -> None:
+    """Mean-pooled LM layers all have d_eff ~1 (one massive dimension); none is collapsed relative
+    to the others, so the top J_lda layer wins (an absolute d_eff threshold of 1.05 once moved the
+    choice to the first layer above it, costing 0.003 AUC on the bundled data)."""
+    layers = [
+        LayerProbe(i, 0.1, j, d, 0.7) for i, (j, d) in enumerate([(2.0, 1.01), (1.95, 1.06), (1.0, 1.2)])
+    ]
+    assert select_layers(TargetProbe("m", 100, 0.5, layers=layers), "fisher") == [0]

@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     import torch
 
 STRATEGIES = ("fisher", "auc", "all-mean")
-COLLAPSED_D_EFF = 1.05  # participation ratio below which a layer counts as collapsed
+# A layer counts as collapsed when its d_eff is below this share of the median over layers.
+# Relative, because mean-pooled LM layers all sit near d_eff 1 (one massive-activation dimension)
+# without being worse predictors; only a layer far below its neighbours is suspect.
+COLLAPSED_SHARE = 0.25
 DEFAULT_N_LAYERS = 1
 
 
@@ -369,9 +372,9 @@ def select_layers(target: TargetProbe, strategy: str, n: int = DEFAULT_N_LAYERS)
     """Layers a strategy picks for one target.
 
     ``fisher``: top-n by out-of-fold J_lda; a collapsed layer (d_eff below
-    :data:`COLLAPSED_D_EFF`: one direction holds nearly all its variance) ranks below any healthy
-    layer whose J_lda is within 5% of its own, so d_eff breaks near-ties but never overrides clear
-    evidence; ``auc``: top-n by CV-AUC; ``all-mean``: every layer (to be standardised per layer,
+    :data:`COLLAPSED_SHARE` of the median d_eff over layers) ranks below any healthy layer whose
+    J_lda is within 5% of its own, so d_eff breaks near-ties but never overrides clear evidence;
+    ``auc``: top-n by CV-AUC; ``all-mean``: every layer (to be standardised per layer,
     concatenated and PCA-reduced by the trainer).
 
     Raises:
@@ -390,7 +393,8 @@ def select_layers(target: TargetProbe, strategy: str, n: int = DEFAULT_N_LAYERS)
     if strategy == "auc":
         ranked = sorted(target.layers, key=lambda p: -_nan_low(p.cv_auc))
     else:
-        penalty = {p.layer: 0.95 if p.d_eff < COLLAPSED_D_EFF else 1.0 for p in target.layers}
+        floor = COLLAPSED_SHARE * float(np.nanmedian([p.d_eff for p in target.layers]))
+        penalty = {p.layer: 0.95 if p.d_eff < floor else 1.0 for p in target.layers}
         ranked = sorted(target.layers, key=lambda p: -_nan_low(p.fisher_j_lda) * penalty[p.layer])
     return sorted(p.layer for p in ranked[:n])
 
