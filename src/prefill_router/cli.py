@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -104,9 +105,10 @@ def data_import(
     if prices is not None:
         dataset = reprice(dataset, load_price_file(prices))
     dataset.save(out)
+    splits = _split_text(Counter(s or "(none)" for s in dataset.splits))
     console.print(
         f"[bold green]wrote[/] {out}: {dataset.n_prompts} prompts x {len(dataset.targets)} targets "
-        f"({_split_text(dataset.splits.tolist())}) in {time.perf_counter() - started:.1f} s"
+        f"({splits}) in {time.perf_counter() - started:.1f} s"
     )
     for note in result.notes:
         console.print(f"  - {note}")
@@ -413,10 +415,8 @@ def _encode_progress(total: int) -> Iterator[Callable[[int, int], None]]:
 
 
 # ------------------------------------------------------------------------ printing
-def _split_text(splits: list[str | None]) -> str:
-    counts: dict[str, int] = {}
-    for s in splits:
-        counts[s or "(none)"] = counts.get(s or "(none)", 0) + 1
+def _split_text(counts: dict[str, int]) -> str:
+    """'test 381, train 5608' from split name -> row count."""
     return ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
 
 
@@ -444,7 +444,7 @@ def _print_summary(summary: Any, title: str) -> None:
     zones = summary.agreement
     savings = summary.oracle_cost_savings
     lines = [
-        f"prompts: {summary.n_prompts} ({_split_text_from_counts(summary.splits)}); "
+        f"prompts: {summary.n_prompts} ({_split_text(summary.splits)}); "
         f"complete rows (every target labelled): {summary.n_complete}",
         f"oracle accuracy: [bold]{summary.oracle_accuracy:.3f}[/] "
         f"at {_money(summary.oracle_cost_usd)} per 1k prompts"
@@ -461,10 +461,6 @@ def _print_summary(summary: Any, title: str) -> None:
     ]
     for line in lines:
         console.print(line)
-
-
-def _split_text_from_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{name} {n}" for name, n in counts.items())
 
 
 # ---------------------------------------------------------------------------- entry
