@@ -13,6 +13,7 @@ PUBLIC_API = [
     "EncodeError",
     "MissingDependencyError",
     "PrefillRouterError",
+    "Router",
     "RoutingDataset",
     "TargetInfo",
     "UnknownTargetError",

@@ -12,6 +12,7 @@ from prefill_router.errors import (
     PrefillRouterError,
     UnknownTargetError,
 )
+from prefill_router.train.router import Router
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "EncodeError",
     "MissingDependencyError",
     "PrefillRouterError",
+    "Router",
     "RoutingDataset",
     "TargetInfo",
     "UnknownTargetError",

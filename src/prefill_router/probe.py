@@ -48,6 +48,7 @@ class ProbeSettings:
     label_threshold: float = 0.5  # graded labels count as correct at or above this
     seed: int = 0
     newton_steps: int = 12  # Newton iterations of the batched logistic regression
+    cv_auc: bool = True  # False skips the logistic CV-AUC (the fisher strategy does not need it)
 
 
 @dataclass(frozen=True)
@@ -130,10 +131,12 @@ def d_eff(x: np.ndarray) -> np.ndarray:
     """
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).double()
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     t = t - t.mean(dim=1, keepdim=True)
-    eig = torch.linalg.eigvalsh(t.transpose(1, 2) @ t / max(x.shape[1] - 1, 1)).clamp(min=0)
-    ratio: np.ndarray = (eig.sum(-1) ** 2 / (eig**2).sum(-1)).numpy()
+    # (Σλ)² / Σλ² = tr(C)² / ‖C‖_F² for a symmetric C: no eigendecomposition needed.
+    cov = (t.transpose(1, 2) @ t).double()  # (L, H, H); the scale cancels in the ratio
+    trace = torch.diagonal(cov, dim1=1, dim2=2).sum(-1)
+    ratio: np.ndarray = (trace**2 / (cov**2).sum((1, 2)).clamp(min=1e-300)).numpy()
     return ratio
 
 
@@ -290,15 +293,16 @@ def _cross_validate(
     for fold, (train_rows, test_rows) in enumerate(folds.split(np.zeros(n), strata)):
         train, test = _standardise_pca(x[:, train_rows], x[:, test_rows], settings.pca_k)
         j_lda[fold] = fisher_j_lda(train, y[train_rows], test, y[test_rows], settings.shrinkage).numpy()
+        truth = y[test_rows].numpy()
+        one_class = truth.min(axis=0) == truth.max(axis=0)  # such a fold says nothing about a target
+        j_lda[fold, :, one_class] = np.nan
+        if not settings.cv_auc:
+            continue
         w = logistic_fit(train, y[train_rows], settings.l2_c, settings.newton_steps)
         scores = torch.einsum("lnk,ltk->ltn", test, w[..., :-1]) + w[..., -1:]
-        for t in range(y.shape[1]):
-            truth = y[test_rows, t].numpy()
-            if truth.min() == truth.max():  # a fold without both classes says nothing about AUC
-                j_lda[fold, :, t] = np.nan
-                continue
+        for t in np.flatnonzero(~one_class):
             for layer in range(n_layers):
-                auc[fold, layer, t] = roc_auc_score(truth, scores[layer, t].numpy())
+                auc[fold, layer, t] = roc_auc_score(truth[:, t], scores[layer, t].numpy())
     return j_trace, _fold_mean(j_lda), _fold_mean(auc)
 
 
@@ -317,8 +321,8 @@ def _standardise_pca(train: torch.Tensor, test: torch.Tensor, k: int) -> tuple[t
     std = train.std(dim=1, keepdim=True).clamp(min=1e-6)
     a, b = (train - mean) / std, (test - mean) / std
     k = min(k, a.shape[1] - 1, a.shape[2])
-    _, vectors = torch.linalg.eigh((a.transpose(1, 2) @ a).double())  # ascending eigenvalues
-    top = vectors[..., -k:].to(a.dtype)
+    _, vectors = torch.linalg.eigh(a.transpose(1, 2) @ a)  # ascending; float32 is ample for the top k
+    top = vectors[..., -k:]
     return a @ top, b @ top
 
 

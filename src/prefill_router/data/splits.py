@@ -25,7 +25,7 @@ def normalise_prompt(text: str) -> str:
     return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
-def prompt_groups(prompts: Sequence[str]) -> np.ndarray:
+def prompt_groups(prompts: Sequence[str] | np.ndarray) -> np.ndarray:
     """(N,) int group ids: rows with the same normalised text share an id."""
     keys: dict[str, int] = {}
     return np.array([keys.setdefault(normalise_prompt(p), len(keys)) for p in prompts], dtype=np.int64)

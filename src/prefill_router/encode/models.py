@@ -13,13 +13,11 @@ import hashlib
 import importlib.util
 import json
 import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefill_router._files import atomic_path
+from prefill_router._files import atomic_dir, atomic_path
 from prefill_router.encode.store import default_cache_dir
 from prefill_router.errors import ConfigError, EncodeError, MissingDependencyError
 
@@ -213,22 +211,7 @@ def convert_gguf(gguf: Path, model_dir: Path) -> None:
             f"converting {gguf.name}: missing weights {missing[:3]}, unexpected {unexpected[:3]}"
         )
     model_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_dir(model_dir) as tmp:
+    with atomic_dir(model_dir, replace=False) as tmp:
         base.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "prefill_router_source.json").write_text(json.dumps({"gguf": str(gguf)}, indent=1))
-
-
-@contextlib.contextmanager
-def _atomic_dir(target: Path) -> Iterator[Path]:
-    """A temporary folder beside ``target`` renamed to it on success (removed on failure)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # a concurrent run that finished first is fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,118 @@
+"""The shared pieces of the command line: the typer app, consoles, common options and helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from prefill_router import __version__
+from prefill_router.errors import PrefillRouterError
+
+app = typer.Typer(
+    name="prefill-router",
+    help="Route each LLM request to the cheapest model that will answer it correctly.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Import, inspect and price routing datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+cache_app = typer.Typer(help="Inspect or empty the feature cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+# Piped output keeps full model names: rich would otherwise assume 80 columns.
+_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 140
+console = Console(width=_WIDTH)
+err_console = Console(stderr=True, width=_WIDTH)
+_state = {"debug": False}
+
+DatasetArg = Annotated[str, typer.Argument(help="A routing dataset (.parquet), or the word 'bundled'.")]
+CacheOption = Annotated[
+    Path | None,
+    typer.Option(help="Cache folder (default: $PREFILL_ROUTER_CACHE or ~/.cache/prefill-router)."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"prefill-router {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def layer_text(layers: tuple[int, ...]) -> str:
+    if list(layers) == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+@contextlib.contextmanager
+def encode_progress(total: int) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar with prompts/s, tokens/s and ETA; yields its advance(n_prompts, n_tokens)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]encoding"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err_console, transient=True,
+    )  # fmt: skip
+    task = progress.add_task("encode", total=total, rate="")
+    started, counts = time.perf_counter(), {"prompts": 0, "tokens": 0}
+
+    def advance(n_prompts: int, n_tokens: int) -> None:
+        counts["prompts"] += n_prompts
+        counts["tokens"] += n_tokens
+        seconds = max(time.perf_counter() - started, 1e-9)
+        rate = f"{counts['prompts'] / seconds:.1f} prompts/s, {counts['tokens'] / seconds:,.0f} tokens/s"
+        progress.update(task, advance=n_prompts, rate=rate)
+
+    with progress:
+        yield advance
+
+
+# ------------------------------------------------------------------------ printing
+def split_text(counts: dict[str, int]) -> str:
+    """'test 381, train 5608' from split name -> row count."""
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+
+
+def money(value: float | None) -> str:
+    return "-" if value is None else f"${value * 1000:.4f}"
+
+
+# ---------------------------------------------------------------------------- entry
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit code (errors of ours become one line)."""
+    _state["debug"] = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        # Standalone mode: typer prints usage errors itself and raises SystemExit with their code.
+        app(args=argv, prog_name="prefill-router")
+    except PrefillRouterError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

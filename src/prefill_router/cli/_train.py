@@ -1,0 +1,307 @@
+"""`prefill-router fit`, `inspect` and `add-target`: build, read and extend router artifacts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from prefill_router._files import atomic_path
+from prefill_router.cli._app import (
+    CacheOption,
+    DatasetArg,
+    app,
+    console,
+    encode_progress,
+    err_console,
+    layer_text,
+)
+from prefill_router.errors import ConfigError, DataError, PrefillRouterError
+
+if TYPE_CHECKING:
+    from prefill_router.data.dataset import RoutingDataset
+    from prefill_router.encode import Encoder
+    from prefill_router.train import FitReport, LayerFeatures, ProgressCallback, Router
+
+RouterArg = Annotated[
+    Path, typer.Argument(help="A router artifact folder (router.json + router.safetensors).")
+]
+SplitOption = Annotated[str, typer.Option(help="Train on this split (all rows when the data has no splits).")]
+LimitOption = Annotated[int | None, typer.Option(help="Only the first N rows of the split, in file order.")]
+
+
+@app.command("fit")
+def fit(
+    data: DatasetArg,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the router artifact folder.")
+    ],
+    encoder: Annotated[
+        str, typer.Option(help="Registered encoder name or a local model folder.")
+    ] = "smollm2-135m",
+    layers: Annotated[
+        str, typer.Option(help="fisher (top J_lda per target), auc, all-mean, or a list '7,15,22'.")
+    ] = "fisher",
+    n_layers: Annotated[int, typer.Option(help="Layers per target for fisher / auc.")] = 1,
+    pooling: Annotated[str, typer.Option(help="mean or last.")] = "mean",
+    pca: Annotated[int, typer.Option("--pca", help="PCA dimensions per feature block.")] = 128,
+    seeds: Annotated[int, typer.Option(help="Nets trained (one per seed).")] = 10,
+    keep: Annotated[int, typer.Option(help="Nets kept (lowest validation loss) and averaged.")] = 5,
+    seed: Annotated[int, typer.Option(help="First seed; everything is deterministic given it.")] = 0,
+    split: SplitOption = "train",
+    limit: LimitOption = None,
+    targets: Annotated[str | None, typer.Option(help="Comma-separated targets (default: all).")] = None,
+    dtype: Annotated[str, typer.Option(help="Encoder dtype: bfloat16 or float32.")] = "bfloat16",
+    max_tokens: Annotated[int | None, typer.Option(help="Encoder truncation [default: 512].")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the fit report as JSON.")
+    ] = None,
+    cache: CacheOption = None,
+) -> None:
+    """Fit a router: encode (cached), choose layers, transform, train the ensemble, calibrate, save."""
+    from prefill_router.train import TrainSettings, check_destination, fit_router
+
+    started = time.perf_counter()
+    settings = TrainSettings(
+        layers=_parse_layer_option(layers), n_layers=n_layers, pooling=pooling, pca_k=pca,
+        seeds=seeds, keep=keep, seed=seed,
+    )  # fmt: skip
+    check_destination(output)
+    train = _training_rows(data, split, limit, targets)
+    model = _load_encoder(encoder, dtype=dtype, max_tokens=max_tokens, cache=cache)
+    features = _features(model, train, cache)
+    if pooling not in features.poolings:
+        raise ConfigError(f"unknown pooling {pooling!r}; expected one of: {', '.join(features.poolings)}")
+    fit_started = time.perf_counter()
+    with _fit_progress() as notify:
+        from prefill_router.train import EncoderIdentity
+
+        router, report = fit_router(train, features, EncoderIdentity.of(model), settings, notify)
+    fit_seconds = time.perf_counter() - fit_started
+    router.save(output)
+    _print_fit(
+        report, f"{train.n_prompts} training rows of {data} ({report.n_fit} fit + {report.n_val} validation)"
+    )
+    console.print(
+        f"[bold green]router[/] {output}  ({len(router.targets)} targets, blocks "
+        f"{', '.join(b.name for b in router.transform.blocks)}, {router.ensemble.n_members} nets)"
+    )
+    total = time.perf_counter() - started
+    console.print(f"time: {total:.1f} s in all; {fit_seconds:.1f} s fitting ({_stage_text(report.seconds)})")
+    if json_out is not None:
+        blob = report.to_json() | {"seconds_total": total, "seconds_fit": fit_seconds, "router": str(output)}
+        _write_json(json_out, blob)
+
+
+@app.command("add-target")
+def add_target_command(
+    router_path: RouterArg,
+    data: DatasetArg,
+    target: Annotated[str, typer.Option(help="The new target: a label column of DATA.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write here instead of replacing ROUTER (atomically)."),
+    ] = None,
+    split: SplitOption = "train",
+    limit: LimitOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the new head.")] = 0,
+    cache: CacheOption = None,
+) -> None:
+    """Add a target to a router without retraining: one new head on the frozen trunk."""
+    from prefill_router.train import Router, TrainSettings, add_target, check_destination
+
+    check_destination(output or router_path)
+    router = Router.load(router_path, cache_dir=cache)
+    train = _training_rows(data, split, limit, None)
+    with console.status(f"loading encoder {router.encoder_identity.name}"):
+        model = router.encoder
+    features = _features(model, train, cache)
+    with console.status(f"training a head for {target} on {router.ensemble.n_members} frozen trunks"):
+        new, report = add_target(router, train, target, features, TrainSettings(seed=seed))
+    destination = output or router_path
+    new.save(destination)
+    _print_fit(report, f"new head for {target}: {report.n_fit} fit + {report.n_val} validation rows")
+    console.print(f"[bold green]router[/] {destination}  ({len(new.targets)} targets)")
+
+
+@app.command("inspect")
+def inspect(
+    router_path: RouterArg,
+    json_flag: Annotated[bool, typer.Option("--json", help="Print router.json instead of tables.")] = False,
+    cache: CacheOption = None,
+) -> None:
+    """What a router artifact holds: encoder, targets, layers, net, calibration, training data."""
+    from prefill_router.train import Router
+
+    router = Router.load(router_path, check_encoder=False)
+    document = json.loads((router_path / "router.json").read_text(encoding="utf-8"))
+    if json_flag:
+        console.print_json(json.dumps(document))
+        return
+    identity = router.encoder_identity
+    try:
+        router.check_encoder(cache)
+        encoder_state = "[green]installed encoder matches[/]"
+    except PrefillRouterError as exc:
+        encoder_state = f"[red]{exc}[/]"
+    info = router.info
+    version = document["format_version"]
+    created = f"{info.get('created_by', '?')}, {info.get('created', '?')}"
+    console.print(f"[bold]{router_path}[/]  format version {version}, {created}")
+    console.print(
+        f"encoder: {identity.name} (sha256 {identity.weights_sha256[:16]}…, {identity.view} view, "
+        f"{identity.dtype}, max_tokens {identity.max_tokens}) — {encoder_state}"
+    )
+    _print_targets(router)
+    net = router.to_json()["net"]
+    console.print(
+        "blocks: " + ", ".join(f"{b.name} ({b.mean.shape[0]} -> {b.n_out})" for b in router.transform.blocks)
+        + f"; encoder runs layers {layer_text(router.transform.layers)}"
+    )  # fmt: skip
+    console.print(
+        f"net: {net['d_in']} -> {' -> '.join(map(str, net['hidden']))} -> {net['n_targets']} "
+        f"(SharedTrunkNet), ensemble of {net['members']}"
+    )
+    training = info.get("training", {})
+    if training:
+        console.print(
+            f"training: {training.get('n_rows')} rows ({training.get('n_fit')} fit + {training.get('n_val')} "
+            f"validation), data sha256 {str(training.get('fingerprint_sha256'))[:16]}…"
+        )
+    settings = info.get("settings")
+    if settings:
+        console.print("settings: " + json.dumps(settings, separators=(", ", ": ")), soft_wrap=True)
+    for added in info.get("added_targets", []):
+        console.print(f"added without retraining: {added['name']} (validation AUC {added['val_auc']:.3f})")
+
+
+# ----------------------------------------------------------------------- helpers
+def _parse_layer_option(value: str) -> str | tuple[int, ...]:
+    from prefill_router.probe import STRATEGIES
+
+    if value in STRATEGIES:
+        return value
+    try:
+        layers = tuple(int(part) for part in value.split(","))
+    except ValueError as exc:
+        raise ConfigError(
+            f"--layers must be one of {', '.join(STRATEGIES)} or a comma-separated list of layers; "
+            f"got {value!r}"
+        ) from exc
+    return layers
+
+
+def _training_rows(data: str, split: str, limit: int | None, targets: str | None) -> RoutingDataset:
+    from prefill_router.data.dataset import RoutingDataset
+
+    dataset = RoutingDataset.load(data)
+    names = dataset.split_names()
+    if split in names:
+        dataset = dataset.select(split=split)
+    elif names:
+        raise DataError(f"no split {split!r}; the splits are {', '.join(names)}", source=data)
+    else:
+        err_console.print(f"note: {data} has no splits; training on all {dataset.n_prompts} rows")
+    if targets:
+        dataset = dataset.select(targets=[t.strip() for t in targets.split(",")])
+    if limit is not None:
+        dataset = dataset.take(range(min(limit, dataset.n_prompts)))
+    return dataset
+
+
+def _load_encoder(name: str, *, dtype: str, max_tokens: int | None, cache: Path | None) -> Encoder:
+    from prefill_router.encode import Encoder
+
+    with console.status(f"loading encoder {name} ({dtype})"):
+        return Encoder(name, dtype=dtype, max_tokens=max_tokens, cache_dir=cache)
+
+
+def _features(model: Encoder, dataset: RoutingDataset, cache: Path | None) -> LayerFeatures:
+    """Every layer, both poolings (the ``encode`` defaults, so its cache is reused)."""
+    from prefill_router.encode import FeatureStore, default_cache_dir, extract_features
+    from prefill_router.train import LayerFeatures
+
+    store = FeatureStore(cache or default_cache_dir())
+    with encode_progress(dataset.n_prompts) as advance:
+        stored = extract_features(model, dataset.prompts.tolist(), store, on_progress=advance)
+    return LayerFeatures(stored.features, stored.key.poolings, stored.key.layers)
+
+
+@contextlib.contextmanager
+def _fit_progress() -> Iterator[ProgressCallback]:
+    """A rich progress bar over the fit's stages; training advances per epoch."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    labels = {
+        "probe": "choosing layers (Fisher J_lda probes)",
+        "transform": "standardising + PCA",
+        "train": "training the ensemble",
+        "calibrate": "calibrating",
+    }
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), console=err_console, transient=True,
+    )  # fmt: skip
+    task = progress.add_task("fitting", total=1)
+
+    def notify(stage: str, done: int, total: int) -> None:
+        progress.update(task, description=labels.get(stage, stage), completed=done, total=max(total, 1))
+
+    with progress:
+        yield notify
+
+
+def _print_fit(report: FitReport, title: str) -> None:
+    table = Table("target", "layers", "val AUC", "ECE before", "ECE after", "T", "Brier", title=title)
+    for name, auc in report.val_auc.items():
+        table.add_row(
+            name, layer_text(tuple(report.layer_choice[name])) if report.layer_choice.get(name) else "-",
+            f"{auc:.3f}", f"{report.ece_before[name]:.3f}", f"{report.ece_after[name]:.3f}",
+            f"{report.temperatures[name]:.2f}", f"{report.brier[name]:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    aucs = [v for v in report.val_auc.values() if v == v]
+    if len(aucs) > 1:
+        before = sum(report.ece_before.values()) / len(report.ece_before)
+        after = sum(report.ece_after.values()) / len(report.ece_after)
+        console.print(
+            f"mean validation AUC [bold]{sum(aucs) / len(aucs):.3f}[/]; mean ECE {before:.3f} -> {after:.3f}"
+        )
+
+
+def _print_targets(router: Router) -> None:
+    metrics = router.info.get("metrics", {})
+    table = Table(
+        "target", "$/M in", "$/M out", "out tokens", "block", "val AUC", "ECE", "T", title="targets"
+    )
+    for j, t in enumerate(router.target_info):
+        block = router.transform.blocks[router.transform.target_blocks[t.name]].name
+        auc = metrics.get("val_auc", {}).get(t.name)
+        ece = metrics.get("ece_after", {}).get(t.name)
+        table.add_row(
+            t.name, _price(t.input_usd_per_mtok), _price(t.output_usd_per_mtok),
+            f"{router.output_tokens[j]:.0f}", block,
+            "-" if auc is None else f"{auc:.3f}", "-" if ece is None else f"{ece:.3f}",
+            f"{router.temperatures[j]:.2f}",
+        )  # fmt: skip
+    console.print(table)
+
+
+def _price(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _stage_text(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{stage} {value:.1f} s" for stage, value in seconds.items())
+
+
+def _write_json(path: Path, blob: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(blob, indent=1))
+    console.print(f"report: {path}")

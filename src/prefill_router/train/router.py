@@ -1,0 +1,378 @@
+"""The :class:`Router`: encoder identity + feature transform + SharedTrunkNet ensemble + calibration.
+
+A router turns prompts into calibrated P(target answers correctly), one column per target. It owns
+its encoder (built on first use, running only the blocks its layers need) and saves to / loads from
+the artifact folder of :mod:`prefill_router.train.artifact`.
+
+Example::
+
+    router = Router.load("router/")
+    P = router.predict_proba(["What is the capital of Peru?"])  # (1, M)
+    dict(zip(router.targets, P[0]))
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from prefill_router.data.dataset import TargetInfo
+from prefill_router.errors import ConfigError, DataError, EncodeError, UnknownTargetError
+from prefill_router.train.artifact import read_artifact, write_artifact
+from prefill_router.train.calibration import apply_temperature
+from prefill_router.train.net import TrunkEnsemble
+from prefill_router.train.transform import FeatureBlock, FeatureTransform, LayerFeatures
+
+if TYPE_CHECKING:
+    from prefill_router.encode import Encoder
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """Everything that fixes the features an encoder produces."""
+
+    name: str  # registered name or local model folder
+    weights_sha256: str
+    view: str  # chat / raw
+    max_tokens: int
+    dtype: str
+
+    @classmethod
+    def of(cls, encoder: Encoder) -> EncoderIdentity:
+        """The identity of a loaded encoder."""
+        return cls(
+            encoder.name, encoder.weights_sha256, encoder.view.name, encoder.view.max_tokens, encoder.dtype
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``encoder`` object of router.json."""
+        return {
+            "name": self.name,
+            "weights_sha256": self.weights_sha256,
+            "view": self.view,
+            "max_tokens": self.max_tokens,
+            "dtype": self.dtype,
+        }
+
+
+class Router:
+    """Calibrated per-target correctness probabilities from a prompt's prefill activations.
+
+    Built by :func:`prefill_router.train.fit_router` or :meth:`Router.load`; ``targets`` are the
+    target names in column order.
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder: EncoderIdentity,
+        transform: FeatureTransform,
+        ensemble: TrunkEnsemble,
+        temperatures: np.ndarray,
+        targets: Sequence[TargetInfo],
+        output_tokens: np.ndarray,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.encoder_identity = encoder
+        self.transform = transform
+        self.ensemble = ensemble
+        self.temperatures = np.asarray(temperatures, dtype=np.float32)
+        self.target_info = tuple(targets)
+        self.output_tokens = np.asarray(output_tokens, dtype=np.float64)
+        # settings, training fingerprint, validation metrics: carried into router.json as they are
+        self.info: dict[str, Any] = dict(info or {})
+        self._encoder: Encoder | None = None
+        self._cache_dir: str | Path | None = None  # where the encoder's converted model lives
+        self._encoder_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Target names, in the column order of :meth:`predict_proba`."""
+        return tuple(t.name for t in self.target_info)
+
+    def target_index(self, name: str) -> int:
+        """Column of target ``name``; raises UnknownTargetError with the valid names."""
+        if name not in self.targets:
+            raise UnknownTargetError(name, self.targets, source="router")
+        return self.targets.index(name)
+
+    # ---------------------------------------------------------------- prediction
+    @property
+    def encoder(self) -> Encoder:
+        """The router's encoder, loaded on first use (no conversion if it is already cached)."""
+        with self._encoder_lock:
+            if self._encoder is None:
+                self.use_encoder(self._load_encoder())
+            assert self._encoder is not None
+            return self._encoder
+
+    def use_encoder(self, encoder: Encoder) -> None:
+        """Use an already loaded encoder (e.g. shared with a fit); it must match the router's."""
+        identity = EncoderIdentity.of(encoder)
+        if identity != self.encoder_identity:
+            raise EncodeError(
+                f"the encoder {identity} is not the one this router was trained with "
+                f"({self.encoder_identity})"
+            )
+        for block in self.transform.blocks:
+            if block.mean.shape[0] != len(block.layers) * encoder.hidden_size:
+                raise EncodeError(
+                    f"block {block.name} expects {block.mean.shape[0]} features but encoder "
+                    f"{encoder.name} has hidden size {encoder.hidden_size}"
+                )
+        self._encoder = encoder
+
+    def features(self, prompts: Sequence[str]) -> LayerFeatures:
+        """The pooled features the transform needs, rounded to float16 as the feature store keeps them
+        (so a router scores a prompt exactly as it saw it in training)."""
+        _check_prompts(prompts)
+        encoded = self.encoder.encode(
+            list(prompts), layers=self.transform.layers, poolings=self.transform.poolings
+        )
+        values = encoded.features.astype(np.float16)
+        return LayerFeatures(values, encoded.poolings, encoded.layers)
+
+    def predict_proba(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, M) calibrated probabilities that each target answers each prompt correctly.
+
+        Raises:
+            DataError: a prompt that is not a string or is empty.
+        """
+        if len(prompts) == 0:
+            return np.zeros((0, len(self.targets)))
+        return self.predict_proba_features(self.features(prompts))
+
+    def predict_proba_features(self, features: LayerFeatures) -> np.ndarray:
+        """(N, M) calibrated probabilities from already extracted features."""
+        return apply_temperature(self.predict_uncalibrated(features), self.temperatures).astype(np.float64)
+
+    def predict_uncalibrated(self, features: LayerFeatures) -> np.ndarray:
+        """(N, M) the ensemble's averaged probabilities before temperature scaling."""
+        return self.ensemble.probabilities(self.transform.transform(features))
+
+    # --------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the artifact folder (router.json + router.safetensors) atomically."""
+        return write_artifact(path, self.to_json(), self._arrays())
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, check_encoder: bool = True, cache_dir: str | Path | None = None
+    ) -> Router:
+        """Load and validate an artifact folder.
+
+        With ``check_encoder`` the installed encoder's weights hash must equal the artifact's
+        (this resolves the encoder, which never re-converts a model already in the cache).
+
+        Raises:
+            DataError: a missing, truncated, tampered or newer-format artifact (the message names
+                what is wrong). EncodeError: the installed encoder is not the one it was trained on.
+        """
+        meta, arrays = read_artifact(path)
+        try:
+            router = cls._from_artifact(meta, arrays)
+        except DataError as exc:
+            raise DataError(str(exc), source=str(path)) from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"router.json is malformed: {exc!r}", source=str(path)) from exc
+        if check_encoder:
+            router.check_encoder(cache_dir)
+        router._cache_dir = cache_dir
+        return router
+
+    def check_encoder(self, cache_dir: str | Path | None = None) -> None:
+        """Raise EncodeError unless the installed encoder has the weights this router was trained on."""
+        from prefill_router.encode import resolve_encoder
+
+        resolved = resolve_encoder(self.encoder_identity.name, Path(cache_dir) if cache_dir else None)
+        if resolved.weights_sha256 != self.encoder_identity.weights_sha256:
+            raise EncodeError(
+                f"this router was trained on encoder {self.encoder_identity.name} with weights sha256 "
+                f"{self.encoder_identity.weights_sha256[:16]}…, but the installed one has "
+                f"{resolved.weights_sha256[:16]}…; install the encoder it was trained on or refit"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """The router.json document (without the format fields the writer adds)."""
+        ensemble = self.ensemble
+        return {
+            "encoder": self.encoder_identity.to_json(),
+            "targets": [
+                {
+                    **t.to_json(),
+                    "output_tokens": float(self.output_tokens[j]),
+                    "block": self.transform.target_blocks[t.name],
+                }
+                for j, t in enumerate(self.target_info)
+            ],
+            "blocks": [
+                {
+                    "pooling": b.pooling,
+                    "layers": list(b.layers),
+                    "n_in": int(b.mean.shape[0]),
+                    "n_out": b.n_out,
+                }
+                for b in self.transform.blocks
+            ],
+            "net": {
+                "d_in": int(ensemble.w1.shape[1]),
+                "hidden": [int(ensemble.w1.shape[2]), int(ensemble.w2.shape[2])],
+                "n_targets": ensemble.n_targets,
+                "members": ensemble.n_members,
+            },
+            **self.info,
+        }
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays: dict[str, np.ndarray] = {"calibration.temperature": self.temperatures}
+        for i, block in enumerate(self.transform.blocks):
+            arrays |= {
+                f"block.{i}.mean": block.mean,
+                f"block.{i}.scale": block.scale,
+                f"block.{i}.components": block.components,
+            }
+        arrays |= {f"net.{name}": getattr(self.ensemble, name) for name in TrunkEnsemble.ARRAYS}
+        return arrays
+
+    @classmethod
+    def _from_artifact(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Router:
+        shapes = _ShapeCheck(arrays)
+        blocks = []
+        for i, spec in enumerate(meta["blocks"]):
+            n_in, n_out = int(spec["n_in"]), int(spec["n_out"])
+            blocks.append(
+                FeatureBlock(
+                    pooling=str(spec["pooling"]),
+                    layers=tuple(int(layer) for layer in spec["layers"]),
+                    mean=shapes.get(f"block.{i}.mean", (n_in,)),
+                    scale=shapes.get(f"block.{i}.scale", (n_in,)),
+                    components=shapes.get(f"block.{i}.components", (n_out, n_in)),
+                )
+            )
+        targets = [_target_info(t) for t in meta["targets"]]
+        names = [t.name for t in targets]
+        if len(set(names)) != len(names):
+            raise DataError(f"router.json names a target twice: {names}")
+        target_blocks = {t["name"]: int(t["block"]) for t in meta["targets"]}
+        bad = [n for n, b in target_blocks.items() if not 0 <= b < len(blocks)]
+        if bad:
+            raise DataError(f"router.json: target {bad[0]!r} points at a block that does not exist")
+        net, m = meta["net"], len(targets)
+        s, d_in, (h1, h2) = int(net["members"]), sum(b.n_out for b in blocks), (int(h) for h in net["hidden"])
+        ensemble = TrunkEnsemble(
+            w1=shapes.get("net.w1", (s, d_in, h1)), b1=shapes.get("net.b1", (s, h1)),
+            w2=shapes.get("net.w2", (s, h1, h2)), b2=shapes.get("net.b2", (s, h2)),
+            w3=shapes.get("net.w3", (s, h2, m)), b3=shapes.get("net.b3", (s, m)),
+        )  # fmt: skip
+        temperatures = shapes.get("calibration.temperature", (m,))
+        if (temperatures <= 0).any():
+            raise DataError("router.safetensors: calibration temperatures must be > 0")
+        shapes.no_extras()
+        info = {k: v for k, v in meta.items() if k not in _STRUCTURE_KEYS}
+        return cls(
+            encoder=EncoderIdentity(**meta["encoder"]),
+            transform=FeatureTransform(tuple(blocks), target_blocks),
+            ensemble=ensemble,
+            temperatures=temperatures,
+            targets=targets,
+            output_tokens=np.array([float(t["output_tokens"]) for t in meta["targets"]]),
+            info=info,
+        )
+
+    # ------------------------------------------------------------------ editing
+    def with_target(
+        self,
+        target: TargetInfo,
+        output_tokens: float,
+        w: np.ndarray,
+        b: np.ndarray,
+        temperature: float,
+        block: int,
+    ) -> Router:
+        """A new router with one more head (``w`` (S, h2, 1), ``b`` (S, 1)) sharing everything else."""
+        if target.name in self.targets:
+            raise ConfigError(f"target {target.name!r} is already in the router")
+        transform = replace(
+            self.transform, target_blocks={**self.transform.target_blocks, target.name: block}
+        )
+        router = Router(
+            encoder=self.encoder_identity,
+            transform=transform,
+            ensemble=self.ensemble.with_head(w, b),
+            temperatures=np.append(self.temperatures, temperature),
+            targets=(*self.target_info, target),
+            output_tokens=np.append(self.output_tokens, output_tokens),
+            info=copy.deepcopy(self.info),
+        )
+        router._encoder = self._encoder
+        router._cache_dir = self._cache_dir
+        return router
+
+    def _load_encoder(self) -> Encoder:
+        from prefill_router.encode import Encoder
+
+        identity = self.encoder_identity
+        return Encoder(
+            identity.name,
+            view=identity.view,
+            max_tokens=identity.max_tokens,
+            dtype=identity.dtype,
+            cache_dir=self._cache_dir,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Router(encoder={self.encoder_identity.name!r}, targets={list(self.targets)}, "
+            f"blocks={[b.name for b in self.transform.blocks]}, members={self.ensemble.n_members})"
+        )
+
+
+_STRUCTURE_KEYS = frozenset({"format", "format_version", "encoder", "targets", "blocks", "net"})
+
+
+class _ShapeCheck:
+    """Hands out arrays by name after checking their shape; remembers which were used."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays, self.used = arrays, set[str]()
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in self.arrays:
+            raise DataError(f"router.safetensors lacks the array {name!r}")
+        array = self.arrays[name]
+        if array.shape != shape:
+            raise DataError(
+                f"router.safetensors: array {name!r} has shape {array.shape}; router.json implies {shape}"
+            )
+        self.used.add(name)
+        return array.astype(np.float32, copy=False)
+
+    def no_extras(self) -> None:
+        extra = sorted(set(self.arrays) - self.used)
+        if extra:
+            raise DataError(f"router.safetensors holds arrays router.json does not describe: {extra}")
+
+
+def _target_info(spec: dict[str, Any]) -> TargetInfo:
+    return TargetInfo(
+        name=str(spec["name"]),
+        input_usd_per_mtok=spec.get("input_usd_per_mtok"),
+        output_usd_per_mtok=spec.get("output_usd_per_mtok"),
+        price_source=spec.get("price_source"),
+        price_derived=bool(spec.get("price_derived", False)),
+    )
+
+
+def _check_prompts(prompts: Sequence[str]) -> None:
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise DataError(f"prompt {i} is a {type(prompt).__name__}, not a string")
+        if not prompt.strip():
+            raise DataError(f"prompt {i} is empty; a router needs text to score")

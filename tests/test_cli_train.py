@@ -1,0 +1,260 @@
+"""`prefill-router fit`, `inspect` and `add-target` end to end on a tiny encoder and a small dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prefill_router.cli import run
+from prefill_router.data.dataset import RoutingDataset, TargetInfo
+from prefill_router.train import Router
+
+TARGETS = ("math-model", "poem-model", "code-model")
+SMALL = ["--seeds", "2", "--keep", "1", "--pca", "8"]  # the defaults train 10 nets for up to 150 epochs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_core() -> Iterator[None]:
+    """Pin the tests to one core: the encoder sets torch's threads to the cores it may use, and tiny
+    nets train far faster on one thread (a shared machine's cores thrash OpenMP)."""
+    cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, {min(cores)})
+    yield
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The autouse test cache, named explicitly: module fixtures run before the autouse one sets it."""
+    return str(tmp_path_factory.getbasetemp() / "cache")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """300 prompts on four topics; each target answers its topic (10% of labels flipped)."""
+    rng = np.random.default_rng(0)
+    n, fillers = 300, ["blue", "square", "number", "colour", "sky", "answer", "function", "python"]
+    topics = [("math", "poem", "code", "trivia")[i % 4] for i in range(n)]
+    prompts = [f"{t} question {i}: {' '.join(rng.choice(fillers, 3))}" for i, t in enumerate(topics)]
+    right = np.array([[t == "math", t in ("poem", "trivia"), t == "code"] for t in topics], dtype=float)
+    labels = np.where(rng.random(right.shape) < 0.1, 1 - right, right)
+    splits = ["test" if i % 5 == 4 else "train" for i in range(n)]
+    prices = [(0.5, 1.5), (0.1, 0.3), (3.0, 15.0)]
+    targets = tuple(TargetInfo(name, *p, "unit-test") for name, p in zip(TARGETS, prices, strict=True))
+    dataset = RoutingDataset([f"q{i}" for i in range(n)], prompts, topics, splits, labels, targets)
+    return dataset.save(tmp_path_factory.mktemp("data") / "topics.parquet")
+
+
+def fit_args(data: Path, encoder: Path, output: Path, cache: str) -> list[str]:
+    return ["fit", str(data), "--encoder", str(encoder), "-o", str(output), "--cache", cache, *SMALL]
+
+
+@pytest.fixture(scope="module")
+def router_ab(data: Path, tiny_llama_dir: Path, cache: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A router fitted on two of the three targets, at layer 1."""
+    output = tmp_path_factory.mktemp("routers") / "ab"
+    targets = ",".join(TARGETS[:2])
+    assert run([*fit_args(data, tiny_llama_dir, output, cache), "--layers", "1", "--targets", targets]) == 0
+    return output
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())  # rich wraps long paths at the console width
+
+
+# ------------------------------------------------------------------------- fit
+def test_fit_writes_a_router_and_a_json_report(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output, report = tmp_path / "router", tmp_path / "report.json"
+    args = [*fit_args(data, tiny_llama_dir, output, cache), "--layers", "1", "--json", str(report)]
+    assert run(args) == 0
+    out = one_line(capsys.readouterr().out)
+    assert "mean validation AUC" in out and "240 training rows of" in out
+    assert f"router {output} (3 targets, blocks mean:L1, 1 nets)" in out
+    blob = json.loads(report.read_text())
+    assert set(blob["val_auc"]) == set(TARGETS)
+    assert all(blob["val_auc"][t] > 0.7 for t in TARGETS), blob["val_auc"]  # each target follows a topic word
+    assert blob["layer_choice"] == {t: [1] for t in TARGETS}
+    assert blob["n_fit"] + blob["n_val"] == 240 and blob["router"] == str(output)
+    assert {"seconds_total", "seconds_fit", "ece_before", "ece_after", "temperatures"} <= set(blob)
+    router = Router.load(output)
+    assert router.targets == TARGETS and router.ensemble.n_members == 1
+    assert router.encoder_identity.name == str(tiny_llama_dir) and router.encoder_identity.dtype == "bfloat16"
+    settings = {k: v for k, v in router.info["settings"].items() if k != "net"}
+    assert settings == {
+        "layers": [1], "n_layers": 1, "pooling": "mean", "pca_k": 8, "seeds": 2, "keep": 1, "seed": 0,
+        "val_share": 0.15,
+    }  # fmt: skip
+    assert [t.output_usd_per_mtok for t in router.target_info] == [1.5, 0.3, 15.0]
+
+
+def test_fit_with_fisher_limit_and_targets(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output, report = tmp_path / "router", tmp_path / "report.json"
+    args = [*fit_args(data, tiny_llama_dir, output, cache), "--layers", "fisher", "--limit", "100"]
+    assert run([*args, "--targets", "code-model,math-model", "--json", str(report)]) == 0
+    blob = json.loads(report.read_text())
+    assert set(blob["val_auc"]) == {"code-model", "math-model"}
+    assert blob["n_fit"] + blob["n_val"] == 100
+    assert all(len(layers) == 1 and 0 <= layers[0] <= 4 for layers in blob["layer_choice"].values())
+    assert Router.load(output).targets == ("code-model", "math-model")
+
+
+def test_fit_explicit_layers_list(data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path) -> None:
+    output = tmp_path / "router"
+    assert run([*fit_args(data, tiny_llama_dir, output, cache), "--layers", "3,1", "--limit", "80"]) == 0
+    router = Router.load(output)
+    assert [b.name for b in router.transform.blocks] == ["mean:L1+L3"]
+
+
+def test_fit_unknown_split_is_one_line(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*fit_args(data, tiny_llama_dir, tmp_path / "r", cache), "--split", "dev"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and err.endswith("no split 'dev'; the splits are test, train")
+    assert "\n" not in err and not (tmp_path / "r").exists()
+
+
+def test_fit_bad_layers_exit_3(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*fit_args(data, tiny_llama_dir, tmp_path / "r", cache), "--layers", "bogus"]) == 3
+    assert (
+        "--layers must be one of fisher, auc, all-mean or a comma-separated list of layers; got 'bogus'"
+        in one_line(capsys.readouterr().err)
+    )
+
+
+def test_fit_layer_out_of_the_features_exit_3(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*fit_args(data, tiny_llama_dir, tmp_path / "r", cache), "--layers", "9"]) == 3
+    assert "layer 9 is not in the features (layers [0, 1, 2, 3, 4])" in one_line(capsys.readouterr().err)
+
+
+def test_fit_keep_more_than_seeds_exit_3(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["fit", str(data), "--encoder", str(tiny_llama_dir), "-o", str(tmp_path / "r"), "--cache", cache]
+    assert run([*args, "--seeds", "2", "--keep", "3"]) == 3
+    assert "'keep' must be between 1 and 'seeds' (2); got 3 instead." in one_line(capsys.readouterr().err)
+
+
+def test_fit_unknown_pooling_exit_3(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*fit_args(data, tiny_llama_dir, tmp_path / "r", cache), "--pooling", "max"]) == 3
+    assert "unknown pooling 'max'; expected one of: mean, last" in one_line(capsys.readouterr().err)
+
+
+def test_fit_unknown_target_exit_2(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*fit_args(data, tiny_llama_dir, tmp_path / "r", cache), "--targets", "math-modle"]) == 2
+    assert "unknown target 'math-modle'. Did you mean 'math-model'?" in one_line(capsys.readouterr().err)
+
+
+def test_fit_refuses_to_overwrite_a_folder_that_is_not_a_router(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    args = [*fit_args(data, tiny_llama_dir, tmp_path / "notes", cache), "--layers", "1", "--limit", "60"]
+    assert run(args) == 2
+    assert "exists and is not a router artifact; choose another path" in one_line(capsys.readouterr().err)
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
+
+
+# --------------------------------------------------------------------- inspect
+def test_inspect_shows_encoder_targets_and_the_encoder_check(
+    router_ab: Path, tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["inspect", str(router_ab)]) == 0
+    out = one_line(capsys.readouterr().out)
+    assert f"encoder: {tiny_llama_dir} (sha256" in out
+    assert "installed encoder matches" in out
+    assert all(target in out for target in TARGETS[:2]) and TARGETS[2] not in out
+    assert "format version 1" in out and "blocks: mean:L1 (32 -> 8); encoder runs layers 1" in out
+    assert "net: 8 -> 256 -> 128 -> 2 (SharedTrunkNet), ensemble of 1" in out
+
+
+def test_inspect_reports_an_encoder_mismatch_without_failing(
+    router_ab: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefill_router.train import read_artifact, write_artifact
+
+    meta, arrays = read_artifact(router_ab)
+    meta["encoder"]["weights_sha256"] = "f" * 64
+    write_artifact(tmp_path / "other", meta, arrays)
+    assert run(["inspect", str(tmp_path / "other")]) == 0
+    out = one_line(capsys.readouterr().out)
+    assert "installed encoder matches" not in out and "install the encoder it was trained on or refit" in out
+
+
+def test_inspect_json_is_the_router_document(router_ab: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["inspect", str(router_ab), "--json"]) == 0
+    blob = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in blob["targets"]] == list(TARGETS[:2])
+    assert blob["net"]["members"] == 1 and blob["settings"]["seeds"] == 2
+    assert json.loads((router_ab / "router.json").read_text()) == blob
+
+
+def test_inspect_json_has_the_format_version(router_ab: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["inspect", str(router_ab), "--json"]) == 0
+    blob = json.loads(capsys.readouterr().out)
+    assert (blob["format"], blob["format_version"]) == ("prefill-router", 1)
+
+
+def test_inspect_a_folder_that_is_not_a_router_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert run(["inspect", str(tmp_path / "empty")]) == 2
+    err = one_line(capsys.readouterr().err)
+    assert err.startswith("error: ") and err.endswith("missing router.json; is this a router artifact?")
+    assert run(["inspect", str(tmp_path / "missing")]) == 2
+    assert "no router artifact here" in one_line(capsys.readouterr().err)
+
+
+# ------------------------------------------------------------------ add-target
+def test_add_target_writes_a_router_with_one_more_target(
+    router_ab: Path, data: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new = tmp_path / "abc"
+    assert run(["add-target", str(router_ab), str(data), "--target", "code-model", "-o", str(new)]) == 0
+    out = one_line(capsys.readouterr().out)
+    assert f"router {new} (3 targets)" in out and "new head for code-model" in out
+    router, old = Router.load(new), Router.load(router_ab)
+    assert router.targets == TARGETS and old.targets == TARGETS[:2]
+    assert np.array_equal(router.ensemble.w1, old.ensemble.w1)  # the trunk is frozen
+    assert run(["inspect", str(new)]) == 0
+    assert "added without retraining: code-model (validation AUC" in one_line(capsys.readouterr().out)
+
+
+def test_add_target_without_output_replaces_the_router(router_ab: Path, data: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(router_ab, tmp_path / "router")
+    assert run(["add-target", str(copy), str(data), "--target", "code-model", "--limit", "120"]) == 0
+    assert Router.load(copy).targets == TARGETS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["router"]  # replaced in place, nothing left over
+
+
+def test_add_target_errors(
+    router_ab: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["add-target", str(router_ab), str(data), "-o", str(tmp_path / "new")]
+    assert run([*base, "--target", "math-model"]) == 3
+    assert "target 'math-model' is already in the router" in one_line(capsys.readouterr().err)
+    assert run([*base, "--target", "code-modle"]) == 2
+    assert "unknown target 'code-modle'. Did you mean 'code-model'?" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "new").exists()

@@ -1,0 +1,372 @@
+"""Fitting a router (train/fit.py) on synthetic features with a planted signal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from prefill_router.data.dataset import RoutingDataset, TargetInfo
+from prefill_router.errors import ConfigError, DataError, UnknownTargetError
+from prefill_router.train import (
+    EncoderIdentity,
+    FitReport,
+    LayerFeatures,
+    NetSettings,
+    Router,
+    TrainSettings,
+    add_target,
+    fit_router,
+    validation_split,
+)
+from prefill_router.train.fit import MIN_PER_CLASS, MIN_ROWS
+
+NAMES = ("gemma-2b", "llama-8b", "qwen-72b")
+HIDDEN = 16
+#: How the 3 latent factors enter layer 1; fixed, so fresh samples pose the same problem.
+MIXING = np.random.default_rng(1234).normal(size=(3, HIDDEN))
+SYNTHETIC = EncoderIdentity("synthetic-encoder", "0" * 64, "chat", 512, "float32")
+FAST = TrainSettings(layers=(1,), pca_k=8, seeds=3, keep=2, net=NetSettings(max_epochs=60, patience=10))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny nets train far faster on one thread, and a shared machine's cores thrash OpenMP."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def planted(n: int = 600, seed: int = 0, nan_share: float = 0.0) -> tuple[RoutingDataset, LayerFeatures]:
+    """(N, 1 pooling, 3 layers, 16) features; target j is correct when latent factor j is high.
+
+    Layer 1 holds the three latent factors (mixed into its 16 dims) plus a little noise; layers 0
+    and 2 are pure noise.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 1, 3, HIDDEN)).astype(np.float32)
+    z = rng.normal(size=(n, 3))
+    x[:, 0, 1] = 0.3 * x[:, 0, 1] + z @ MIXING
+    labels = (3 * z + 0.5 * rng.logistic(size=z.shape) > 0).astype(np.float64)
+    if nan_share:
+        labels[rng.random(labels.shape) < nan_share] = np.nan
+    ids, prompts = [f"p{i}" for i in range(n)], [f"synthetic prompt {seed}-{i}" for i in range(n)]
+    targets = tuple(TargetInfo(name, 0.1 * (j + 1), 0.3 * (j + 1)) for j, name in enumerate(NAMES))
+    dataset = RoutingDataset(ids, prompts, [None] * n, ["train"] * n, labels, targets)
+    return dataset, LayerFeatures(x, ("mean",), (0, 1, 2))
+
+
+def held_out_auc(router: Router, seed: int = 99) -> list[float]:
+    """Per-target ROC-AUC of ``router`` on a fresh sample of the same planted problem."""
+    dataset, feats = planted(seed=seed)
+    p = router.predict_proba_features(feats)
+    return [roc_auc_score(dataset.labels[:, j], p[:, j]) for j in range(p.shape[1])]
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[Router, FitReport]:
+    dataset, feats = planted()
+    return fit_router(dataset, feats, SYNTHETIC, FAST)
+
+
+@pytest.fixture(scope="module")
+def two_target_router() -> Router:
+    dataset, feats = planted()
+    router, _ = fit_router(dataset.select(targets=list(NAMES[:2])), feats, SYNTHETIC, FAST)
+    return router
+
+
+# ---------------------------------------------------------------- the happy path
+def test_a_planted_signal_is_learned(fitted: tuple[Router, FitReport]) -> None:
+    router, report = fitted
+    assert router.targets == NAMES
+    assert all(report.val_auc[name] > 0.9 for name in NAMES), report.val_auc
+    assert all(auc > 0.9 for auc in held_out_auc(router))
+
+
+def test_the_report_describes_the_fit(fitted: tuple[Router, FitReport]) -> None:
+    router, report = fitted
+    r = report.to_json()
+    assert r["n_fit"] + r["n_val"] == 600 and 0.1 < r["n_val"] / 600 < 0.2
+    assert r["layer_choice"] == {name: [1] for name in NAMES}
+    assert len(r["member_val_loss"]) == 3 and len(r["kept_members"]) == 2
+    # the kept members are the ones with the lowest validation loss
+    assert sorted(r["kept_members"]) == sorted(np.argsort(r["member_val_loss"])[:2].tolist())
+    assert router.ensemble.n_members == 2 and router.ensemble.n_targets == 3
+    assert list(r["temperatures"]) == list(NAMES)
+    assert list(r["temperatures"].values()) == pytest.approx(router.temperatures.tolist())
+    assert set(r["seconds"]) == {"probe", "transform", "train", "calibrate"}
+    assert router.info["settings"]["pca_k"] == 8 and router.info["training"]["n_rows"] == 600
+    assert router.transform.layers == (1,) and router.transform.n_features == 8
+
+
+def test_calibration_does_not_hurt(fitted: tuple[Router, FitReport]) -> None:
+    _, report = fitted
+    for name in NAMES:
+        assert report.ece_after[name] <= report.ece_before[name] + 0.02
+
+
+def test_target_prices_travel_with_the_router(fitted: tuple[Router, FitReport]) -> None:
+    router, _ = fitted
+    assert [t.input_usd_per_mtok for t in router.target_info] == pytest.approx([0.1, 0.2, 0.3])
+    assert router.target_index("qwen-72b") == 2
+    with pytest.raises(UnknownTargetError, match=r"unknown target 'qwen-7b'\. Did you mean 'qwen-72b'\?"):
+        router.target_index("qwen-7b")
+
+
+def test_fisher_picks_the_layer_that_holds_the_signal() -> None:
+    dataset, feats = planted()
+    settings = TrainSettings(layers="fisher", pca_k=8, seeds=2, keep=1, net=NetSettings(max_epochs=30))
+    router, report = fit_router(dataset, feats, SYNTHETIC, settings)
+    assert report.layer_choice == {name: [1] for name in NAMES}
+    assert router.transform.layers == (1,) and len(router.transform.blocks) == 1
+
+
+def test_all_mean_uses_every_layer() -> None:
+    dataset, feats = planted(n=200)
+    settings = TrainSettings(layers="all-mean", pca_k=8, seeds=1, keep=1, net=NetSettings(max_epochs=5))
+    router, report = fit_router(dataset, feats, SYNTHETIC, settings)
+    assert report.layer_choice == {name: [0, 1, 2] for name in NAMES}
+    assert [b.name for b in router.transform.blocks] == ["mean:L0+L1+L2"]
+
+
+def test_missing_labels_do_not_break_training() -> None:
+    dataset, feats = planted(nan_share=0.3)
+    router, report = fit_router(dataset, feats, SYNTHETIC, FAST)
+    assert np.isnan(dataset.labels).mean() == pytest.approx(0.3, abs=0.03)
+    assert all(report.val_auc[name] > 0.9 for name in NAMES), report.val_auc
+    assert all(np.isfinite(v) for v in report.member_val_loss)
+    assert np.isfinite(router.temperatures).all()
+    assert all(auc > 0.9 for auc in held_out_auc(router))
+
+
+def test_fitting_is_deterministic_for_a_seed(fitted: tuple[Router, FitReport]) -> None:
+    router, _ = fitted
+    dataset, feats = planted()
+    again, _ = fit_router(dataset, feats, SYNTHETIC, FAST)
+    other, _ = fit_router(dataset, feats, SYNTHETIC, replace(FAST, seed=1))
+    fresh = planted(seed=5)[1]
+    assert np.array_equal(router.predict_proba_features(fresh), again.predict_proba_features(fresh))
+    assert not np.allclose(router.predict_proba_features(fresh), other.predict_proba_features(fresh))
+
+
+def test_progress_goes_through_the_stages_in_order() -> None:
+    dataset, feats = planted(n=200)
+    seen: list[tuple[str, int, int]] = []
+    settings = TrainSettings(layers=(1,), pca_k=4, seeds=2, keep=1, net=NetSettings(max_epochs=5))
+    fit_router(dataset, feats, SYNTHETIC, settings, on_progress=lambda *args: seen.append(args))
+    stages = [stage for stage, _, _ in seen]
+    assert stages[:2] == ["probe", "transform"] and stages[-1] == "calibrate"
+    train = [(done, total) for stage, done, total in seen if stage == "train"]
+    assert train[-1] == (5, 5) and all(total == 5 for _, total in train)
+    assert [done for done, _ in train] == sorted(done for done, _ in train)
+
+
+# ------------------------------------------------------------- validation split
+def test_validation_split_keeps_equal_prompts_together() -> None:
+    texts = [f"question {i // 3}" for i in range(300)]  # each text three times
+    texts = [t.upper() if i % 3 == 1 else t for i, t in enumerate(texts)]  # same text after case-folding
+    fit_rows, val_rows = validation_split(texts, 0.15, seed=0)
+    groups = np.arange(300) // 3
+    assert not set(groups[fit_rows]) & set(groups[val_rows])
+    assert np.array_equal(np.sort(np.concatenate([fit_rows, val_rows])), np.arange(300))
+    assert list(fit_rows) == sorted(fit_rows) and list(val_rows) == sorted(val_rows)
+    assert len(val_rows) == 45  # 15 of the 100 texts
+
+
+def test_validation_split_is_deterministic_per_seed() -> None:
+    texts = [f"question {i}" for i in range(200)]
+    first, again = validation_split(texts, 0.15, seed=3), validation_split(texts, 0.15, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[1], validation_split(texts, 0.15, seed=4)[1])
+
+
+def test_fit_validates_on_whole_prompt_groups() -> None:
+    dataset, feats = planted(n=300)
+    texts = ["the same prompt"] * 100 + [f"prompt {i}" for i in range(200)]  # 201 texts
+    dataset = RoutingDataset(
+        dataset.prompt_ids, texts, dataset.tasks, dataset.splits, dataset.labels, dataset.targets
+    )
+    settings = TrainSettings(layers=(1,), pca_k=4, seeds=1, keep=1, net=NetSettings(max_epochs=3))
+    _, report = fit_router(dataset, feats, SYNTHETIC, settings)
+    fit_rows, val_rows = validation_split(texts, settings.val_share, settings.seed)
+    assert (report.n_fit, report.n_val) == (len(fit_rows), len(val_rows))
+    assert report.n_val in (31, 130)  # 31 of 201 texts: the 100 copies go together; 45 = a row split
+    assert not {texts[i] for i in fit_rows} & {texts[i] for i in val_rows}
+
+
+# -------------------------------------------------------------------- bad input
+def test_too_few_rows() -> None:
+    dataset, feats = planted(n=MIN_ROWS - 1)
+    message = rf"^fitting needs at least {MIN_ROWS} training rows; got {MIN_ROWS - 1}$"
+    with pytest.raises(DataError, match=message):
+        fit_router(dataset, feats, SYNTHETIC, FAST)
+
+
+def test_features_for_other_rows() -> None:
+    dataset, feats = planted(n=100)
+    short = LayerFeatures(feats.values[:99], feats.poolings, feats.layers)
+    with pytest.raises(DataError, match=r"^99 feature rows for 100 prompts$"):
+        fit_router(dataset, short, SYNTHETIC, FAST)
+
+
+def test_a_target_without_labels_is_named() -> None:
+    dataset, feats = planted(n=100)
+    labels = dataset.labels.copy()
+    labels[:, 1] = np.nan
+    dataset = RoutingDataset(
+        dataset.prompt_ids, dataset.prompts, dataset.tasks, dataset.splits, labels, dataset.targets
+    )
+    with pytest.raises(DataError, match=r"^target 'llama-8b' has no labels in the training rows$"):
+        fit_router(dataset, feats, SYNTHETIC, FAST)
+
+
+@pytest.mark.parametrize(("correct", "wrong"), [(100, 0), (96, 4), (MIN_PER_CLASS - 1, 101 - MIN_PER_CLASS)])
+def test_a_target_with_too_few_of_one_class_is_named(correct: int, wrong: int) -> None:
+    dataset, feats = planted(n=100)
+    labels = dataset.labels.copy()
+    labels[:, 2] = np.r_[np.ones(correct), np.zeros(wrong)]
+    dataset = RoutingDataset(
+        dataset.prompt_ids, dataset.prompts, dataset.tasks, dataset.splits, labels, dataset.targets
+    )
+    message = (
+        rf"^target 'qwen-72b' needs at least {MIN_PER_CLASS} correct and {MIN_PER_CLASS} wrong labelled "
+        rf"training rows; it has {correct} correct and {wrong} wrong$"
+    )
+    with pytest.raises(DataError, match=message):
+        fit_router(dataset, feats, SYNTHETIC, FAST)
+
+
+def test_graded_labels_count_as_correct_from_one_half() -> None:
+    dataset, feats = planted(n=100)
+    labels = dataset.labels.copy()
+    labels[:, 0] = np.r_[np.full(97, 0.5), np.full(3, 0.49)]  # 97 correct, 3 wrong
+    dataset = RoutingDataset(
+        dataset.prompt_ids, dataset.prompts, dataset.tasks, dataset.splits, labels, dataset.targets
+    )
+    with pytest.raises(DataError, match=r"it has 97 correct and 3 wrong$"):
+        fit_router(dataset, feats, SYNTHETIC, FAST)
+
+
+def test_bad_settings_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match=r"^'keep' must be between 1 and 'seeds' \(2\); got 3 instead\.$"):
+        TrainSettings(seeds=2, keep=3)
+    with pytest.raises(ConfigError, match=r"^'keep' must be between 1 and 'seeds' \(2\); got 0 instead\.$"):
+        TrainSettings(seeds=2, keep=0)
+    with pytest.raises(ConfigError, match=r"^The 'layers' parameter must be one of fisher, auc, all-mean"):
+        TrainSettings(layers="best")
+    with pytest.raises(ConfigError, match=r"^The 'val_share' parameter must be in \(0, 0\.5\); got 0\.5"):
+        TrainSettings(val_share=0.5)
+
+
+def test_an_explicit_layer_missing_from_the_features() -> None:
+    dataset, feats = planted(n=100)
+    with pytest.raises(ConfigError, match=r"^layer 7 is not in the features \(layers \[0, 1, 2\]\)$"):
+        fit_router(dataset, feats, SYNTHETIC, TrainSettings(layers=(1, 7), seeds=1, keep=1))
+
+
+def test_a_pooling_missing_from_the_features_is_a_config_error_with_explicit_layers() -> None:
+    dataset, feats = planted(n=100)
+    settings = TrainSettings(layers=(1,), pooling="last", seeds=1, keep=1)
+    with pytest.raises(ConfigError, match=r"must be one of the features' poolings \(mean\); got 'last'"):
+        fit_router(dataset, feats, SYNTHETIC, settings)
+
+
+def test_a_pooling_missing_from_the_features_is_a_config_error_with_fisher() -> None:
+    dataset, feats = planted(n=100)
+    settings = TrainSettings(layers="fisher", pooling="last", seeds=1, keep=1)
+    with pytest.raises(ConfigError, match=r"'last'"):
+        fit_router(dataset, feats, SYNTHETIC, settings)
+
+
+# ------------------------------------------------------------------- add_target
+@pytest.fixture(scope="module")
+def added(two_target_router: Router) -> tuple[Router, FitReport]:
+    dataset, feats = planted()
+    return add_target(two_target_router, dataset, "qwen-72b", feats, FAST)
+
+
+def test_add_target_learns_a_new_head_and_leaves_the_others_alone(
+    two_target_router: Router, added: tuple[Router, FitReport]
+) -> None:
+    new, report = added
+    assert new.targets == NAMES and two_target_router.targets == NAMES[:2]
+    fresh = planted(seed=7)[1]
+    before, after = two_target_router.predict_proba_features(fresh), new.predict_proba_features(fresh)
+    assert after.shape == (600, 3)
+    assert np.array_equal(after[:, :2], before)
+    assert report.val_auc["qwen-72b"] > 0.85
+    assert held_out_auc(new)[2] > 0.85
+    assert new.target_info[2].input_usd_per_mtok == pytest.approx(0.3)
+    assert new.info["added_targets"] == [
+        {"name": "qwen-72b", "val_auc": report.val_auc["qwen-72b"], "n_rows": 600}
+    ]
+    assert "added_targets" not in two_target_router.info
+
+
+def test_add_target_shares_the_trunk(two_target_router: Router, added: tuple[Router, FitReport]) -> None:
+    new, _ = added
+    old = two_target_router.ensemble
+    for name in ("w1", "b1", "w2", "b2"):
+        assert np.array_equal(getattr(new.ensemble, name), getattr(old, name))
+    assert np.array_equal(new.ensemble.w3[:, :, :2], old.w3)
+    assert new.transform.blocks == two_target_router.transform.blocks
+    assert new.transform.target_blocks["qwen-72b"] == 0
+
+
+def test_add_target_uses_only_labelled_rows() -> None:
+    dataset, feats = planted(nan_share=0.4)
+    router, _ = fit_router(dataset.select(targets=list(NAMES[:2])), feats, SYNTHETIC, FAST)
+    new, report = add_target(router, dataset, "qwen-72b", feats, FAST)
+    labelled = int((~np.isnan(dataset.labels[:, 2])).sum())
+    assert report.n_fit + report.n_val == labelled == new.info["added_targets"][0]["n_rows"]
+    assert np.isfinite(new.predict_proba_features(feats)).all()
+
+
+def test_add_target_already_routed(two_target_router: Router) -> None:
+    dataset, feats = planted()
+    message = r"^target 'llama-8b' is already in the router; fit a new router to retrain it$"
+    with pytest.raises(ConfigError, match=message):
+        add_target(two_target_router, dataset, "llama-8b", feats, FAST)
+
+
+def test_add_target_not_in_the_data(two_target_router: Router) -> None:
+    dataset, feats = planted()
+    with pytest.raises(UnknownTargetError, match=r"unknown target 'qwen-7b'\. Did you mean 'qwen-72b'\?"):
+        add_target(two_target_router, dataset, "qwen-7b", feats, FAST)
+
+
+def test_add_target_with_one_class_is_named(two_target_router: Router) -> None:
+    dataset, feats = planted()
+    labels = dataset.labels.copy()
+    labels[:, 2] = 1.0
+    dataset = RoutingDataset(
+        dataset.prompt_ids, dataset.prompts, dataset.tasks, dataset.splits, labels, dataset.targets
+    )
+    with pytest.raises(DataError, match=r"^target 'qwen-72b' needs at least 5 correct and 5 wrong"):
+        add_target(two_target_router, dataset, "qwen-72b", feats, FAST)
+
+
+def test_an_added_router_saves_and_loads(added: tuple[Router, FitReport], tmp_path: Path) -> None:
+    new, _ = added
+    new.save(tmp_path / "router")
+    loaded = Router.load(tmp_path / "router", check_encoder=False)
+    fresh = planted(seed=7)[1]
+    assert loaded.targets == NAMES
+    assert np.array_equal(loaded.predict_proba_features(fresh), new.predict_proba_features(fresh))
+    assert loaded.info["added_targets"][0]["name"] == "qwen-72b"
+
+
+def test_adding_twice_leaves_the_intermediate_router_alone() -> None:
+    dataset, feats = planted()
+    router, _ = fit_router(dataset.select(targets=[NAMES[0]]), feats, SYNTHETIC, FAST)
+    once, _ = add_target(router, dataset, NAMES[1], feats, FAST)
+    twice, _ = add_target(once, dataset, NAMES[2], feats, FAST)
+    assert [a["name"] for a in twice.info["added_targets"]] == [NAMES[1], NAMES[2]]
+    assert [a["name"] for a in once.info["added_targets"]] == [NAMES[1]]
