@@ -40,10 +40,15 @@ format: setup
 # The main job so far: what routing could gain on the bundled dataset, the encoder features of
 # all its prompts (cached: the first run takes ~5 minutes on 2 cores, later runs seconds), and
 # the layer probes that choose which layers the router reads.
+# The main job on the bundled dataset: fit, evaluate against the baselines, write the report.
+# `make demo FULL=1` adds grouped 5-fold cross-validated evaluation over all 5,989 prompts.
 demo: setup
 	$(BIN)/prefill-router data info bundled --plot demo/bundled.png
-	$(BIN)/prefill-router encode bundled
-	$(BIN)/prefill-router probe bundled --plot demo/probe_mean.png --json demo/probe_mean.json
+	$(BIN)/prefill-router fit bundled -o demo/router --json demo/fit.json
+	$(BIN)/prefill-router evaluate demo/router bundled --split test --report demo --json demo/evaluation.json
+ifdef FULL
+	$(BIN)/prefill-router evaluate demo/router bundled --cv 5 --report demo/cv --json demo/evaluation_cv.json
+endif
 
 # Rebuild the bundled dataset from ../shared (maintainers only; the result is committed).
 bundled: setup

@@ -8,9 +8,11 @@ training rows, or :data:`DEFAULT_OUTPUT_TOKENS` when the data has none.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from prefill_router.data.dataset import RoutingDataset
+from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.data.tokens import estimate_tokens
 
 DEFAULT_OUTPUT_TOKENS = 256.0
@@ -38,9 +40,24 @@ def output_token_estimates(dataset: RoutingDataset, *, split: str | None = "trai
     return estimates
 
 
-def input_tokens(prompts: np.ndarray | list[str]) -> np.ndarray:
+def input_tokens(prompts: np.ndarray | Sequence[str]) -> np.ndarray:
     """(N,) estimated input tokens of each prompt."""
     return np.array([estimate_tokens(p) for p in prompts], dtype=np.float64)
+
+
+def price_costs_from_tokens(
+    tokens_in: np.ndarray, targets: Sequence[TargetInfo], output_tokens: np.ndarray
+) -> np.ndarray:
+    """(N, M) USD from list prices: input tokens x input price + estimated output tokens x output
+    price (DESIGN §3); NaN for a target without a price."""
+    price_in = np.array([np.nan if t.input_usd_per_mtok is None else t.input_usd_per_mtok for t in targets])
+    price_out = np.array(
+        [np.nan if t.output_usd_per_mtok is None else t.output_usd_per_mtok for t in targets]
+    )
+    costs: np.ndarray = (
+        tokens_in[:, None] * price_in[None, :] + np.asarray(output_tokens)[None, :] * price_out[None, :]
+    ) / TOKENS_PER_MILLION
+    return costs
 
 
 def cost_matrix(dataset: RoutingDataset, output_tokens_per_target: np.ndarray | None = None) -> np.ndarray:
@@ -52,16 +69,7 @@ def cost_matrix(dataset: RoutingDataset, output_tokens_per_target: np.ndarray | 
     out_tokens = (
         output_token_estimates(dataset) if output_tokens_per_target is None else output_tokens_per_target
     )
-    price_in = np.array(
-        [np.nan if t.input_usd_per_mtok is None else t.input_usd_per_mtok for t in dataset.targets]
-    )
-    price_out = np.array(
-        [np.nan if t.output_usd_per_mtok is None else t.output_usd_per_mtok for t in dataset.targets]
-    )
-    tokens_in = input_tokens(dataset.prompts)
-    estimated: np.ndarray = (
-        tokens_in[:, None] * price_in[None, :] + out_tokens[None, :] * price_out[None, :]
-    ) / TOKENS_PER_MILLION
+    estimated = price_costs_from_tokens(input_tokens(dataset.prompts), dataset.targets, out_tokens)
     if dataset.costs_usd is None:
         return estimated
     costs: np.ndarray = np.where(np.isnan(dataset.costs_usd), estimated, dataset.costs_usd)

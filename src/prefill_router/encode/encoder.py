@@ -362,6 +362,9 @@ def _load(resolved: ResolvedEncoder, dtype: Any, device: str) -> tuple[Any, Any]
         model = AutoModel.from_pretrained(resolved.model_dir, local_files_only=True, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
         raise EncodeError(f"cannot load the encoder from {resolved.model_dir}: {exc}") from exc
+    # The prompt view truncates to max_tokens itself; without this the tokenizer warns on every
+    # long prompt it is asked to count before that truncation.
+    tokenizer.model_max_length = 1 << 30
     if (
         hasattr(model, "get_decoder")
         and not hasattr(model, "layers")

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from prefill_router._json import finite_or_none
-from prefill_router.data.costs import output_token_estimates
+from prefill_router.data.costs import input_tokens, output_token_estimates
 from prefill_router.data.dataset import RoutingDataset
 from prefill_router.data.splits import prompt_groups
 from prefill_router.errors import ConfigError, DataError, UnknownTargetError
-from prefill_router.probe import STRATEGIES, ProbeSettings, probe_layers, select_layers
+from prefill_router.probe import STRATEGIES, ProbeReport, ProbeSettings, probe_layers, select_layers
 from prefill_router.train.calibration import (
     apply_temperature,
     brier,
@@ -66,6 +66,18 @@ class TrainSettings:
             )
         if not 0 < self.val_share < 0.5:
             raise ConfigError(f"The 'val_share' parameter must be in (0, 0.5); got {self.val_share} instead.")
+
+    @classmethod
+    def from_json(cls, blob: dict[str, Any]) -> TrainSettings:
+        """The settings a router.json records (its ``settings`` object)."""
+        blob = dict(blob)
+        net = dict(blob.pop("net", {}))
+        for key in ("hidden", "dropout"):
+            if key in net:
+                net[key] = tuple(net[key])
+        if isinstance(blob.get("layers"), list):
+            blob["layers"] = tuple(blob["layers"])
+        return cls(**blob, net=NetSettings(**net))
 
     def to_json(self) -> dict[str, Any]:
         """The ``settings`` object of router.json."""
@@ -128,7 +140,7 @@ def fit_router(
 
     started = time.perf_counter()
     notify("probe", 0, 1)
-    choice = choose_layers(features, labels, dataset.target_names, fit_rows, settings)
+    choice, probe_summary = choose_layers(features, labels, dataset.target_names, fit_rows, settings)
     seconds["probe"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -170,7 +182,9 @@ def fit_router(
         temperatures=temperatures,
         targets=dataset.targets,
         output_tokens=output_token_estimates(dataset, split=None),
-        info=_router_info(dataset, settings, report),
+        info=_router_info(dataset, settings, report) | ({"probe": probe_summary} if probe_summary else {}),
+        calibration_x=x[val_rows],
+        calibration_tokens=input_tokens(dataset.prompts[val_rows]),
     )
     return router, report
 
@@ -255,8 +269,9 @@ def choose_layers(
     target_names: Sequence[str],
     rows: np.ndarray,
     settings: TrainSettings,
-) -> dict[str, tuple[int, ...]]:
-    """Layers per target: probed on ``rows`` (fisher / auc), every layer, or the explicit list."""
+) -> tuple[dict[str, tuple[int, ...]], dict[str, Any] | None]:
+    """Layers per target: probed on ``rows`` (fisher / auc), every layer, or the explicit list; and
+    a summary of the probes when they ran."""
     if settings.pooling not in features.poolings:
         raise ConfigError(
             f"The 'pooling' setting must be one of the features' poolings ({', '.join(features.poolings)}); "
@@ -266,9 +281,9 @@ def choose_layers(
         missing = [layer for layer in settings.layers if layer not in features.layers]
         if missing:
             raise ConfigError(f"layer {missing[0]} is not in the features (layers {list(features.layers)})")
-        return {t: tuple(settings.layers) for t in target_names}
+        return {t: tuple(settings.layers) for t in target_names}, None
     if settings.layers == "all-mean":
-        return {t: features.layers for t in target_names}
+        return {t: features.layers for t in target_names}, None
     pooled = features.values[:, features.poolings.index(settings.pooling)]
     probe = ProbeSettings(pca_k=settings.pca_k, seed=settings.seed, cv_auc=settings.layers == "auc")
     report = probe_layers(np.asarray(pooled[rows]), labels[rows], target_names, features.layers, probe)
@@ -276,7 +291,18 @@ def choose_layers(
     for name in target_names:
         picked = select_layers(report.targets[name], settings.layers, settings.n_layers)
         choice[name] = tuple(picked) if picked else (features.layers[-1],)
-    return choice
+    return choice, _probe_summary(report, features.layers, choice)
+
+
+def _probe_summary(
+    report: ProbeReport, layers: Sequence[int], choice: dict[str, tuple[int, ...]]
+) -> dict[str, Any]:
+    """What router.json keeps of the probes: J_lda and d_eff per layer, and the layers chosen."""
+    j_lda = {}
+    for name, target in report.targets.items():
+        by_layer = {p.layer: p.fisher_j_lda for p in target.layers}
+        j_lda[name] = [finite_or_none(by_layer.get(layer, float("nan"))) for layer in layers]
+    return {"layers": list(layers), "fisher_j_lda": j_lda, "chosen": {k: list(v) for k, v in choice.items()}}
 
 
 def validation_metrics(

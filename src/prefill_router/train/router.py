@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from prefill_router.data.costs import input_tokens, price_costs_from_tokens
 from prefill_router.data.dataset import TargetInfo
 from prefill_router.errors import ConfigError, DataError, EncodeError, UnknownTargetError
 from prefill_router.train.artifact import read_artifact, write_artifact
@@ -31,6 +32,7 @@ from prefill_router.train.transform import FeatureBlock, FeatureTransform, Layer
 
 if TYPE_CHECKING:
     from prefill_router.encode import Encoder
+    from prefill_router.policy import Budget, BudgetSolution, Decision
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class Router:
         targets: Sequence[TargetInfo],
         output_tokens: np.ndarray,
         info: dict[str, Any] | None = None,
+        calibration_x: np.ndarray | None = None,
+        calibration_tokens: np.ndarray | None = None,
     ) -> None:
         self.encoder_identity = encoder
         self.transform = transform
@@ -87,6 +91,9 @@ class Router:
         self.output_tokens = np.asarray(output_tokens, dtype=np.float64)
         # settings, training fingerprint, validation metrics: carried into router.json as they are
         self.info: dict[str, Any] = dict(info or {})
+        # Held-out validation rows (net input and input-token counts) on which a budget's μ is solved.
+        self.calibration_x = calibration_x
+        self.calibration_tokens = calibration_tokens
         self._encoder: Encoder | None = None
         self._cache_dir: str | Path | None = None  # where the encoder's converted model lives
         self._encoder_lock = threading.Lock()
@@ -156,6 +163,61 @@ class Router:
     def predict_uncalibrated(self, features: LayerFeatures) -> np.ndarray:
         """(N, M) the ensemble's averaged probabilities before temperature scaling."""
         return self.ensemble.probabilities(self.transform.transform(features))
+
+    # ------------------------------------------------------------------- routing
+    def costs(self, prompts: Sequence[str]) -> np.ndarray:
+        """(N, M) USD of each prompt on each target from the list prices (DESIGN §3).
+
+        Raises:
+            ConfigError: a target has no price (routing by cost needs every price).
+        """
+        return self._costs_from_tokens(input_tokens(list(prompts)))
+
+    def _costs_from_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        unpriced = [t.name for t in self.target_info if not t.has_price]
+        if unpriced:
+            raise ConfigError(
+                f"targets without a price: {', '.join(unpriced)}; "
+                "give their prices with --prices when importing the data"
+            )
+        return price_costs_from_tokens(tokens, self.target_info, self.output_tokens)
+
+    def solve_budget(self, budget: Budget) -> BudgetSolution:
+        """μ of the budget policy that meets ``budget`` on the router's held-out validation rows."""
+        from prefill_router.policy import solve_budget
+
+        if self.calibration_x is None or self.calibration_tokens is None:
+            raise ConfigError(
+                "this router stores no calibration rows; pass a μ (--budget 0.0 ...) instead of a budget"
+            )
+        p = apply_temperature(self.ensemble.probabilities(self.calibration_x), self.temperatures)
+        return solve_budget(p, self._costs_from_tokens(self.calibration_tokens), budget, self.targets)
+
+    def route(
+        self,
+        prompt: str,
+        *,
+        policy: str = "budget",
+        knob: float | None = 0.0,
+        budget: Budget | None = None,
+        allowed: Sequence[str] | None = None,
+        max_cost: float | None = None,
+    ) -> Decision:
+        """One decision: the chosen target, every probability and cost, and the reason.
+
+        ``policy`` is ``budget`` (knob μ, or a ``Budget`` solved on the calibration rows),
+        ``lambda`` (knob λ) or ``tolerance`` (knob τ); ``allowed`` and ``max_cost`` restrict the
+        candidates of this request.
+        """
+        from prefill_router.policy import decide
+
+        if budget is not None:
+            policy, knob = "budget", self.solve_budget(budget).mu
+        p = self.predict_proba([prompt])[0]
+        c = self.costs([prompt])[0]
+        return decide(
+            p, c, self.targets, policy, 0.0 if knob is None else knob, allowed=allowed, max_cost=max_cost
+        )
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
@@ -227,6 +289,7 @@ class Router:
                 "n_targets": ensemble.n_targets,
                 "members": ensemble.n_members,
             },
+            **({"calibration": {"rows": len(self.calibration_x)}} if self.calibration_x is not None else {}),
             **self.info,
         }
 
@@ -239,6 +302,11 @@ class Router:
                 f"block.{i}.components": block.components,
             }
         arrays |= {f"net.{name}": getattr(self.ensemble, name) for name in TrunkEnsemble.ARRAYS}
+        if self.calibration_x is not None and self.calibration_tokens is not None:
+            arrays |= {
+                "calibration.x": self.calibration_x,
+                "calibration.input_tokens": self.calibration_tokens,
+            }
         return arrays
 
     @classmethod
@@ -274,6 +342,11 @@ class Router:
         temperatures = shapes.get("calibration.temperature", (m,))
         if (temperatures <= 0).any():
             raise DataError("router.safetensors: calibration temperatures must be > 0")
+        calibration_x = calibration_tokens = None
+        if "calibration" in meta:
+            rows = int(meta["calibration"]["rows"])
+            calibration_x = shapes.get("calibration.x", (rows, d_in))
+            calibration_tokens = shapes.get("calibration.input_tokens", (rows,))
         shapes.no_extras()
         info = {k: v for k, v in meta.items() if k not in _STRUCTURE_KEYS}
         return cls(
@@ -284,6 +357,8 @@ class Router:
             targets=targets,
             output_tokens=np.array([float(t["output_tokens"]) for t in meta["targets"]]),
             info=info,
+            calibration_x=calibration_x,
+            calibration_tokens=calibration_tokens,
         )
 
     # ------------------------------------------------------------------ editing
@@ -310,6 +385,8 @@ class Router:
             targets=(*self.target_info, target),
             output_tokens=np.append(self.output_tokens, output_tokens),
             info=copy.deepcopy(self.info),
+            calibration_x=self.calibration_x,
+            calibration_tokens=self.calibration_tokens,
         )
         router._encoder = self._encoder
         router._cache_dir = self._cache_dir
@@ -334,7 +411,9 @@ class Router:
         )
 
 
-_STRUCTURE_KEYS = frozenset({"format", "format_version", "encoder", "targets", "blocks", "net"})
+_STRUCTURE_KEYS = frozenset(
+    {"format", "format_version", "encoder", "targets", "blocks", "net", "calibration"}
+)
 
 
 class _ShapeCheck:

@@ -1,0 +1,125 @@
+"""Routing quality on the real datasets: ours vs every baseline, under grouped K-fold CV.
+
+    .venv/bin/python benchmarks/quality.py llmrouter            # bundled LLMRouter: CV + its own split
+    .venv/bin/python benchmarks/quality.py mmlu-pro --limit 3000
+    .venv/bin/python benchmarks/quality.py routellm --limit 3000
+
+Every prompt is scored out of fold (folds grouped by normalised prompt text); the router is refit
+per fold with the default recipe (SmolLM2 bfloat16, fisher layers, PCA-128, 10 seeds keep 5) and
+the baselines are trained on the same rows. ``--limit N`` takes a seeded random sample of N prompts
+(stated in the results). Writes ``benchmarks/results/quality_<dataset>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from prefill_router.cli._evaluate import print_headline
+from prefill_router.data.dataset import RoutingDataset
+from prefill_router.data.importers import import_dataset
+from prefill_router.data.prices import builtin_prices
+from prefill_router.encode import Encoder, FeatureStore, default_cache_dir
+from prefill_router.evaluate import baselines as bl
+from prefill_router.evaluate.run import cross_validated, eval_costs, feature_set, predict_split, score
+from prefill_router.train import TrainSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+RESULTS = ROOT / "benchmarks" / "results"
+SOURCES = {
+    "mmlu-pro": ("mmlu-pro", SHARED / "mmlu_pro" / "eval_results"),
+    "routellm": ("routellm", SHARED / "routellm"),
+}
+
+
+def load(name: str, work: Path) -> RoutingDataset:
+    """The dataset: bundled for llmrouter, else imported once from ../shared into ``work``."""
+    if name == "llmrouter":
+        return RoutingDataset.load("bundled")
+    kind, source = SOURCES[name]
+    path = work / f"{name}.parquet"
+    if not path.exists():
+        import_dataset(kind, source, prices=builtin_prices()).dataset.save(path)
+    return RoutingDataset.load(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=["llmrouter", *SOURCES])
+    parser.add_argument("--limit", type=int, help="seeded random sample of N prompts")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--baselines", default="all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path(default_cache_dir()) / "datasets")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    args.work.mkdir(parents=True, exist_ok=True)
+    dataset = load(args.dataset, args.work)
+    n_all = dataset.n_prompts
+    if args.limit and args.limit < n_all:
+        rows = np.sort(np.random.default_rng(args.seed).choice(n_all, args.limit, replace=False))
+        dataset = dataset.take(rows)
+    names = bl.parse_baselines(args.baselines)
+    settings = TrainSettings(seed=args.seed)
+    encoder = Encoder("smollm2-135m")
+    store = FeatureStore(default_cache_dir())
+    print(f"{args.dataset}: {dataset.n_prompts} of {n_all} prompts; encoding (cached)...", flush=True)
+    features = feature_set(
+        encoder, dataset.prompts.tolist(), store, need_embed=any(n.endswith("-embed") for n in names)
+    )
+    out = {
+        "dataset": args.dataset,
+        "n_prompts": dataset.n_prompts,
+        "n_available": n_all,
+        "sampled": bool(args.limit and args.limit < n_all),
+        "settings": settings.to_json(),
+        "encoder": encoder.name,
+    }
+    step = lambda text: print(f"  {text}", flush=True)  # noqa: E731
+    predictions = cross_validated(
+        dataset, features, names, settings, args.folds, seed=args.seed, on_step=step
+    )
+    cv = score(dataset, predictions, eval_costs(dataset, dataset), seed=args.seed)
+    cv["setup"] = {
+        "where": f"grouped {args.folds}-fold CV over {dataset.n_prompts} prompts",
+        "knn_k": predictions.knn_k,
+    }
+    out["cv"] = cv
+    print_headline(cv, cv["setup"]["where"])
+    if args.dataset == "llmrouter":
+        train_rows, test_rows = (
+            np.flatnonzero(dataset.splits == "train"),
+            np.flatnonzero(dataset.splits == "test"),
+        )
+        test = dataset.take(test_rows)
+        split = predict_split(
+            None,
+            dataset.take(train_rows),
+            test,
+            features.rows(train_rows),
+            features.rows(test_rows),
+            names,
+            settings,
+            seed=args.seed,
+            on_step=step,
+        )
+        out["split"] = score(test, split, eval_costs(dataset, test), seed=args.seed)
+        out["split"]["setup"] = {
+            "where": "LLMRouter's own split (cleaned test: 381 prompts)",
+            "knn_k": split.knn_k,
+        }
+        print_headline(out["split"], out["split"]["setup"]["where"])
+    out["seconds"] = time.perf_counter() - started
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"quality_{args.dataset}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(f"{path} ({out['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

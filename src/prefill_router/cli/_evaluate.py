@@ -1,0 +1,289 @@
+"""`prefill-router evaluate` and `route`: the router against the oracle and the baselines; one decision."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from prefill_router._files import atomic_path
+from prefill_router.cli._app import CacheOption, DatasetArg, app, console, encode_progress
+from prefill_router.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from prefill_router.data.dataset import RoutingDataset
+    from prefill_router.evaluate.run import FeatureSet
+    from prefill_router.train import Router
+
+RouterArg = Annotated[Path, typer.Argument(help="A router artifact folder.")]
+
+
+@app.command("evaluate")
+def evaluate(
+    router_path: RouterArg,
+    data: DatasetArg,
+    split: Annotated[str, typer.Option(help="Evaluate on this split (baselines train on 'train').")] = "test",
+    baselines: Annotated[
+        str, typer.Option(help="'all', 'none' or some of knn-embed,trunk-embed,logreg-embed,layer0,random.")
+    ] = "all",
+    cv: Annotated[
+        int | None, typer.Option("--cv", help="Grouped K-fold CV over the whole dataset (refits per fold).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows of the dataset (CV).")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write report.html (figures embedded) in this folder.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every metric as JSON.")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the bootstrap, the random baseline and the CV folds.")
+    ] = 0,
+    cache: CacheOption = None,
+) -> None:
+    """Score the router and the baselines on the same rows with the same policy and cost code."""
+    from prefill_router.data.dataset import RoutingDataset
+    from prefill_router.evaluate import baselines as bl
+    from prefill_router.evaluate.run import cross_validated, eval_costs, predict_split, score
+    from prefill_router.train import Router, TrainSettings
+
+    started = time.perf_counter()
+    names = bl.parse_baselines(baselines)
+    router = Router.load(router_path, cache_dir=cache)
+    dataset = RoutingDataset.load(data)
+    if limit is not None:
+        dataset = dataset.take(range(min(limit, dataset.n_prompts)))
+    _check_targets(router, dataset, data)
+    features = _feature_set(router, dataset, need_embed=any(n.endswith("-embed") for n in names), cache=cache)
+    settings = TrainSettings.from_json(router.info.get("settings") or {})
+    with console.status("evaluating") as status:
+
+        def step(text: str) -> None:
+            status.update(f"evaluating: {text}")
+
+        if cv:
+            evaluation, predictions = (
+                dataset,
+                cross_validated(dataset, features, names, settings, cv, seed=seed, on_step=step),
+            )
+            where = f"grouped {cv}-fold CV over {dataset.n_prompts} prompts of {data}"
+        else:
+            train_rows, eval_rows = _split_rows(dataset, split, data)
+            evaluation = dataset.take(eval_rows)
+            predictions = predict_split(
+                router,
+                dataset.take(train_rows),
+                evaluation,
+                features.rows(train_rows),
+                features.rows(eval_rows),
+                names,
+                settings,
+                seed=seed,
+                on_step=step,
+            )
+            where = (
+                f"split {split!r} of {data} ({len(eval_rows)} prompts; baselines fit on {len(train_rows)})"
+            )
+        result = score(evaluation, predictions, eval_costs(dataset, evaluation), n_boot=bootstrap, seed=seed)
+    result["setup"] = {
+        "where": where,
+        "router": str(router_path),
+        "cv": cv,
+        "split": None if cv else split,
+        "baselines": list(names),
+        "knn_k": predictions.knn_k,
+        "bootstrap": bootstrap,
+        "seed": seed,
+    }
+    print_headline(result, where)
+    if json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+        console.print(f"metrics: {json_out}")
+    if report is not None:
+        from prefill_router.evaluate.report import write_report
+
+        page = write_report(result, predictions, evaluation, router, report)
+        console.print(f"report: [bold]{page}[/]")
+    console.print(f"time: {time.perf_counter() - started:.1f} s")
+
+
+def print_headline(result: dict[str, Any], where: str) -> None:
+    """The headline table: gap captured and cost savings of ours vs each baseline."""
+    table = Table(
+        "router",
+        "mean AUC",
+        "argmax acc",
+        "gap captured",
+        "cost savings",
+        "gap @≥50% sav.",
+        "gap @≥74.31% sav.",
+        "AIQ",
+        title=f"routing on {where}",
+    )
+    keys = [
+        "prefill",
+        "knn-embed",
+        "trunk-embed",
+        "logreg-embed",
+        "layer0",
+        "random",
+        "cheapest",
+        "oracle_router",
+    ]
+    for key in [k for k in keys if k in result]:
+        r = result[key]
+        at = r["gap_captured_at_savings"]
+        name = "[bold]prefill (ours)[/]" if key == "prefill" else key.replace("_router", "")
+        table.add_row(
+            name,
+            _num(r["auc_mean"]),
+            _num(r["argmax"]["accuracy"]),
+            _pct(r["argmax"]["gap_captured"]),
+            _pct(r["argmax"]["cost_savings"]),
+            _pct(at.get("0.5")),
+            _pct(at.get("0.7431")),
+            _num(r["aiq"]),
+        )
+    console.print(table)
+    best, oracle = result["best_single"], result["oracle"]
+    console.print(
+        f"best single {best['name']} {best['accuracy']:.3f}; oracle {oracle['accuracy']:.3f} "
+        f"(headroom {oracle['accuracy'] - best['accuracy']:+.3f}); "
+        f"most expensive {result['most_expensive']['name']}"
+    )
+    if "prefill" in result:
+        ci = result["prefill"]["argmax"]["ci"]["gap_captured"]
+        console.print(f"ours at argmax: gap captured 95% CI [{_pct(ci[0])}, {_pct(ci[1])}]")
+
+
+@app.command("route")
+def route(
+    router_path: RouterArg,
+    prompt: Annotated[str, typer.Argument(help="The prompt to route.")],
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Budget policy: '$0.0004' USD per request, '30%' of the most expensive target, or a μ."
+        ),
+    ] = None,
+    lambda_: Annotated[float | None, typer.Option("--lambda", help="λ-utility policy, λ in [0, 1].")] = None,
+    tolerance: Annotated[
+        float | None, typer.Option(help="Tolerance policy: cheapest within τ of the best p.")
+    ] = None,
+    allow: Annotated[
+        str | None, typer.Option(help="Comma-separated targets allowed for this request.")
+    ] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Hard cap in USD for this request.")] = None,
+    json_flag: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+    cache: CacheOption = None,
+) -> None:
+    """One routing decision: the chosen target, every probability and cost, and why."""
+    from prefill_router.train import Router
+
+    chosen = [
+        name
+        for name, value in (("budget", budget), ("lambda", lambda_), ("tolerance", tolerance))
+        if value is not None
+    ]
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one policy; got {' and '.join('--' + c for c in chosen)}")
+    router = Router.load(router_path, cache_dir=cache)
+    allowed = [a.strip() for a in allow.split(",")] if allow else None
+    policy, knob, spend = _policy_options(budget, lambda_, tolerance)
+    with console.status(f"loading encoder {router.encoder_identity.name}"):
+        router.encoder  # noqa: B018 (load now, so the spinner covers it)
+    decision = router.route(
+        prompt, policy=policy, knob=knob, budget=spend, allowed=allowed, max_cost=max_cost
+    )
+    if json_flag:
+        console.print_json(json.dumps(decision.to_json()))
+        return
+    table = Table("target", "P(correct)", "cost USD", title=f"route: {decision.reason}")
+    for name in router.targets:
+        mark = "[bold green]→ [/]" if name == decision.target else "  "
+        cost = decision.costs_usd[name]
+        table.add_row(mark + name, f"{decision.probabilities[name]:.3f}", f"{cost:.6f}")
+    console.print(table)
+    console.print(f"[bold]{decision.target}[/]")
+
+
+# ----------------------------------------------------------------------- helpers
+def _policy_options(
+    budget: str | None, lambda_: float | None, tolerance: float | None
+) -> tuple[str, float | None, Any]:
+    from prefill_router.policy import Budget
+
+    if lambda_ is not None:
+        return "lambda", lambda_, None
+    if tolerance is not None:
+        return "tolerance", tolerance, None
+    if budget is None:
+        return "budget", 0.0, None
+    text = budget.strip()
+    try:
+        if text.startswith("$"):
+            return "budget", None, Budget(usd_per_request=float(text[1:]))
+        if text.endswith("%"):
+            return "budget", None, Budget(share_of_max=float(text[:-1]) / 100)
+        return "budget", float(text), None
+    except ValueError as exc:
+        raise ConfigError(
+            f"--budget must be '$USD' per request, 'N%' of the most expensive target, or a μ >= 0; "
+            f"got {budget!r}"
+        ) from exc
+
+
+def _check_targets(router: Router, dataset: RoutingDataset, data: str) -> None:
+    if sorted(router.targets) != sorted(dataset.target_names):
+        extra = sorted(set(dataset.target_names) - set(router.targets))
+        missing = sorted(set(router.targets) - set(dataset.target_names))
+        raise DataError(
+            f"the data's targets differ from the router's (only in the data: {extra or 'none'}; only in the "
+            f"router: {missing or 'none'}); evaluate on data with the router's targets, or refit",
+            source=data,
+        )
+
+
+def _split_rows(dataset: RoutingDataset, split: str, data: str) -> tuple[np.ndarray, np.ndarray]:
+    names = dataset.split_names()
+    if split not in names:
+        raise DataError(
+            f"no split {split!r}; the splits are {', '.join(names) or 'none'} (or use --cv K)", source=data
+        )
+    if "train" not in names:
+        raise DataError(
+            "the baselines train on the 'train' split, which this dataset lacks (use --cv K)", source=data
+        )
+    eval_rows = np.flatnonzero(dataset.splits == split)
+    labelled = ~np.isnan(dataset.labels[eval_rows]).all(axis=1)
+    if not labelled.any():
+        raise DataError(f"split {split!r} has no labelled rows", source=data)
+    return np.flatnonzero(dataset.splits == "train"), eval_rows
+
+
+def _feature_set(
+    router: Router, dataset: RoutingDataset, *, need_embed: bool, cache: Path | None
+) -> FeatureSet:
+    from prefill_router.encode import FeatureStore, default_cache_dir
+    from prefill_router.evaluate.run import feature_set
+
+    with console.status(f"loading encoder {router.encoder_identity.name}"):
+        encoder = router.encoder
+    store = FeatureStore(cache or default_cache_dir())
+    with encode_progress(dataset.n_prompts) as advance:
+        return feature_set(
+            encoder, dataset.prompts.tolist(), store, need_embed=need_embed, on_progress=advance
+        )
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"

@@ -1,0 +1,327 @@
+"""Evaluation against the oracle and the baselines (DESIGN §8): on a fixed split, or grouped K-fold CV.
+
+Every router, learned baseline and fixed router is scored on the same rows by the same policy and
+cost code: its budget-policy curve (μ from ∞ to 0), its argmax point (μ = 0), gap captured at fixed
+cost savings, AIQ, per-target AUC / Brier / ECE, with 95% bootstrap intervals. Under ``cv`` every
+prompt is scored out of fold, and routers are compared by paired bootstrap differences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from prefill_router._json import finite_or_none
+from prefill_router.data.costs import cost_matrix, output_token_estimates
+from prefill_router.data.dataset import RoutingDataset
+from prefill_router.data.splits import prompt_groups
+from prefill_router.errors import DataError
+from prefill_router.evaluate import baselines as bl
+from prefill_router.evaluate.metrics import (
+    Yardstick,
+    aiq,
+    auc_difference,
+    bootstrap_rows,
+    curve_points,
+    gap_captured_at_savings,
+    mean_auc,
+    oracle_choice,
+    outcome,
+    paired_difference,
+    routing_intervals,
+    target_quality,
+)
+from prefill_router.policy import choose, policy_curve
+from prefill_router.train import EncoderIdentity, LayerFeatures, Router, TrainSettings, fit_router
+
+if TYPE_CHECKING:
+    from prefill_router.encode import Encoder, FeatureStore
+
+SAVINGS_LEVELS = (0.5, 0.7431)
+ROUTER_KEY = "prefill"
+
+
+@dataclass
+class FeatureSet:
+    """Features of every row of a dataset: the router encoder's (all layers) and MiniLM embeddings."""
+
+    encoder: LayerFeatures
+    embed: np.ndarray | None  # (N, 384) or None when no embedding baseline runs
+    identity: EncoderIdentity
+    embed_identity: EncoderIdentity | None = None
+
+    def rows(self, rows: np.ndarray) -> FeatureSet:
+        """The same features restricted to ``rows``."""
+        enc = LayerFeatures(np.asarray(self.encoder.values[rows]), self.encoder.poolings, self.encoder.layers)
+        return replace(self, encoder=enc, embed=None if self.embed is None else self.embed[rows])
+
+
+@dataclass
+class Predictions:
+    """Probabilities of every scored router on the evaluation rows, in target-column order."""
+
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+    knn_k: list[int] = field(default_factory=list)
+
+
+def feature_set(
+    encoder: Encoder,
+    prompts: Sequence[str],
+    store: FeatureStore,
+    *,
+    need_embed: bool,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> FeatureSet:
+    """Every layer and pooling of ``encoder`` (cached, as ``encode`` stores them) and, when the
+    embedding baselines run, L2-normalised MiniLM sentence embeddings (mean of its last layer)."""
+    from prefill_router.encode import Encoder, extract_features
+
+    stored = extract_features(encoder, prompts, store, on_progress=on_progress)
+    features = FeatureSet(
+        LayerFeatures(stored.features, stored.key.poolings, stored.key.layers),
+        None,
+        EncoderIdentity.of(encoder),
+    )
+    if need_embed:
+        embedder = Encoder(bl.EMBED_ENCODER, dtype="float32", cache_dir=store.root)
+        embedded = extract_features(embedder, prompts, store, layers=[embedder.n_layers], poolings="mean")
+        e = np.asarray(embedded.features[:, 0, 0], dtype=np.float32)
+        features.embed = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        features.embed_identity = bl.embed_identity(bl.EMBED_ENCODER, embedder.weights_sha256)
+    return features
+
+
+#: Called with a short description of the step about to run.
+StepCallback = Callable[[str], None]
+
+
+def predict_split(
+    router: Router | None,
+    train: RoutingDataset,
+    evaluation: RoutingDataset,
+    f_train: FeatureSet,
+    f_eval: FeatureSet,
+    baselines: Sequence[str],
+    settings: TrainSettings,
+    *,
+    seed: int = 0,
+    on_step: StepCallback | None = None,
+) -> Predictions:
+    """Fit (when ``router`` is None) or apply the router, fit the baselines on ``train``; predict
+    ``evaluation``."""
+    step = on_step or (lambda _: None)
+    out = Predictions()
+    if router is None:
+        step("fitting the router")
+        router, _ = fit_router(train, f_train.encoder, f_train.identity, settings)
+    out.probabilities[ROUTER_KEY] = _columns(
+        router.predict_proba_features(f_eval.encoder), router.targets, evaluation
+    )
+    y_train = train.labels
+    for name in baselines:
+        step(f"baseline {name}")
+        if name == "random":
+            p = bl.random_probabilities(evaluation.n_prompts, len(evaluation.targets), seed)
+        elif name == "layer0":
+            p = bl.trunk_probabilities(
+                train, f_train.encoder, f_eval.encoder, (0,), f_train.identity, settings
+            )
+        else:
+            e_train, e_eval, identity = _embeddings(f_train, f_eval)
+            if name == "knn-embed":
+                p, k = bl.knn_probabilities(e_train, y_train, e_eval, seed=seed)
+                out.knn_k.append(k)
+            elif name == "logreg-embed":
+                p = bl.logreg_probabilities(e_train, y_train, e_eval)
+            else:
+                one = LayerFeatures(e_train[:, None, None, :], ("mean",), (0,))
+                two = LayerFeatures(e_eval[:, None, None, :], ("mean",), (0,))
+                p = bl.trunk_probabilities(train, one, two, (0,), identity, settings)
+        out.probabilities[name] = p
+    return out
+
+
+def cross_validated(
+    dataset: RoutingDataset,
+    features: FeatureSet,
+    baselines: Sequence[str],
+    settings: TrainSettings,
+    folds: int,
+    *,
+    seed: int = 0,
+    on_step: StepCallback | None = None,
+) -> Predictions:
+    """Out-of-fold probabilities for every row: grouped K-fold (equal normalised prompts share a fold)."""
+    from sklearn.model_selection import GroupKFold
+
+    if folds < 2:
+        raise DataError(f"--cv needs at least 2 folds; got {folds}")
+    step = on_step or (lambda _: None)
+    groups = prompt_groups(dataset.prompts)
+    result = Predictions()
+    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (train_rows, test_rows) in enumerate(
+        splitter.split(np.zeros(dataset.n_prompts), groups=groups)
+    ):
+        train_rows, test_rows = np.sort(train_rows), np.sort(test_rows)
+
+        def fold_step(text: str, fold: int = fold) -> None:
+            step(f"fold {fold + 1}/{folds}: {text}")
+
+        part = predict_split(
+            None, dataset.take(train_rows), dataset.take(test_rows), features.rows(train_rows),
+            features.rows(test_rows), baselines, settings, seed=seed + fold, on_step=fold_step,
+        )  # fmt: skip
+        for name, p in part.probabilities.items():
+            result.probabilities.setdefault(name, np.full(dataset.labels.shape, np.nan))[test_rows] = p
+        result.knn_k += part.knn_k
+    return result
+
+
+def score(
+    evaluation: RoutingDataset,
+    predictions: Predictions,
+    costs: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The evaluation JSON: yardstick, singles, every router's metrics, paired differences."""
+    complete = ~np.isnan(evaluation.labels).any(axis=1) & np.isfinite(costs).all(axis=1)
+    if not complete.any():
+        raise DataError("no evaluation row has every target labelled and priced; nothing to route")
+    y, c, names = evaluation.labels[complete], costs[complete], evaluation.target_names
+    yard = Yardstick.of(y, c, names)
+    resamples = bootstrap_rows(len(y), n_boot, seed)
+    result: dict[str, Any] = {
+        "n_rows": int(evaluation.n_prompts),
+        "n_routed": int(complete.sum()),
+        "oracle": {
+            "accuracy": yard.oracle_accuracy,
+            "cost": yard.oracle_cost,
+            "cost_savings": yard.savings(yard.oracle_cost),
+        },
+        "best_single": {
+            "name": yard.best_single,
+            "accuracy": yard.best_single_accuracy,
+            "cost": yard.best_single_cost,
+        },
+        "most_expensive": {"name": yard.max_cost_target, "cost": yard.max_cost},
+        "singles": {name: _point(np.full(len(y), j), y, c, yard) for j, name in enumerate(names)},
+    }
+    cheapest = np.argmin(c, axis=1)
+    for name, p in predictions.probabilities.items():
+        result[name] = _score_router(p, evaluation.labels, complete, c, yard, resamples, names)
+    result["cheapest"] = _fixed_router(cheapest, y, c, yard, resamples)
+    result["oracle_router"] = _fixed_router(oracle_choice(y, c), y, c, yard, resamples)
+    if ROUTER_KEY in predictions.probabilities:
+        result["paired"] = _paired(predictions, evaluation.labels, complete, c, resamples)
+    return finite_or_none(result)  # type: ignore[no-any-return]
+
+
+def eval_costs(dataset: RoutingDataset, evaluation: RoutingDataset) -> np.ndarray:
+    """(N_eval, M) USD: observed costs, else prices with output lengths from the training rows."""
+    return cost_matrix(evaluation, output_token_estimates(dataset, split="train"))
+
+
+# ----------------------------------------------------------------------- pieces
+def _score_router(
+    p_all: np.ndarray,
+    y_all: np.ndarray,
+    complete: np.ndarray,
+    c: np.ndarray,
+    yard: Yardstick,
+    resamples: np.ndarray,
+    names: Sequence[str],
+) -> dict[str, Any]:
+    quality = target_quality(p_all, y_all, names)
+    p, y = p_all[complete], y_all[complete]
+    curve = policy_curve(p, c, y, "budget")
+    points = _distinct(curve_points(curve.accuracy, curve.cost, yard))
+    argmax = choose(p, c, "budget", 0.0)
+    return {
+        "auc_mean": mean_auc(quality),
+        "targets": quality,
+        "argmax": _point(argmax, y, c, yard) | {"ci": routing_intervals(argmax, y, c, yard, resamples)},
+        "curve": points,
+        "gap_captured_at_savings": gap_captured_at_savings(points, SAVINGS_LEVELS),
+        "aiq": aiq(curve.cost, curve.accuracy, _cost_range(c)),
+    }
+
+
+def _fixed_router(
+    choice: np.ndarray, y: np.ndarray, c: np.ndarray, yard: Yardstick, resamples: np.ndarray
+) -> dict[str, Any]:
+    point = _point(choice, y, c, yard)
+    return {
+        "auc_mean": None,
+        "argmax": point | {"ci": routing_intervals(choice, y, c, yard, resamples)},
+        "curve": [point],
+        "gap_captured_at_savings": gap_captured_at_savings([point], SAVINGS_LEVELS),
+        "aiq": aiq(np.array([point["cost"]]), np.array([point["accuracy"]]), _cost_range(c)),
+    }
+
+
+def _point(choice: np.ndarray, y: np.ndarray, c: np.ndarray, yard: Yardstick) -> dict[str, Any]:
+    accuracy, cost = outcome(choice, y, c)
+    return {
+        "accuracy": accuracy,
+        "cost": cost,
+        "gap_captured": yard.gap(accuracy),
+        "cost_savings": yard.savings(cost),
+    }
+
+
+def _paired(
+    predictions: Predictions, y_all: np.ndarray, complete: np.ndarray, c: np.ndarray, resamples: np.ndarray
+) -> dict[str, Any]:
+    """Router minus each baseline: mean AUC and argmax accuracy, paired over the same prompts."""
+    ours = predictions.probabilities[ROUTER_KEY]
+    y = y_all[complete]
+    ours_correct = y[np.arange(len(y)), choose(ours[complete], c, "budget", 0.0)]
+    out = {}
+    for name, p in predictions.probabilities.items():
+        if name == ROUTER_KEY:
+            continue
+        theirs_correct = y[np.arange(len(y)), choose(p[complete], c, "budget", 0.0)]
+        out[name] = {
+            "auc_mean": auc_difference(ours[complete], p[complete], y, resamples[:200]),
+            "argmax_accuracy": paired_difference(ours_correct, theirs_correct, resamples),
+        }
+    return out
+
+
+def _distinct(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for point in points:
+        key = (point["accuracy"], point["cost"])
+        if key not in seen:
+            seen.add(key)
+            out.append(point)
+    return out
+
+
+def _cost_range(c: np.ndarray) -> tuple[float, float]:
+    means = c.mean(axis=0)
+    return float(means.min()), float(means.max())
+
+
+def _columns(p: np.ndarray, router_targets: Sequence[str], evaluation: RoutingDataset) -> np.ndarray:
+    """Reorder a router's columns to the evaluation data's targets (which must be the same set)."""
+    if sorted(router_targets) != sorted(evaluation.target_names):
+        missing = sorted(set(router_targets) ^ set(evaluation.target_names))
+        raise DataError(
+            f"the data's targets differ from the router's (not in both: {', '.join(missing)}); "
+            "evaluate on data with exactly the router's targets (data select --targets) or refit"
+        )
+    order = [list(router_targets).index(name) for name in evaluation.target_names]
+    return p[:, order]
+
+
+def _embeddings(f_train: FeatureSet, f_eval: FeatureSet) -> tuple[np.ndarray, np.ndarray, EncoderIdentity]:
+    if f_train.embed is None or f_eval.embed is None or f_train.embed_identity is None:
+        raise DataError("embedding baselines need MiniLM embeddings; none were computed")
+    return f_train.embed, f_eval.embed, f_train.embed_identity
