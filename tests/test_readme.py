@@ -27,3 +27,6 @@ def test_make_demo_runs_end_to_end() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "oracle accuracy" in done.stdout
     assert (ROOT / "demo" / "bundled.png").read_bytes()[:4] == b"\x89PNG"
+    assert "prefill (ours)" in done.stdout and "gap captured" in done.stdout
+    assert "data:image/png;base64," in (ROOT / "demo" / "report.html").read_text()
+    assert (ROOT / "demo" / "router" / "router.safetensors").is_file()

@@ -48,7 +48,13 @@ def evaluate(
     """Score the router and the baselines on the same rows with the same policy and cost code."""
     from prefill_router.data.dataset import RoutingDataset
     from prefill_router.evaluate import baselines as bl
-    from prefill_router.evaluate.run import cross_validated, eval_costs, predict_split, score
+    from prefill_router.evaluate.run import (
+        budget_adherence,
+        cross_validated,
+        eval_costs,
+        predict_split,
+        score,
+    )
     from prefill_router.train import Router, TrainSettings
 
     started = time.perf_counter()
@@ -65,7 +71,7 @@ def evaluate(
         def step(text: str) -> None:
             status.update(f"evaluating: {text}")
 
-        if cv:
+        if cv is not None:
             evaluation, predictions = (
                 dataset,
                 cross_validated(dataset, features, names, settings, cv, seed=seed, on_step=step),
@@ -88,7 +94,12 @@ def evaluate(
             where = (
                 f"split {split!r} of {data} ({len(eval_rows)} prompts; baselines fit on {len(train_rows)})"
             )
-        result = score(evaluation, predictions, eval_costs(dataset, evaluation), n_boot=bootstrap, seed=seed)
+        costs = eval_costs(dataset, evaluation)
+        result = score(evaluation, predictions, costs, n_boot=bootstrap, seed=seed)
+        if cv is None:
+            result["budgets"] = budget_adherence(
+                router, evaluation, predictions, costs, n_boot=bootstrap, seed=seed
+            )
     result["setup"] = {
         "where": where,
         "router": str(router_path),
@@ -159,6 +170,13 @@ def print_headline(result: dict[str, Any], where: str) -> None:
     if "prefill" in result:
         ci = result["prefill"]["argmax"]["ci"]["gap_captured"]
         console.print(f"ours at argmax: gap captured 95% CI [{_pct(ci[0])}, {_pct(ci[1])}]")
+    for row in result.get("budgets", []):
+        got, mu = row["achieved"], "inf" if row["mu"] is None else format(row["mu"], ".3g")
+        console.print(
+            f"budget {row['share_of_max']:.0%} of the dearest target = ${row['budget_usd']:.6f}/request "
+            f"(μ {mu}, solved on the router's validation rows): achieved ${got['cost']:.6f} "
+            f"[{got['cost_ci'][0]:.6f}, {got['cost_ci'][1]:.6f}], accuracy {got['accuracy']:.3f}"
+        )
 
 
 @app.command("route")
@@ -243,8 +261,9 @@ def _check_targets(router: Router, dataset: RoutingDataset, data: str) -> None:
         extra = sorted(set(dataset.target_names) - set(router.targets))
         missing = sorted(set(router.targets) - set(dataset.target_names))
         raise DataError(
-            f"the data's targets differ from the router's (only in the data: {extra or 'none'}; only in the "
-            f"router: {missing or 'none'}); evaluate on data with the router's targets, or refit",
+            f"the data's targets differ from the router's (only in the data: {', '.join(extra) or 'none'}; "
+            f"only in the router: {', '.join(missing) or 'none'}); evaluate on data with the router's "
+            "targets, or refit",
             source=data,
         )
 

@@ -39,7 +39,7 @@ def parse_baselines(spec: str) -> tuple[str, ...]:
         return LEARNED
     if spec == "none":
         return ()
-    names = tuple(part.strip() for part in spec.split(","))
+    names = tuple(dict.fromkeys(part.strip() for part in spec.split(",")))  # in order, once each
     unknown = [n for n in names if n not in LEARNED]
     if unknown:
         raise ConfigError(

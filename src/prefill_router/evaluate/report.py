@@ -137,7 +137,7 @@ def _auc_bars(result: dict[str, Any], targets: list[str]) -> Figure:
     fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(targets) + 3), 4.6), dpi=110)
     width = 0.8 / max(len(keys), 1)
     for i, key in enumerate(keys):
-        values = [result[key]["targets"][t]["auc"] or np.nan for t in targets]
+        values = [_nan_if_none(result[key]["targets"][t]["auc"]) for t in targets]
         ax.bar(np.arange(len(targets)) + i * width, values, width, label=LABELS.get(key, key))
     ax.set_xticks(np.arange(len(targets)) + 0.4 - width / 2, targets, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0.45, 1.0)
@@ -221,8 +221,32 @@ Gap captured = (accuracy − best single) / (oracle − best single); cost savin
 always using {html.escape(result["most_expensive"]["name"])}.</p>
 <table id="headline"><tr><th>router</th><th>mean AUC</th><th>argmax accuracy</th><th>gap captured</th>
 <th>cost savings</th><th>gap @ ≥50% savings</th><th>gap @ ≥74.31% savings</th><th>AIQ</th></tr>{rows}</table>
+{_budget_table(result.get("budgets", []))}
 {images}</body></html>
 """
+
+
+def _budget_table(budgets: list[dict[str, Any]]) -> str:
+    """Budgets solved on the router's validation rows and what they achieved on the evaluation rows."""
+    if not budgets:
+        return ""
+    rows = ""
+    for b in budgets:
+        got = b["achieved"]
+        rows += (
+            f"<tr><td>{b['share_of_max']:.0%}</td><td>${b['budget_usd']:.6f}</td>"
+            f"<td>${got['cost']:.6f} [{got['cost_ci'][0]:.6f}, {got['cost_ci'][1]:.6f}]</td>"
+            f"<td>{got['accuracy']:.3f} [{got['accuracy_ci'][0]:.3f}, {got['accuracy_ci'][1]:.3f}]</td></tr>"
+        )
+    return (
+        "<h2>Budgets: solved on the router's validation rows, achieved on these</h2><table id='budgets'>"
+        "<tr><th>share of the dearest target</th><th>budget per request</th><th>achieved cost (95% CI)</th>"
+        f"<th>accuracy (95% CI)</th></tr>{rows}</table>"
+    )
+
+
+def _nan_if_none(value: float | None) -> float:
+    return np.nan if value is None else value
 
 
 def _fmt(value: float | None, percent: bool) -> str:

@@ -18,7 +18,7 @@ from prefill_router._json import finite_or_none
 from prefill_router.data.costs import cost_matrix, output_token_estimates
 from prefill_router.data.dataset import RoutingDataset
 from prefill_router.data.splits import prompt_groups
-from prefill_router.errors import DataError
+from prefill_router.errors import ConfigError, DataError
 from prefill_router.evaluate import baselines as bl
 from prefill_router.evaluate.metrics import (
     Yardstick,
@@ -114,6 +114,8 @@ def predict_split(
     ``evaluation``."""
     step = on_step or (lambda _: None)
     out = Predictions()
+    _check_same_targets(train.target_names, evaluation.target_names)
+    train = train.select(targets=evaluation.target_names)  # baselines' columns follow the evaluation's
     if router is None:
         step("fitting the router")
         router, _ = fit_router(train, f_train.encoder, f_train.identity, settings)
@@ -157,10 +159,14 @@ def cross_validated(
     """Out-of-fold probabilities for every row: grouped K-fold (equal normalised prompts share a fold)."""
     from sklearn.model_selection import GroupKFold
 
-    if folds < 2:
-        raise DataError(f"--cv needs at least 2 folds; got {folds}")
-    step = on_step or (lambda _: None)
     groups = prompt_groups(dataset.prompts)
+    n_groups = len(np.unique(groups))
+    if not 2 <= folds <= n_groups:
+        raise ConfigError(
+            f"The 'folds' parameter must be between 2 and the number of distinct prompts ({n_groups}); "
+            f"got {folds} instead."
+        )
+    step = on_step or (lambda _: None)
     result = Predictions()
     splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for fold, (train_rows, test_rows) in enumerate(
@@ -220,6 +226,36 @@ def score(
     if ROUTER_KEY in predictions.probabilities:
         result["paired"] = _paired(predictions, evaluation.labels, complete, c, resamples)
     return finite_or_none(result)  # type: ignore[no-any-return]
+
+
+def budget_adherence(
+    router: Router,
+    evaluation: RoutingDataset,
+    predictions: Predictions,
+    costs: np.ndarray,
+    shares: Sequence[float] = (0.25, 0.5, 0.75),
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Budgets solved on the router's calibration rows, then applied to the evaluation rows.
+
+    Each budget is a share of the most expensive target's mean cost on the calibration rows, in
+    USD per request; the result gives μ, the budget, and the achieved cost and accuracy on the
+    evaluation rows with 95% bootstrap intervals: does the solver keep its promise out of sample?
+    """
+    from prefill_router.policy import Budget, achieved
+
+    if router.calibration_x is None or router.calibration_tokens is None:
+        return []
+    complete = ~np.isnan(evaluation.labels).any(axis=1) & np.isfinite(costs).all(axis=1)
+    p, y, c = predictions.probabilities[ROUTER_KEY][complete], evaluation.labels[complete], costs[complete]
+    rows = []
+    for share in shares:
+        solution = router.solve_budget(Budget(share_of_max=share))
+        outcome_ = achieved(choose(p, c, "budget", solution.mu), y, c, n_boot=n_boot, seed=seed)
+        rows.append({"share_of_max": share, **solution.to_json(), "achieved": outcome_})
+    return rows
 
 
 def eval_costs(dataset: RoutingDataset, evaluation: RoutingDataset) -> np.ndarray:
@@ -311,14 +347,18 @@ def _cost_range(c: np.ndarray) -> tuple[float, float]:
 
 def _columns(p: np.ndarray, router_targets: Sequence[str], evaluation: RoutingDataset) -> np.ndarray:
     """Reorder a router's columns to the evaluation data's targets (which must be the same set)."""
-    if sorted(router_targets) != sorted(evaluation.target_names):
-        missing = sorted(set(router_targets) ^ set(evaluation.target_names))
-        raise DataError(
-            f"the data's targets differ from the router's (not in both: {', '.join(missing)}); "
-            "evaluate on data with exactly the router's targets (data select --targets) or refit"
-        )
+    _check_same_targets(router_targets, evaluation.target_names)
     order = [list(router_targets).index(name) for name in evaluation.target_names]
     return p[:, order]
+
+
+def _check_same_targets(ours: Sequence[str], theirs: Sequence[str]) -> None:
+    if sorted(ours) != sorted(theirs):
+        missing = sorted(set(ours) ^ set(theirs))
+        raise DataError(
+            f"the data's targets differ from the router's (not in both: {', '.join(missing)}); "
+            "evaluate on data with exactly the router's targets, or refit"
+        )
 
 
 def _embeddings(f_train: FeatureSet, f_eval: FeatureSet) -> tuple[np.ndarray, np.ndarray, EncoderIdentity]:

@@ -178,7 +178,7 @@ class Router:
         if unpriced:
             raise ConfigError(
                 f"targets without a price: {', '.join(unpriced)}; "
-                "give their prices with --prices when importing the data"
+                "add their prices to the dataset (a price file when importing) and refit"
             )
         return price_costs_from_tokens(tokens, self.target_info, self.output_tokens)
 
