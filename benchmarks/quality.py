@@ -48,6 +48,46 @@ def load(name: str, work: Path) -> RoutingDataset:
     return RoutingDataset.load(path)
 
 
+ROWS = (
+    "prefill",
+    "knn-embed",
+    "trunk-embed",
+    "logreg-embed",
+    "layer0",
+    "random",
+    "cheapest",
+    "oracle_router",
+)
+
+
+def markdown_table(result: dict) -> str:
+    """The README table of one evaluation: ours vs each baseline, with the paired AUC difference."""
+    lines = [
+        "| router | mean AUC | Δ AUC ours − it (95% CI) | argmax gap captured (95% CI) | cost savings | "
+        "gap @ ≥50% savings | gap @ ≥74.31% savings | AIQ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    paired = result.get("paired", {})
+
+    def pct(value: float | None) -> str:
+        return "–" if value is None else f"{value:.1%}"
+
+    for key in [k for k in ROWS if k in result]:
+        r, argmax = result[key], result[key]["argmax"]
+        ci = argmax.get("ci", {}).get("gap_captured") or [None, None]
+        diff = paired.get(key, {}).get("auc_mean")
+        delta = f"{diff['mean']:+.3f} [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]" if diff else "–"
+        auc = "–" if r["auc_mean"] is None else f"{r['auc_mean']:.3f}"
+        name = "**prefill (ours)**" if key == "prefill" else key.replace("_router", "")
+        at = r["gap_captured_at_savings"]
+        lines.append(
+            f"| {name} | {auc} | {delta} | {pct(argmax['gap_captured'])} [{pct(ci[0])}, {pct(ci[1])}] | "
+            f"{pct(argmax['cost_savings'])} | {pct(at.get('0.5'))} | {pct(at.get('0.7431'))} | "
+            f"{r['aiq']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=["llmrouter", *SOURCES])
@@ -56,7 +96,14 @@ def main() -> None:
     parser.add_argument("--baselines", default="all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path(default_cache_dir()) / "datasets")
+    parser.add_argument("--table", action="store_true", help="only print the README tables of saved results")
     args = parser.parse_args()
+    if args.table:
+        saved = json.loads((RESULTS / f"quality_{args.dataset}.json").read_text())
+        for part in ("cv", "split"):
+            if part in saved:
+                print(f"\n{saved[part]['setup']['where']}:\n\n{markdown_table(saved[part])}")
+        return
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
     dataset = load(args.dataset, args.work)

@@ -141,6 +141,7 @@ def test_the_artifact_is_json_plus_safetensors_and_no_pickle(router: Router, sav
     assert set(header) == {
         "calibration.temperature", "block.0.mean", "block.0.scale", "block.0.components",
         "net.w1", "net.b1", "net.w2", "net.b2", "net.w3", "net.b3",
+        "calibration.x", "calibration.input_tokens",
     }  # fmt: skip
     assert header["net.w1"]["shape"] == [2, 4, 256] and header["net.w3"]["shape"] == [2, 128, 3]
     for path in saved.iterdir():

@@ -304,8 +304,8 @@ class Router:
         arrays |= {f"net.{name}": getattr(self.ensemble, name) for name in TrunkEnsemble.ARRAYS}
         if self.calibration_x is not None and self.calibration_tokens is not None:
             arrays |= {
-                "calibration.x": self.calibration_x,
-                "calibration.input_tokens": self.calibration_tokens,
+                "calibration.x": self.calibration_x.astype(np.float32),
+                "calibration.input_tokens": self.calibration_tokens.astype(np.float32),  # exact below 2**24
             }
         return arrays
 
