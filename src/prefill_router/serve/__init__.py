@@ -1,0 +1,25 @@
+"""Stage 7: the OpenAI-compatible routing proxy (``prefill-router serve``), DESIGN §9.
+
+Modules: ``config`` (serve.yaml), ``protocol`` (requests, overrides, error bodies), ``batcher``
+(micro-batched encoder forwards), ``cache`` (keyed-hash LRU), ``upstream`` (forwarding and
+fallback), ``metrics`` (Prometheus), ``app`` (``create_app``). FastAPI is imported only by ``app``,
+so ``from prefill_router.serve.config import ServeConfig`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ServeConfig", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from prefill_router.serve.app import create_app
+
+        return create_app
+    if name == "ServeConfig":
+        from prefill_router.serve.config import ServeConfig
+
+        return ServeConfig
+    raise AttributeError(f"module 'prefill_router.serve' has no attribute {name!r}")

@@ -1,0 +1,155 @@
+"""The wire protocol: request parsing, routing text, the ``router`` override field and error bodies.
+
+Requests stay plain JSON objects so that every field the client sends reaches the upstream
+unchanged; only ``model`` is replaced and ``router`` removed.
+
+The override field, one extra object in a chat-completions or route request::
+
+    {"model": "router", "messages": [...],
+     "router": {"policy": "tolerance", "knob": 0.05,     # or lambda / budget (μ)
+                "budget_usd": 0.002,                      # a budget: μ solved on calibration rows
+                "allowed": ["small", "large"],            # candidate targets of this request
+                "max_cost_usd": 0.001,                    # hard cap on the estimated cost
+                "session": false}}                        # opt out of session affinity
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prefill_router.errors import ConfigError
+from prefill_router.policy import POLICIES, check_knob
+
+_OVERRIDE_KEYS = ("policy", "knob", "budget_usd", "allowed", "max_cost_usd", "session")
+
+
+class ApiError(Exception):
+    """An error answered as the OpenAI envelope ``{"error": {message, type, param, code}}``."""
+
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error",
+        param: str | None = None, code: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error envelope."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Per-request routing options from the ``router`` field (None: the profile's)."""
+
+    policy: str | None = None
+    knob: float | None = None
+    budget_usd: float | None = None
+    allowed: tuple[str, ...] | None = None
+    max_cost_usd: float | None = None
+    session: bool = True  # False: neither reuse nor record this session's target
+
+
+def parse_overrides(raw: Any) -> Overrides:
+    """Validate the ``router`` field.
+
+    Raises:
+        ApiError: 400 naming the bad sub-field.
+    """
+    if raw is None:
+        return Overrides()
+    if not isinstance(raw, Mapping):
+        raise _bad("'router' must be an object", "router")
+    unknown = sorted(set(raw) - set(_OVERRIDE_KEYS))
+    if unknown:
+        raise _bad(
+            f"unknown field router.{unknown[0]}; expected one of {', '.join(_OVERRIDE_KEYS)}", "router"
+        )
+    policy = raw.get("policy")
+    if policy is not None and policy not in POLICIES:
+        raise _bad(f"router.policy must be one of {', '.join(POLICIES)}; got {policy!r}", "router.policy")
+    knob = _number(raw, "knob")
+    if knob is not None and policy is not None:
+        try:
+            check_knob(policy, knob)
+        except ConfigError as exc:
+            raise _bad(f"router.knob: {exc}", "router.knob") from exc
+    allowed = raw.get("allowed")
+    if allowed is not None and (
+        not isinstance(allowed, list) or not allowed or not all(isinstance(a, str) for a in allowed)
+    ):
+        raise _bad("router.allowed must be a non-empty list of target names", "router.allowed")
+    session = raw.get("session", True)
+    if not isinstance(session, bool):
+        raise _bad("router.session must be true or false", "router.session")
+    return Overrides(
+        policy=policy, knob=knob, budget_usd=_number(raw, "budget_usd"),
+        allowed=None if allowed is None else tuple(allowed), max_cost_usd=_number(raw, "max_cost_usd"),
+        session=session,
+    )  # fmt: skip
+
+
+def _number(raw: Mapping[str, Any], key: str) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise _bad(f"router.{key} must be a number >= 0; got {value!r}", f"router.{key}")
+    return float(value)
+
+
+def _bad(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param)
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """The text of one chat message: a string, or the text parts of a content list."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, Mapping) and part.get("type") == "text"
+        )
+    return ""
+
+
+def check_messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The ``messages`` list; raises ApiError 400 when it is missing, empty or malformed."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' must be a non-empty list of chat messages", "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
+            raise _bad(f"messages[{i}] must be an object with a 'role'", f"messages[{i}]")
+    return messages
+
+
+def routing_text(messages: list[Mapping[str, Any]], mode: str) -> str:
+    """The text a request is routed on: the last or first user message, or the whole conversation.
+
+    Raises:
+        ApiError: 400 when that text is empty (no user text to route on).
+
+    Example:
+        >>> turns = [{"role": "user", "content": "hi"}, {"role": "user", "content": "sum 2+2"}]
+        >>> routing_text(turns, "last_user")
+        'sum 2+2'
+    """
+    if mode == "conversation":
+        text = "\n".join(f"{m['role']}: {message_text(m)}" for m in messages if message_text(m).strip())
+    else:
+        users = [message_text(m) for m in messages if m.get("role") == "user"]
+        users = [u for u in users if u.strip()]
+        text = (users[0] if mode == "first_user" else users[-1]) if users else ""
+    if not text.strip():
+        raise _bad("the messages hold no user text to route on", "messages")
+    return text

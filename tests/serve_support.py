@@ -1,0 +1,150 @@
+"""Test support for the serving stage: a fake OpenAI-compatible upstream, uvicorn in a thread, a tiny router.
+
+Used by tests/test_serve_*.py and benchmarks/serve_load.py. Real HTTP servers on 127.0.0.1, no mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+
+# the tiny router's targets and the upstream model ids the tests give them
+UPSTREAM_IDS = {"math-model": "up-math", "poem-model": "up-poem", "code-model": "up-code"}
+
+
+@dataclass
+class FakeBehaviour:
+    """What the fake upstream does, per upstream model id (default ``ok``): ok / fail / stall / reject /
+    flaky (``fail_share`` 5xx, ``stall_share`` stalls, otherwise ok)."""
+
+    modes: dict[str, str] = field(default_factory=dict)
+    stall_s: float = 1.5
+    fail_share: float = 0.1
+    stall_share: float = 0.1
+    calls: list[tuple[str, bool]] = field(default_factory=list)  # (model, stream)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+
+def completion_bytes(model: str) -> bytes:
+    """The fake's non-streaming answer for ``model`` (deterministic, so tests compare bytes)."""
+    body = {
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer from {model}"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }  # fmt: skip
+    return json.dumps(body).encode()
+
+
+def stream_chunks(model: str) -> list[bytes]:
+    """The fake's SSE events for ``model``."""
+    chunks = []
+    for i, piece in enumerate(["answer ", "from ", model]):
+        delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+        event = {
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }  # fmt: skip
+        chunks.append(f"data: {json.dumps(event)}\n\n".encode())
+    return [*chunks, b"data: [DONE]\n\n"]
+
+
+def fake_upstream(behaviour: FakeBehaviour) -> FastAPI:
+    """An OpenAI-compatible chat-completions server whose behaviour ``behaviour`` selects."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        model, stream = str(body.get("model")), bool(body.get("stream"))
+        behaviour.calls.append((model, stream))
+        mode = behaviour.modes.get(model, "ok")
+        if mode == "flaky":
+            roll = behaviour.rng.random()
+            mode = "fail" if roll < behaviour.fail_share else "ok"
+            if behaviour.fail_share <= roll < behaviour.fail_share + behaviour.stall_share:
+                mode = "stall"
+        if mode == "fail":
+            return Response(b'{"error": {"message": "upstream broke"}}', 500, media_type="application/json")
+        if mode == "reject":
+            return Response(b'{"error": {"message": "bad request"}}', 400, media_type="application/json")
+        if mode == "stall":
+            await asyncio.sleep(behaviour.stall_s)
+        if stream:
+
+            async def events() -> Any:
+                for chunk in stream_chunks(model):
+                    yield chunk
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return Response(completion_bytes(model), media_type="application/json")
+
+    return app
+
+
+class ServerThread:
+    """A real uvicorn server for ``app`` on a free loopback port, in a daemon thread."""
+
+    def __init__(self, app: Any) -> None:
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="error", lifespan="on", timeout_graceful_shutdown=2,
+            ws="none", access_log=False,
+        )  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    @property
+    def url(self) -> str:
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def build_tiny_router(model_dir: Path, cache: Path, folder: Path) -> Path:
+    """Fit the tiny-llama router of tests/test_route.py (3 priced targets) and save it under ``folder``."""
+    import numpy as np
+
+    from prefill_router.encode import Encoder, FeatureStore, extract_features
+    from prefill_router.train import EncoderIdentity, LayerFeatures, fit_router
+    from tests.test_route import SETTINGS, topics
+
+    encoder = Encoder(str(model_dir), dtype="float32", threads=1, cache_dir=cache)
+    dataset = topics()
+    stored = extract_features(encoder, dataset.prompts.tolist(), FeatureStore(cache))
+    feats = LayerFeatures(np.asarray(stored.features), stored.key.poolings, stored.key.layers)
+    train = np.flatnonzero(dataset.splits == "train")
+    train_feats = LayerFeatures(feats.values[train], feats.poolings, feats.layers)
+    router, _ = fit_router(dataset.take(train), train_feats, EncoderIdentity.of(encoder), SETTINGS)
+    return router.save(folder / "router")
+
+
+def load_tiny_router(path: Path, model_dir: Path, cache: Path) -> Any:
+    """Load the saved tiny router with a one-thread encoder."""
+    from prefill_router.encode import Encoder
+    from prefill_router.train import Router
+
+    router = Router.load(path, cache_dir=cache)
+    router.use_encoder(Encoder(str(model_dir), dtype="float32", threads=1, cache_dir=cache))
+    return router

@@ -1,0 +1,423 @@
+"""The routing proxy end to end: real uvicorn servers on 127.0.0.1 (proxy and a fake upstream), no mocks."""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from prefill_router.serve.app import create_app
+from prefill_router.serve.config import Profile, ServeConfig, UpstreamTarget
+from prefill_router.train import Router
+from tests.serve_support import (
+    UPSTREAM_IDS,
+    FakeBehaviour,
+    ServerThread,
+    build_tiny_router,
+    completion_bytes,
+    fake_upstream,
+    load_tiny_router,
+    stream_chunks,
+)
+
+TOKEN = "test-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+TARGETS = ("math-model", "poem-model", "code-model")
+FALLBACK = ("poem-model", "math-model", "code-model")
+CODE = "code question: python function"
+MATH = "math question: blue square number"
+
+
+@pytest.fixture(scope="module")
+def router(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Router:
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    path = build_tiny_router(tiny_llama_dir, cache, tmp_path_factory.mktemp("serve"))
+    loaded: Router = load_tiny_router(path, tiny_llama_dir, cache)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def behaviour() -> FakeBehaviour:
+    return FakeBehaviour(stall_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def upstream(behaviour: FakeBehaviour) -> Iterator[str]:
+    with ServerThread(fake_upstream(behaviour)) as server:
+        yield server.url
+
+
+def config_for(upstream: str, **options: Any) -> ServeConfig:
+    targets = {n: UpstreamTarget(n, f"{upstream}/v1", UPSTREAM_IDS[n], None, 0.3) for n in TARGETS}
+    defaults: dict[str, Any] = {
+        "fallback": FALLBACK, "client_tokens": (TOKEN,), "cache_size": 100, "max_body_bytes": 4000,
+        "max_wait_ms": 20.0, "profiles": {"router-cheap": Profile("tolerance", 1.0)},
+    }  # fmt: skip
+    return ServeConfig(targets=targets, **(defaults | options))
+
+
+@pytest.fixture(scope="module")
+def log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("log") / "decisions.jsonl"
+
+
+@pytest.fixture(scope="module")
+def proxy(router: Router, upstream: str, log_path: Path) -> Iterator[str]:
+    with ServerThread(create_app(router, config_for(upstream), decision_log=log_path)) as server:
+        with httpx.Client(base_url=server.url) as client:
+            for _ in range(3000):  # wait for the warm-up (a few ms on the tiny encoder)
+                if client.get("/ready").status_code == 200:
+                    break
+                time.sleep(0.01)
+        yield server.url
+
+
+@pytest.fixture
+def client(proxy: str, behaviour: FakeBehaviour) -> Iterator[httpx.Client]:
+    behaviour.modes.clear()
+    behaviour.calls.clear()
+    with httpx.Client(base_url=proxy, headers=AUTH, timeout=10) as c:
+        yield c
+
+
+def chat(client: httpx.Client, text: str = CODE, **extra: Any) -> httpx.Response:
+    return client.post(
+        "/v1/chat/completions",
+        json={"model": "router", "messages": [{"role": "user", "content": text}]} | extra,
+    )
+
+
+def metric(client: httpx.Client, name: str, having: str = "") -> float:
+    """Sum of every sample of ``name`` (all labels, or those with ``having``) in /metrics."""
+    text = client.get("/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#") and having in line
+    )
+
+
+# ================================================================== passthrough and decisions
+def test_chat_is_routed_and_passed_through_byte_for_byte(client: httpx.Client, router: Router) -> None:
+    response = chat(client)
+    assert response.status_code == 200, response.text
+    target = response.headers["x-router-target"]
+    p = router.predict_proba([CODE])[0]
+    assert target == TARGETS[int(np.argmax(p))]  # default: budget μ=0, the most likely
+    assert response.content == completion_bytes(UPSTREAM_IDS[target])  # the upstream's bytes, its model name
+    shown = dict(item.split("=") for item in response.headers["x-router-probabilities"].split(","))
+    assert list(shown) == list(TARGETS)
+    assert [float(v) for v in shown.values()] == pytest.approx(p.tolist(), abs=1e-3)
+    cost = router.costs([CODE])[0][TARGETS.index(target)]
+    assert float(response.headers["x-router-estimated-cost"]) == pytest.approx(cost, rel=1e-5)
+    assert response.headers["x-router-reason"].startswith("budget policy, mu=0: maximises p - mu*c")
+    assert response.headers["content-type"] == "application/json"
+
+
+def test_streaming_is_passed_through_unchanged(client: httpx.Client) -> None:
+    with client.stream(
+        "POST", "/v1/chat/completions",
+        json={"model": "router", "stream": True, "messages": [{"role": "user", "content": CODE}]},
+    ) as response:  # fmt: skip
+        body = response.read()
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        target = response.headers["x-router-target"]
+    assert body == b"".join(stream_chunks(UPSTREAM_IDS[target]))
+
+
+def test_a_target_name_pins_the_target(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/chat/completions", json={"model": "math-model", "messages": [{"role": "user", "content": CODE}]}
+    )
+    assert response.status_code == 200
+    assert response.headers["x-router-target"] == "math-model"
+    assert response.headers["x-router-reason"] == "pinned by model 'math-model'"
+
+
+def test_a_profile_and_overrides_change_the_decision(client: httpx.Client) -> None:
+    cheap = client.post(
+        "/v1/chat/completions",
+        json={"model": "router-cheap", "messages": [{"role": "user", "content": CODE}]},
+    )
+    assert cheap.headers["x-router-target"] == "poem-model"  # tolerance 1: the cheapest
+    allowed = chat(client, router={"allowed": ["code-model", "math-model"], "policy": "lambda", "knob": 1.0})
+    assert allowed.headers["x-router-target"] in ("code-model", "math-model")
+    capped = chat(client, router={"allowed": ["code-model", "math-model"], "max_cost_usd": 1e-12})
+    assert capped.headers["x-router-target"] == "math-model"  # nothing fits: the cheapest allowed one
+    bad = chat(client, router={"policy": "greedy"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "router.policy"
+    unknown = chat(client, router={"allowed": ["code-modle"]})
+    assert unknown.status_code == 400
+    assert "Did you mean 'code-model'?" in unknown.json()["error"]["message"]
+
+
+def test_route_endpoint_returns_the_decision_only(
+    client: httpx.Client, router: Router, behaviour: FakeBehaviour
+) -> None:
+    one = client.post("/v1/route", json={"prompt": MATH})
+    assert one.status_code == 200
+    decision = one.json()
+    assert set(decision) >= {"target", "probabilities", "costs_usd", "candidates", "reason", "policy", "knob"}
+    assert decision["probabilities"] == pytest.approx(
+        dict(zip(TARGETS, router.predict_proba([MATH])[0].tolist(), strict=True))
+    )
+    assert decision["candidates"] == list(TARGETS)
+    batch = client.post(
+        "/v1/route", json={"prompts": [MATH, CODE], "router": {"policy": "tolerance", "knob": 1.0}}
+    )
+    assert [d["target"] for d in batch.json()["data"]] == ["poem-model", "poem-model"]
+    from_messages = client.post("/v1/route", json={"messages": [{"role": "user", "content": MATH}]})
+    assert from_messages.json()["target"] == decision["target"]
+    assert behaviour.calls == []  # no upstream call
+
+
+def test_decisions_are_cached_by_keyed_hash(client: httpx.Client) -> None:
+    text = "trivia question: a fresh prompt for the cache"
+    hits = metric(client, "prefill_router_cache_hits_total")
+    first = client.post("/v1/route", json={"prompt": text}).json()
+    second = client.post("/v1/route", json={"prompt": text}).json()
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert first["probabilities"] == second["probabilities"]
+    assert metric(client, "prefill_router_cache_hits_total") == hits + 1
+
+
+def test_session_affinity_reuses_the_target_unless_opted_out(client: httpx.Client) -> None:
+    session = {"x-session-id": "conversation-1"}
+    first = client.post(
+        "/v1/chat/completions", headers=session,
+        json={"model": "router", "messages": [{"role": "user", "content": CODE}],
+              "router": {"allowed": ["code-model"]}},
+    )  # fmt: skip
+    assert first.headers["x-router-target"] == "code-model"
+    later = client.post(
+        "/v1/chat/completions",
+        headers=session,
+        json={"model": "router-cheap", "messages": [{"role": "user", "content": MATH}]},
+    )
+    assert later.headers["x-router-target"] == "code-model"
+    assert later.headers["x-router-reason"].startswith("session affinity")
+    out = client.post(
+        "/v1/chat/completions", headers=session,
+        json={"model": "router-cheap", "messages": [{"role": "user", "content": MATH}],
+              "router": {"session": False}},
+    )  # fmt: skip
+    assert out.headers["x-router-target"] == "poem-model"
+    by_user = {"model": "router-cheap", "user": "u-7", "messages": [{"role": "user", "content": MATH}]}
+    assert client.post("/v1/chat/completions", json=by_user).headers["x-router-target"] == "poem-model"
+    pinned_first = client.post("/v1/chat/completions", json=by_user | {"model": "code-model"})
+    assert pinned_first.headers["x-router-target"] == "code-model"
+    assert client.post("/v1/chat/completions", json=by_user).headers["x-router-target"] == "code-model"
+
+
+# ======================================================================= failures
+def test_upstream_5xx_timeout_and_connect_error_fall_back(
+    client: httpx.Client, behaviour: FakeBehaviour
+) -> None:
+    fallbacks = metric(client, "prefill_router_fallbacks_total")
+    behaviour.modes["up-code"] = "fail"
+    failed = chat(client, router={"allowed": ["code-model"]})
+    assert failed.status_code == 502  # the chain within allowed targets is just code-model
+    assert failed.json()["error"]["code"] == "upstream_unavailable"
+    behaviour.modes |= {"up-code": "ok", "up-math": "fail"}
+    cheapest = {"allowed": ["code-model", "math-model"], "max_cost_usd": 1e-12}  # math-model: the cheaper
+    response = chat(client, router=cheapest)
+    assert response.status_code == 200
+    assert response.headers["x-router-target"] == "code-model"  # poem-model is not allowed
+    assert response.headers["x-router-fallback-from"] == "math-model"
+    assert response.content == completion_bytes("up-code")
+    behaviour.modes["up-math"] = "stall"
+    stalled = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "router",
+            "messages": [{"role": "user", "content": MATH}],
+            "router": {"allowed": ["math-model", "code-model"], "max_cost_usd": 1e-12},
+        },
+    )
+    assert stalled.status_code == 200
+    assert stalled.headers["x-router-target"] == "code-model"  # math-model chosen (cheaper), stalled
+    assert stalled.headers["x-router-fallback-from"] == "math-model"
+    assert stalled.content == completion_bytes("up-code")
+    assert metric(client, "prefill_router_fallbacks_total") >= fallbacks + 2
+    assert metric(client, "prefill_router_upstream_requests_total", 'outcome="timeout"') >= 1
+
+
+def test_streaming_falls_back_before_the_first_byte(client: httpx.Client, behaviour: FakeBehaviour) -> None:
+    behaviour.modes["up-math"] = "fail"
+    body = {"model": "router", "stream": True, "messages": [{"role": "user", "content": MATH}],
+            "router": {"allowed": ["math-model", "code-model"], "max_cost_usd": 1e-12}}  # fmt: skip
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        content = response.read()
+        assert response.headers["x-router-target"] == "code-model"
+    assert content == b"".join(stream_chunks("up-code"))
+
+
+def test_every_upstream_down_gives_a_502_envelope(router: Router, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"  # bound, never listening: connection refused
+        with ServerThread(create_app(router, config_for(dead, client_tokens=()))) as server:
+            response = httpx.post(
+                f"{server.url}/v1/chat/completions",
+                json={"model": "router", "messages": [{"role": "user", "content": CODE}]},
+                timeout=10,
+            )
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "upstream_error" and error["message"].startswith("every upstream failed: ")
+    assert error["message"].count("ConnectError") == 3
+
+
+def test_an_encoder_failure_goes_to_the_fallback_target(router: Router, upstream: str) -> None:
+    broken = copy.copy(router)
+
+    def fail(prompts: Any) -> Any:
+        raise RuntimeError("encoder exploded")
+
+    broken.predict_proba = fail  # type: ignore[method-assign]
+    with (
+        ServerThread(create_app(broken, config_for(upstream, client_tokens=()))) as server,
+        httpx.Client(base_url=server.url) as c,
+    ):
+        response = c.post(
+            "/v1/chat/completions", json={"model": "router", "messages": [{"role": "user", "content": CODE}]}
+        )
+        assert response.status_code == 200
+        assert response.headers["x-router-target"] == FALLBACK[0]
+        assert response.headers["x-router-reason"].startswith("scoring failed (RuntimeError)")
+        ready = c.get("/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "failed"
+        assert c.get("/health").json() == {"status": "ok"}
+        assert metric(c, 'prefill_router_fallbacks_total{kind="encoder"}') == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "message"),
+    [
+        (b"{not json", 400, "the request body is not valid JSON"),
+        (b"[1, 2]", 400, "the request body must be a JSON object; got list"),
+        (b'{"model": "router"}', 400, "'messages' must be a non-empty list of chat messages"),
+        (b'{"model": "router", "messages": []}', 400, "'messages' must be a non-empty list of chat messages"),
+        (
+            b'{"model": "router", "messages": [{"role": "user", "content": "  "}]}',
+            400,
+            "the messages hold no user text",
+        ),
+        (
+            b'{"model": "routr", "messages": [{"role": "user", "content": "hi"}]}',
+            404,
+            "unknown model 'routr'. Did you mean 'router'?",
+        ),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', 400, "'model' must be"),
+        (
+            b'{"model": "router", "messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}',
+            413,
+            "the request body has 5066 bytes; the limit is 4000",
+        ),
+    ],
+)
+def test_bad_requests_get_openai_error_bodies(
+    client: httpx.Client, content: bytes, status: int, message: str
+) -> None:
+    response = client.post(
+        "/v1/chat/completions", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"].startswith(message)
+
+
+def test_client_tokens_are_required(proxy: str) -> None:
+    body = {"model": "router", "messages": [{"role": "user", "content": CODE}]}
+    missing = httpx.post(f"{proxy}/v1/chat/completions", json=body)
+    wrong = httpx.post(f"{proxy}/v1/chat/completions", json=body, headers={"authorization": "Bearer nope"})
+    assert (missing.status_code, wrong.status_code) == (401, 401)
+    assert missing.json()["error"]["code"] == "missing_api_key"
+    assert wrong.json()["error"] == {
+        "message": "invalid client token",
+        "type": "authentication_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
+    assert httpx.get(f"{proxy}/v1/models").status_code == 401
+    assert httpx.get(f"{proxy}/health").status_code == 200  # probes need no token
+
+
+def test_models_health_ready_and_unknown_paths(client: httpx.Client) -> None:
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids == ["router", "router-cheap", *TARGETS]
+    assert client.get("/ready").json() == {"status": "ready", "targets": list(TARGETS)}
+    missing = client.get("/v1/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_metrics_count_requests_decisions_and_latency(client: httpx.Client) -> None:
+    before = metric(client, 'prefill_router_requests_total{endpoint="/v1/chat/completions",status="200"}')
+    decisions = metric(client, "prefill_router_decisions_total")
+    upstream = metric(client, "prefill_router_upstream_seconds_count")
+    assert chat(client, text="a prompt for the metrics test").status_code == 200
+    assert (
+        metric(client, 'prefill_router_requests_total{endpoint="/v1/chat/completions",status="200"}')
+        == before + 1
+    )
+    assert metric(client, "prefill_router_decisions_total") == decisions + 1
+    assert metric(client, "prefill_router_upstream_seconds_count") == upstream + 1
+    for name in (
+        "prefill_router_encode_seconds_count",
+        "prefill_router_score_seconds_count",
+        "prefill_router_batch_size_count",
+    ):
+        assert metric(client, name) >= 1
+
+
+def test_concurrent_prompts_share_one_encoder_forward(client: httpx.Client) -> None:
+    batches, prompts = (
+        metric(client, "prefill_router_batch_size_count"),
+        metric(client, "prefill_router_batch_size_sum"),
+    )
+    texts = [f"batch prompt number {i} about python" for i in range(6)]
+    assert client.post("/v1/route", json={"prompts": texts}).status_code == 200
+    assert metric(client, "prefill_router_batch_size_sum") == prompts + 6
+    assert metric(client, "prefill_router_batch_size_count") == batches + 1  # all six in one forward
+
+
+def test_the_decision_log_holds_hashes_not_text(client: httpx.Client, log_path: Path) -> None:
+    secret = "code question: my secret python function"
+    assert chat(client, text=secret).status_code == 200
+    lines = log_path.read_text(encoding="utf-8").splitlines()
+    assert "secret" not in log_path.read_text(encoding="utf-8")
+    record = json.loads(lines[-1])
+    assert len(record["text_hash"]) == 64 and record["answered_by"] == record["target"]
+    assert record["status"] == 200 and set(record["probabilities"]) == set(TARGETS)
+
+
+def test_the_official_openai_client_works(proxy: str) -> None:
+    import openai
+
+    api = openai.OpenAI(base_url=f"{proxy}/v1", api_key=TOKEN, max_retries=0)
+    raw = api.chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": CODE}]
+    )
+    completion = raw.parse()
+    target = raw.headers["x-router-target"]
+    assert completion.model == UPSTREAM_IDS[target]
+    assert completion.choices[0].message.content == f"answer from {UPSTREAM_IDS[target]}"
+    stream = api.chat.completions.create(
+        model="poem-model", messages=[{"role": "user", "content": CODE}], stream=True
+    )
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == "answer from up-poem"
+    assert [m.id for m in api.models.list()][:2] == ["router", "router-cheap"]
+    with pytest.raises(openai.NotFoundError, match="unknown model"):
+        api.chat.completions.create(model="gpt-nothing", messages=[{"role": "user", "content": CODE}])

@@ -1,0 +1,212 @@
+"""The serving stage's parts without servers: config validation, protocol, cache, micro-batcher, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefill_router.cli import run
+from prefill_router.errors import ConfigError
+from prefill_router.serve.batcher import MicroBatcher
+from prefill_router.serve.cache import LruCache, TextHasher
+from prefill_router.serve.config import Profile, ServeConfig
+from prefill_router.serve.protocol import ApiError, Overrides, parse_overrides, routing_text
+
+TARGETS = ("small", "large")
+GOOD = {
+    "targets": {
+        "small": {"base_url": "http://localhost:4000/v1/", "api_key_env": "SMALL_KEY", "timeout_s": 5},
+        "large": {"base_url": "https://api.example.com/v1", "model": "large-2025"},
+    },
+    "policy": "tolerance",
+    "knob": 0.05,
+    "profiles": {"router-cheap": {"policy": "budget", "knob": 2000}},
+    "fallback": ["small", "large"],
+    "routing_text": "conversation",
+    "client_tokens": ["t1"],
+    "cache_size": 10,
+}
+
+
+def test_a_valid_config_loads_from_yaml(tmp_path: Path) -> None:
+    import yaml
+
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(GOOD), encoding="utf-8")
+    config = ServeConfig.load(path, TARGETS)
+    assert config.targets["small"].base_url == "http://localhost:4000/v1"
+    assert (config.targets["small"].model, config.targets["large"].model) == ("small", "large-2025")
+    assert config.targets["small"].timeout_s == 5.0 and config.targets["large"].timeout_s == 60.0
+    assert config.default == Profile("tolerance", 0.05)
+    assert config.profile("router-cheap") == Profile("budget", 2000.0) and config.profile("nope") is None
+    assert (config.fallback, config.routing_text, config.client_tokens) == (
+        ("small", "large"),
+        "conversation",
+        ("t1",),
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"targets": {"small": GOOD["targets"]["small"]}},
+            "targets: the router's target 'large' has no upstream",
+        ),
+        ({"policy": "greedy"}, "policy must be one of budget, lambda, tolerance; got 'greedy'"),
+        ({"fallback": ["smal"]}, "fallback: unknown target 'smal'. Did you mean 'small'?"),
+        ({"routing_text": "all"}, "routing_text must be one of last_user, first_user, conversation"),
+        ({"cache_size": -1}, "cache_size must be an integer >= 0; got -1"),
+        ({"colour": 1}, "unknown field 'colour'"),
+        ({"profiles": {"small": {"policy": "budget"}}}, "profiles.small: the name is taken by a target"),
+        (
+            {"targets": {**GOOD["targets"], "large": {"base_url": "ftp://x"}}},
+            "targets.large.base_url must be an http",
+        ),
+        (
+            {"targets": {**GOOD["targets"], "large": {"base_url": "http://x", "timeout_s": 0}}},
+            "targets.large.timeout_s must be a positive number; got 0",
+        ),
+        ({"profiles": {"p": {"policy": "lambda", "knob": 3}}}, "profiles.p.knob: "),
+    ],
+)
+def test_config_errors_name_the_field(change: dict[str, object], message: str) -> None:
+    with pytest.raises(
+        ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.").replace("?", r"\?")
+    ):
+        ServeConfig.from_dict(GOOD | change, TARGETS)
+
+
+def test_the_config_file_name_prefixes_its_errors(tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text("targets: [", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"serve\.yaml: cannot read the serve config"):
+        ServeConfig.load(path, TARGETS)
+
+
+def test_quick_sends_every_target_to_one_gateway() -> None:
+    config = ServeConfig.quick(TARGETS, "http://localhost:4000/v1/")
+    assert {n: (t.base_url, t.model) for n, t in config.targets.items()} == {
+        "small": ("http://localhost:4000/v1", "small"), "large": ("http://localhost:4000/v1", "large"),
+    }  # fmt: skip
+    assert config.fallback == TARGETS and config.client_tokens == ()
+    with pytest.raises(ConfigError, match=r"^--upstream must be an http"):
+        ServeConfig.quick(TARGETS, "localhost:4000")
+
+
+def test_routing_text_modes() -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "last"}, {"type": "image_url", "image_url": {}}],
+        },
+    ]
+    assert routing_text(messages, "last_user") == "last"
+    assert routing_text(messages, "first_user") == "first"
+    assert (
+        routing_text(messages, "conversation") == "system: be brief\nuser: first\nassistant: ok\nuser: last"
+    )
+    with pytest.raises(ApiError, match="no user text"):
+        routing_text([{"role": "system", "content": "x"}], "last_user")
+
+
+def test_overrides_are_validated() -> None:
+    assert parse_overrides(None) == Overrides()
+    parsed = parse_overrides(
+        {"policy": "tolerance", "knob": 0.1, "allowed": ["a"], "max_cost_usd": 1, "session": False}
+    )
+    assert parsed == Overrides("tolerance", 0.1, None, ("a",), 1.0, False)
+    for bad, param in [({"knob": -1}, "router.knob"), ({"allowed": []}, "router.allowed"),
+                       ({"policy": "lambda", "knob": 2}, "router.knob"), ({"x": 1}, "router"),
+                       ({"session": "no"}, "router.session")]:  # fmt: skip
+        with pytest.raises(ApiError) as info:
+            parse_overrides(bad)
+        assert (info.value.status, info.value.param) == (400, param)
+
+
+def test_the_cache_is_lru_and_keyed_by_hmac() -> None:
+    cache: LruCache[int] = LruCache(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1
+    cache.put("c", 3)  # evicts b, the least recently used
+    assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == (1, None, 3, 2)
+    off: LruCache[int] = LruCache(0)
+    off.put("a", 1)
+    assert off.get("a") is None
+    keyed = TextHasher(b"k")
+    assert keyed("hello") == TextHasher(b"k")("hello") != TextHasher(b"other")("hello")
+    assert TextHasher()("hello") != TextHasher()("hello")  # a random key per process
+    assert len(keyed("hello")) == 64 and "hello" not in keyed("hello")
+
+
+def test_the_batcher_groups_concurrent_texts_off_the_loop() -> None:
+    calls: list[tuple[list[str], str]] = []
+
+    def score(texts: Sequence[str]) -> np.ndarray:
+        calls.append((list(texts), threading.current_thread().name))
+        return np.array([[len(t), 0.0] for t in texts])
+
+    async def main() -> list[np.ndarray]:
+        batcher = MicroBatcher(score, max_batch=4, max_wait_ms=50)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.score("x" * i) for i in range(1, 7)))
+        finally:
+            await batcher.stop()
+
+    rows = asyncio.run(main())
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [len(texts) for texts, _ in calls] == [4, 2]  # max_batch, then the rest
+    assert all(name.startswith("prefill-router-encode") for _, name in calls)
+
+
+def test_a_failing_batch_fails_each_waiting_request() -> None:
+    def score(texts: Sequence[str]) -> np.ndarray:
+        raise RuntimeError("encoder exploded")
+
+    async def main() -> list[object]:
+        batcher = MicroBatcher(score, max_batch=8, max_wait_ms=5)
+        batcher.start()
+        try:
+            return await asyncio.gather(batcher.score("a"), batcher.score("b"), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    assert [str(r) for r in results] == ["encoder exploded", "encoder exploded"]
+
+
+def test_serve_needs_one_of_config_or_upstream(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["serve", str(tmp_path)]) == 3
+    assert "pass exactly one of --config FILE or --upstream URL" in capsys.readouterr().err
+
+
+def test_serve_names_the_pip_command_when_fastapi_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a)
+    )
+    assert run(["serve", str(tmp_path), "--upstream", "http://localhost:4000/v1"]) == 4
+    assert "pip install 'prefill-router[serve]'" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_importing_the_package_does_not_import_serve() -> None:
+    import subprocess
+    import sys
+
+    code = "import prefill_router, prefill_router.serve.config, sys; print('fastapi' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
