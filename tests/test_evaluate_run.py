@@ -539,3 +539,20 @@ def test_a_router_without_calibration_rows_has_no_budget_rows(
     )  # fmt: skip
     predictions = predict_split(bare, train, test, f_train, f_test, (), SETTINGS)
     assert budget_adherence(bare, test, predictions, eval_costs(dataset, test)) == []
+
+
+def test_apgr_is_reported_for_two_target_pools_only(
+    data: tuple[RoutingDataset, FeatureSet], result: dict[str, Any]
+) -> None:
+    assert result["prefill"]["apgr"] is None  # three targets
+    dataset, _ = data
+    two = dataset.select(targets=["small", "large"])
+    complete = ~np.isnan(two.labels).any(axis=1)
+    two = two.take(np.flatnonzero(complete))
+    knowing = Predictions({"prefill": np.clip(two.labels, 0.05, 0.95)})  # knows every answer
+    guessing = Predictions({"prefill": np.random.default_rng(0).random(two.labels.shape)})
+    costs = eval_costs(two, two)
+    good = score(two, knowing, costs, n_boot=50)["prefill"]["apgr"]
+    blind = score(two, guessing, costs, n_boot=50)["prefill"]["apgr"]
+    assert 0.0 <= blind < good <= 1.0
+    assert good > 0.8

@@ -23,6 +23,7 @@ from prefill_router.evaluate import baselines as bl
 from prefill_router.evaluate.metrics import (
     Yardstick,
     aiq,
+    apgr,
     auc_difference,
     bootstrap_rows,
     curve_points,
@@ -285,7 +286,18 @@ def _score_router(
         "curve": points,
         "gap_captured_at_savings": gap_captured_at_savings(points, SAVINGS_LEVELS),
         "aiq": aiq(curve.cost, curve.accuracy, _cost_range(c)),
+        "apgr": _two_target_apgr(curve.choices, curve.accuracy, y),
     }
+
+
+def _two_target_apgr(choices: np.ndarray, accuracy: np.ndarray, y: np.ndarray) -> float | None:
+    """RouteLLM's APGR along the curve, for a two-target pool (None otherwise)."""
+    if y.shape[1] != 2:
+        return None
+    means = y.mean(axis=0)
+    strong = int(np.argmax(means))
+    share = (choices == strong).mean(axis=1)
+    return apgr(share, accuracy, float(means[1 - strong]), float(means[strong]))
 
 
 def _fixed_router(
