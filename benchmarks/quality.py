@@ -25,6 +25,7 @@ from prefill_router.data.importers import import_dataset
 from prefill_router.data.prices import builtin_prices
 from prefill_router.encode import Encoder, FeatureStore, default_cache_dir
 from prefill_router.evaluate import baselines as bl
+from prefill_router.evaluate.report import LABELS, ORDER
 from prefill_router.evaluate.run import cross_validated, eval_costs, feature_set, predict_split, score
 from prefill_router.train import TrainSettings
 
@@ -48,18 +49,6 @@ def load(name: str, work: Path) -> RoutingDataset:
     return RoutingDataset.load(path)
 
 
-ROWS = (
-    "prefill",
-    "knn-embed",
-    "trunk-embed",
-    "logreg-embed",
-    "layer0",
-    "random",
-    "cheapest",
-    "oracle_router",
-)
-
-
 def markdown_table(result: dict) -> str:
     """The README table of one evaluation: ours vs each baseline, with the paired AUC difference."""
     lines = [
@@ -72,13 +61,13 @@ def markdown_table(result: dict) -> str:
     def pct(value: float | None) -> str:
         return "–" if value is None else f"{value:.1%}"
 
-    for key in [k for k in ROWS if k in result]:
+    for key in [k for k in ORDER if k in result]:
         r, argmax = result[key], result[key]["argmax"]
         ci = argmax.get("ci", {}).get("gap_captured") or [None, None]
         diff = paired.get(key, {}).get("auc_mean")
         delta = f"{diff['mean']:+.3f} [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]" if diff else "–"
         auc = "–" if r["auc_mean"] is None else f"{r['auc_mean']:.3f}"
-        name = "**prefill (ours)**" if key == "prefill" else key.replace("_router", "")
+        name = f"**{LABELS[key]}**" if key == "prefill" else LABELS.get(key, key)
         at = r["gap_captured_at_savings"]
         lines.append(
             f"| {name} | {auc} | {delta} | {pct(argmax['gap_captured'])} [{pct(ci[0])}, {pct(ci[1])}] | "

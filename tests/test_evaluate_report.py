@@ -5,13 +5,11 @@ from __future__ import annotations
 import base64
 import copy
 import re
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from prefill_router.data.dataset import RoutingDataset
 from prefill_router.evaluate.report import headline_rows, write_report
@@ -33,13 +31,7 @@ COLUMNS = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny nets train far faster on one thread, and a shared machine's cores thrash OpenMP."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Page(HTMLParser):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
@@ -48,13 +46,7 @@ ROUTERS = ("prefill", *LEARNED, "cheapest", "oracle_router")
 POINT_KEYS = {"accuracy", "cost", "gap_captured", "cost_savings"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny nets train far faster on one thread, and a shared machine's cores thrash OpenMP."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted(n: int = 300, seed: int = 0) -> tuple[RoutingDataset, FeatureSet]:

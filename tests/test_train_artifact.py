@@ -9,13 +9,12 @@ import struct
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
@@ -38,17 +37,7 @@ SYNTHETIC = EncoderIdentity("synthetic-encoder", "0" * 64, "chat", 512, "float32
 TINY = TrainSettings(layers=(1,), pca_k=4, seeds=2, keep=2, net=NetSettings(max_epochs=10, patience=5))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny nets train far faster on one thread, and a shared machine's cores thrash OpenMP.
-
-    (The process is not pinned to one core: numpy's BLAS would then split sums differently in the
-    fresh process of the round-trip test, and float32 sums in another order differ in the last bit.)
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic(n: int = 200, seed: int = 0) -> tuple[RoutingDataset, LayerFeatures]:

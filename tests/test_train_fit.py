@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
@@ -34,13 +32,7 @@ SYNTHETIC = EncoderIdentity("synthetic-encoder", "0" * 64, "chat", 512, "float32
 FAST = TrainSettings(layers=(1,), pca_k=8, seeds=3, keep=2, net=NetSettings(max_epochs=60, patience=10))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny nets train far faster on one thread, and a shared machine's cores thrash OpenMP."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def planted(n: int = 600, seed: int = 0, nan_share: float = 0.0) -> tuple[RoutingDataset, LayerFeatures]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -18,13 +17,7 @@ from prefill_router.train.net import TrainedMember, build_net, train_net
 TINY = NetSettings(max_epochs=30, patience=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny nets train far faster on one thread, and a shared machine's cores thrash OpenMP."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def hand_bce(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -136,20 +136,12 @@ def print_headline(result: dict[str, Any], where: str) -> None:
         "AIQ",
         title=f"routing on {where}",
     )
-    keys = [
-        "prefill",
-        "knn-embed",
-        "trunk-embed",
-        "logreg-embed",
-        "layer0",
-        "random",
-        "cheapest",
-        "oracle_router",
-    ]
-    for key in [k for k in keys if k in result]:
+    from prefill_router.evaluate.report import LABELS, ORDER
+
+    for key in [k for k in ORDER if k in result]:
         r = result[key]
         at = r["gap_captured_at_savings"]
-        name = "[bold]prefill (ours)[/]" if key == "prefill" else key.replace("_router", "")
+        name = f"[bold]{LABELS[key]}[/]" if key == "prefill" else LABELS.get(key, key)
         table.add_row(
             name,
             _num(r["auc_mean"]),
