@@ -1,0 +1,44 @@
+"""Stage 5: routing policies (DESIGN §7), pure numpy.
+
+``choice`` picks one target per prompt (budget / lambda / tolerance, candidates, curves);
+``budget`` solves μ for a budget and bootstraps what a choice achieves; ``decision`` explains one.
+"""
+
+from prefill_router.policy.budget import (
+    Budget,
+    BudgetSolution,
+    achieved,
+    bootstrap_interval,
+    format_usd,
+    solve_budget,
+)
+from prefill_router.policy.choice import (
+    POLICIES,
+    Curve,
+    candidate_mask,
+    check_knob,
+    choose,
+    default_knobs,
+    mu_grid,
+    policy_curve,
+)
+from prefill_router.policy.decision import Decision, decide
+
+__all__ = [
+    "POLICIES",
+    "Budget",
+    "BudgetSolution",
+    "Curve",
+    "Decision",
+    "achieved",
+    "bootstrap_interval",
+    "candidate_mask",
+    "check_knob",
+    "choose",
+    "decide",
+    "default_knobs",
+    "format_usd",
+    "mu_grid",
+    "policy_curve",
+    "solve_budget",
+]
