@@ -3,27 +3,29 @@
 Importing this package is cheap: the metrics are pure numpy; scikit-learn loads when an AUC is computed.
 """
 
+from prefill_router.evaluate.intervals import (
+    auc_difference,
+    bootstrap_rows,
+    interval,
+    paired_difference,
+    routing_intervals,
+)
 from prefill_router.evaluate.metrics import (
     AUC_BOOT,
     SAVINGS_LEVELS,
     Yardstick,
     aiq,
     apgr,
-    auc_difference,
     best_single,
-    bootstrap_rows,
     cost_savings,
     curve_points,
     gap_captured,
     gap_captured_at_savings,
-    interval,
     mean_auc,
     most_expensive,
     oracle,
     oracle_choice,
     outcome,
-    paired_difference,
-    routing_intervals,
     target_quality,
 )
 

@@ -20,19 +20,21 @@ from prefill_router.data.dataset import RoutingDataset
 from prefill_router.data.splits import prompt_groups
 from prefill_router.errors import ConfigError, DataError
 from prefill_router.evaluate import baselines as bl
+from prefill_router.evaluate.intervals import (
+    auc_difference,
+    bootstrap_rows,
+    paired_difference,
+    routing_intervals,
+)
 from prefill_router.evaluate.metrics import (
     Yardstick,
     aiq,
     apgr,
-    auc_difference,
-    bootstrap_rows,
     curve_points,
     gap_captured_at_savings,
     mean_auc,
     oracle_choice,
     outcome,
-    paired_difference,
-    routing_intervals,
     target_quality,
 )
 from prefill_router.policy import choose, policy_curve

@@ -1,0 +1,193 @@
+"""95% bootstrap intervals for the routing metrics, and paired differences between two routers.
+
+Rows are resampled with replacement; every resample recomputes the yardstick (oracle, best single,
+most expensive) so an interval covers the uncertainty of the denominator too.
+"""
+
+# ruff: noqa: N803, N806 — Y, C, P are DESIGN's names for the label, cost and probability matrices.
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from prefill_router.errors import ConfigError, DataError
+from prefill_router.evaluate.metrics import (
+    AUC_BOOT,
+    LABEL_THRESHOLD,
+    Yardstick,
+    _choice,
+    _curve,
+    _routing,
+    _scores,
+)
+
+
+# -------------------------------------------------------------------- bootstrap
+def bootstrap_rows(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) row indices: ``n_boot`` resamples of ``n`` rows with replacement, fixed by ``seed``.
+
+    Raises:
+        DataError: n < 1.  ConfigError: n_boot < 1.
+    """
+    if n < 1:
+        raise DataError(f"bootstrap needs at least one row; got n={n}.")
+    if n_boot < 1:
+        raise ConfigError(f"The 'n_boot' parameter must be at least 1; got {n_boot} instead.")
+    out: np.ndarray = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    return out
+
+
+def interval(samples: np.ndarray, level: float = 0.95) -> list[float]:
+    """The central percentile interval ``[lo, hi]`` holding ``level`` of the finite samples.
+
+    Non-finite samples (a resample where a metric is undefined) are dropped; ``[nan, nan]`` if none
+    is left.
+
+    Raises:
+        ConfigError: level is not in (0, 1).
+    """
+    if not 0 < level < 1:
+        raise ConfigError(f"The 'level' parameter must be in (0, 1); got {level} instead.")
+    values = np.asarray(samples, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [math.nan, math.nan]
+    tail = 50.0 * (1.0 - level)
+    lo, hi = np.percentile(values, [tail, 100.0 - tail])
+    return [float(lo), float(hi)]
+
+
+def _counts(resamples: np.ndarray, n: int) -> np.ndarray:
+    """(B, n) how often each row appears in each resample."""
+    rows = np.asarray(resamples)
+    if rows.ndim != 2 or rows.shape[1] == 0 or not np.issubdtype(rows.dtype, np.integer):
+        raise DataError(f"resamples must be a 2-D int array of row indices; got {rows.dtype} {rows.shape}.")
+    if ((rows < 0) | (rows >= n)).any():
+        raise DataError(f"resamples must index rows in [0, {n}); got {rows.min()}..{rows.max()}.")
+    flat = (rows + n * np.arange(len(rows))[:, None]).ravel()
+    return np.bincount(flat, minlength=len(rows) * n).reshape(len(rows), n).astype(np.float64)
+
+
+def routing_intervals(
+    choice: np.ndarray,
+    Y: np.ndarray,
+    C: np.ndarray,
+    yard: Yardstick,
+    resamples: np.ndarray,
+    *,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
+    """Bootstrap intervals of ``accuracy``, ``cost``, ``gap_captured`` and ``cost_savings`` of one choice.
+
+    Each resample of rows recomputes the whole yardstick on those rows (the oracle, which target is
+    the best single one, which is the most expensive), as the point estimates do on the full rows.
+    Resamples where gap captured is undefined (oracle == best single) are dropped from its interval.
+
+    Args:
+        choice: (N,) target columns; Y, C: (N, M) complete labels and costs.
+        yard: the yardstick of the same rows (checked: one of other rows raises DataError).
+        resamples: (B, n) row indices, e.g. from :func:`bootstrap_rows`.
+    Returns:
+        ``{metric: [lo, hi]}``; a bound may be NaN.
+    """
+    Y, C = _routing(Y, C)
+    choice = _choice(choice, *Y.shape)
+    if not math.isclose(float(Y.max(axis=1).mean()), yard.oracle_accuracy, rel_tol=1e-9, abs_tol=1e-12):
+        raise DataError("yard was computed on other rows than Y (its oracle accuracy differs).")
+    weights = _counts(resamples, len(Y)) / np.asarray(resamples).shape[1]  # (B, N), rows sum to 1
+    rows = np.arange(len(Y))
+    accuracy, cost = weights @ Y[rows, choice], weights @ C[rows, choice]  # (B,)
+    oracle_accuracy = weights @ Y.max(axis=1)
+    best = (weights @ Y).max(axis=1)
+    top = (weights @ C).max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.where(oracle_accuracy != best, (accuracy - best) / (oracle_accuracy - best), np.nan)
+        savings = np.where(top != 0, 1.0 - cost / top, np.nan)
+    return {
+        "accuracy": interval(accuracy, level),
+        "cost": interval(cost, level),
+        "gap_captured": interval(gap, level),
+        "cost_savings": interval(savings, level),
+    }
+
+
+def paired_difference(
+    a_values: np.ndarray, b_values: np.ndarray, resamples: np.ndarray, *, level: float = 0.95
+) -> dict[str, Any]:
+    """``{"mean", "ci"}`` of the per-row difference ``a − b`` of two routers on the same rows.
+
+    E.g. ``a_values = Y[rows, choice_a]``: the mean difference in accuracy with its bootstrap interval.
+
+    Raises:
+        DataError: the arrays differ in length or hold NaN.
+    """
+    a, b = _curve("a_values", a_values, "b_values", b_values)
+    difference = a - b
+    weights = _counts(resamples, len(difference)) / np.asarray(resamples).shape[1]
+    return {"mean": float(difference.mean()), "ci": interval(weights @ difference, level)}
+
+
+def _weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(B,) ROC-AUC of one target under B row weightings (B, N); NaN where a class has no weight.
+
+    The Mann–Whitney form with ties counted half, which equals scikit-learn's ``roc_auc_score``
+    with ``sample_weight``; vectorised across resamples.
+    """
+    order = np.argsort(score, kind="stable")
+    score, positive, weights = score[order], positive[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, score[1:] != score[:-1]])  # one group per distinct score
+    pos = np.add.reduceat(weights * positive, starts, axis=1)  # (B, G)
+    neg = np.add.reduceat(weights * ~positive, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negative weight strictly below each group
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+    out: np.ndarray = np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+    return out
+
+
+def auc_difference(
+    P_a: np.ndarray,
+    P_b: np.ndarray,
+    Y: np.ndarray,
+    resamples: np.ndarray | None = None,
+    *,
+    n_boot: int = AUC_BOOT,
+    seed: int = 0,
+    level: float = 0.95,
+    label_threshold: float = LABEL_THRESHOLD,
+) -> dict[str, Any]:
+    """``{"mean", "ci", "resamples_used"}`` of mean AUC of ``P_a`` minus mean AUC of ``P_b``, paired.
+
+    Both AUCs are recomputed on every resample of rows (NaN labels ignored per target). Targets with
+    one class on the full rows are left out (as :func:`mean_auc` does); a resample where a remaining
+    target has one class is skipped, and ``resamples_used`` counts the others.
+
+    Args:
+        P_a, P_b: (N, M) probabilities of two routers; Y: (N, M) labels, NaN allowed.
+        resamples: (B, n) row indices; None draws ``bootstrap_rows(N, n_boot, seed)``.
+    Raises:
+        DataError: shapes differ or P is no probability at an observed label.
+    """
+    P_a, Y = _scores(P_a, Y)
+    P_b, _ = _scores(P_b, Y)
+    rows = bootstrap_rows(len(Y), n_boot, seed) if resamples is None else resamples
+    # Row 0 weighs every row once (the point estimate); rows 1.. are the resamples' counts.
+    weights = np.vstack([np.ones(len(Y)), _counts(rows, len(Y))])  # (1 + B, N)
+    differences = []
+    for j in range(Y.shape[1]):
+        seen = ~np.isnan(Y[:, j])
+        positive = Y[seen, j] >= label_threshold
+        if 0 < positive.sum() < positive.size:
+            auc_a = _weighted_auc(P_a[seen, j], positive, weights[:, seen])
+            differences.append(auc_a - _weighted_auc(P_b[seen, j], positive, weights[:, seen]))
+    if not differences:
+        return {"mean": math.nan, "ci": [math.nan, math.nan], "resamples_used": 0}
+    mean = np.mean(differences, axis=0)  # (1 + B,); NaN where a target had one class
+    return {
+        "mean": float(mean[0]),
+        "ci": interval(mean[1:], level),
+        "resamples_used": int(np.isfinite(mean[1:]).sum()),
+    }
