@@ -26,7 +26,7 @@ from prefill_router.data.prices import builtin_prices
 from prefill_router.encode import Encoder, FeatureStore, default_cache_dir
 from prefill_router.evaluate import baselines as bl
 from prefill_router.evaluate.report import LABELS, ORDER
-from prefill_router.evaluate.run import cross_validated, eval_costs, feature_set, predict_split, score
+from prefill_router.evaluate.run import cross_validated, eval_costs, feature_set, predict_rows, score
 from prefill_router.train import TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,17 +132,8 @@ def main() -> None:
             np.flatnonzero(dataset.splits == "train"),
             np.flatnonzero(dataset.splits == "test"),
         )
-        test = dataset.take(test_rows)
-        split = predict_split(
-            None,
-            dataset.take(train_rows),
-            test,
-            features.rows(train_rows),
-            features.rows(test_rows),
-            names,
-            settings,
-            seed=args.seed,
-            on_step=step,
+        test, split = predict_rows(
+            None, dataset, features, train_rows, test_rows, names, settings, seed=args.seed, on_step=step
         )
         out["split"] = score(test, split, eval_costs(dataset, test), seed=args.seed)
         out["split"]["setup"] = {

@@ -52,7 +52,7 @@ def evaluate(
         budget_adherence,
         cross_validated,
         eval_costs,
-        predict_split,
+        predict_rows,
         score,
     )
     from prefill_router.train import Router, TrainSettings
@@ -79,17 +79,8 @@ def evaluate(
             where = f"grouped {cv}-fold CV over {dataset.n_prompts} prompts of {data}"
         else:
             train_rows, eval_rows = _split_rows(dataset, split, data)
-            evaluation = dataset.take(eval_rows)
-            predictions = predict_split(
-                router,
-                dataset.take(train_rows),
-                evaluation,
-                features.rows(train_rows),
-                features.rows(eval_rows),
-                names,
-                settings,
-                seed=seed,
-                on_step=step,
+            evaluation, predictions = predict_rows(
+                router, dataset, features, train_rows, eval_rows, names, settings, seed=seed, on_step=step
             )
             where = (
                 f"split {split!r} of {data} ({len(eval_rows)} prompts; baselines fit on {len(train_rows)})"

@@ -170,11 +170,7 @@ def best_single(Y: np.ndarray) -> tuple[int, float]:
     Raises:
         DataError: Y is not a matrix or holds NaN.
     """
-    Y = _matrix("Y", Y)
-    _require_complete("Y", Y)
-    means = _column_means(Y)
-    column = int(np.argmax(means))
-    return column, float(means[column])
+    return _top_column("Y", Y)
 
 
 def most_expensive(C: np.ndarray) -> tuple[int, float]:
@@ -183,9 +179,14 @@ def most_expensive(C: np.ndarray) -> tuple[int, float]:
     Raises:
         DataError: C is not a matrix or holds NaN.
     """
-    C = _matrix("C", C)
-    _require_complete("C", C)
-    means = _column_means(C)
+    return _top_column("C", C)
+
+
+def _top_column(name: str, matrix: np.ndarray) -> tuple[int, float]:
+    """(column, mean) of the column with the highest mean; ties go to the lower column."""
+    matrix = _matrix(name, matrix)
+    _require_complete(name, matrix)
+    means = _column_means(matrix)
     column = int(np.argmax(means))
     return column, float(means[column])
 

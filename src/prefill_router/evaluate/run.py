@@ -149,6 +149,27 @@ def predict_split(
     return out
 
 
+def predict_rows(
+    router: Router | None,
+    dataset: RoutingDataset,
+    features: FeatureSet,
+    train_rows: np.ndarray,
+    eval_rows: np.ndarray,
+    baselines: Sequence[str],
+    settings: TrainSettings,
+    *,
+    seed: int = 0,
+    on_step: StepCallback | None = None,
+) -> tuple[RoutingDataset, Predictions]:
+    """:func:`predict_split` on row indices of one dataset: (the evaluation rows, their predictions)."""
+    evaluation = dataset.take(eval_rows)
+    predictions = predict_split(
+        router, dataset.take(train_rows), evaluation, features.rows(train_rows), features.rows(eval_rows),
+        baselines, settings, seed=seed, on_step=on_step,
+    )  # fmt: skip
+    return evaluation, predictions
+
+
 def cross_validated(
     dataset: RoutingDataset,
     features: FeatureSet,
