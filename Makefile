@@ -27,8 +27,9 @@ lint: setup
 	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/mypy
 
+# The default suite plus the Ray tests (setup installs the ray extra; plain `pytest` skips them).
 test: setup lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-all: setup lint
 	$(BIN)/pytest -m "" $(PYTEST_ARGS)
@@ -37,9 +38,6 @@ format: setup
 	$(BIN)/ruff format src tests scripts benchmarks
 	$(BIN)/ruff check --fix src tests scripts benchmarks
 
-# The main job so far: what routing could gain on the bundled dataset, the encoder features of
-# all its prompts (cached: the first run takes ~5 minutes on 2 cores, later runs seconds), and
-# the layer probes that choose which layers the router reads.
 # The main job on the bundled dataset: fit, evaluate against the baselines, write the report.
 # `make demo FULL=1` adds grouped 5-fold cross-validated evaluation over all 5,989 prompts.
 demo: setup

@@ -21,6 +21,7 @@ import pytest
 
 from prefill_router.encode.store import (
     ChunkResult,
+    FeatureJob,
     FeatureKey,
     FeatureStore,
     StoredFeatures,
@@ -196,6 +197,32 @@ def test_limit_then_full_then_limit_reuses_full_chunks(tmp_path: Path) -> None:
     assert third.calls == 0  # both full chunks of the full run
     np.testing.assert_array_equal(limited.features, full.features[:6])
     np.testing.assert_array_equal(again.features, full.features[:8])
+
+
+def test_a_job_commits_chunks_in_any_order_and_assembles_the_same_view(tmp_path: Path) -> None:
+    """What the Ray backend does: plan, compute the missing chunks anywhere, commit as they arrive."""
+    job = FeatureJob(FeatureStore(tmp_path), KEY, PROMPTS, chunk_size=4)
+    assert [(c.index, c.start, c.stop) for c in job.chunks] == [(0, 0, 4), (1, 4, 8), (2, 8, 10)]
+    assert job.stored_view() is None
+    missing = job.missing()
+    assert [c.index for c in missing] == [0, 1, 2]
+    for chunk in reversed(missing):  # results may stream back in any order
+        job.commit(chunk, FakeEncoder()(job.prompts_of(chunk)))
+    stored = job.finish()
+    assert (stored.computed_chunks, stored.reused_chunks) == (3, 0)
+    np.testing.assert_array_equal(stored.features, expected(PROMPTS))
+    serial = FeatureStore(tmp_path).get_or_compute(KEY, PROMPTS, FakeEncoder(), chunk_size=4)
+    assert serial.path == stored.path and serial.computed_chunks == 0
+
+
+def test_a_job_refuses_to_assemble_before_every_chunk_is_stored(tmp_path: Path) -> None:
+    job = FeatureJob(FeatureStore(tmp_path), KEY, PROMPTS, chunk_size=4)
+    first = job.missing()[0]
+    job.commit(first, FakeEncoder()(job.prompts_of(first)))
+    with pytest.raises(EncodeError, match=r"^2 of 3 chunks are not stored yet \(first: chunk 1\)"):
+        job.finish()
+    resumed = FeatureJob(FeatureStore(tmp_path), KEY, PROMPTS, chunk_size=4)
+    assert [c.index for c in resumed.missing()] == [1, 2] and resumed.reused == 1
 
 
 def test_same_texts_in_another_order_is_another_view(tmp_path: Path) -> None:

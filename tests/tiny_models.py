@@ -18,8 +18,12 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_llama(path: Path, *, layers: int = 4) -> Path:
-    """A 4-block llama (hidden 32) with a byte-level BPE tokenizer and a chat template."""
+def build_tiny_llama(path: Path, *, layers: int = 4, poison: str | None = None) -> Path:
+    """A 4-block llama (hidden 32) with a byte-level BPE tokenizer and a chat template.
+
+    ``poison``: text whose tokens get NaN embeddings, so the real encoder fails on exactly the
+    prompts that contain it (the corpus is ASCII, so a non-ASCII character touches no other prompt).
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
@@ -38,7 +42,11 @@ def build_tiny_llama(path: Path, *, layers: int = 4) -> Path:
         vocab_size=fast.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
     )  # fmt: skip
-    LlamaModel(config).save_pretrained(path)
+    model = LlamaModel(config)
+    if poison is not None:
+        with torch.no_grad():
+            model.embed_tokens.weight[fast(poison, add_special_tokens=False)["input_ids"]] = float("nan")
+    model.save_pretrained(path)
     fast.save_pretrained(path)
     return path
 

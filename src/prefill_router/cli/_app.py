@@ -8,13 +8,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from prefill_router import __version__
+from prefill_router._ray import LOCAL, ray_session, require_ray
 from prefill_router.errors import PrefillRouterError
 
 app = typer.Typer(
@@ -40,6 +41,46 @@ CacheOption = Annotated[
     Path | None,
     typer.Option(help="Cache folder (default: $PREFILL_ROUTER_CACHE or ~/.cache/prefill-router)."),
 ]
+RayOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Run on Ray: a cluster address (auto, ray://host:10001), or no value for a local Ray "
+        "instance sized to this machine. Needs the ray extra.",
+    ),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(help="Ray workers, one encoder each [default: one per GPU, else CPUs / --worker-cpus]."),
+]
+WorkerCpusOption = Annotated[
+    int | None, typer.Option(help="CPUs (torch threads) per Ray worker on CPU clusters [default: 1].")
+]
+# typer has no option with an optional value, so a bare `--ray` becomes `--ray=local` before parsing.
+_OPTIONAL_VALUES = {"--ray": LOCAL}
+
+
+def with_optional_values(argv: list[str]) -> list[str]:
+    """``argv`` with each bare optional-value option (``--ray`` last, or before another option)
+    given its default value, e.g. ``[..., "--ray", "-o", "x"]`` -> ``[..., "--ray=local", "-o", "x"]``."""
+    out = []
+    for i, token in enumerate(argv):
+        bare = token in _OPTIONAL_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-"))
+        out.append(f"{token}={_OPTIONAL_VALUES[token]}" if bare else token)
+    return out
+
+
+def ray_or_none(address: str | None) -> contextlib.AbstractContextManager[Any] | None:
+    """The Ray session ``--ray`` asks for (not entered yet), or ``None`` without ``--ray``.
+
+    Raises:
+        MissingDependencyError: ``--ray`` without the ray extra (checked now, before any work).
+    """
+    if address is None:
+        return None
+    require_ray()
+    return ray_session(address)
 
 
 def _version(value: bool) -> None:
@@ -65,22 +106,26 @@ def layer_text(layers: tuple[int, ...]) -> str:
 
 
 @contextlib.contextmanager
-def encode_progress(total: int) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar with prompts/s, tokens/s and ETA; yields its advance(n_prompts, n_tokens)."""
+def encode_progress(total: int | None, label: str = "encoding") -> Iterator[Callable[..., None]]:
+    """A rich progress bar with prompts/s, tokens/s and ETA; yields its advance(n_prompts, n_tokens=0).
+
+    ``total=None`` (a count not known in advance) shows a bar without an end."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
-        TextColumn("[bold]encoding"), BarColumn(), MofNCompleteColumn(),
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err_console, transient=True,
     )  # fmt: skip
     task = progress.add_task("encode", total=total, rate="")
     started, counts = time.perf_counter(), {"prompts": 0, "tokens": 0}
 
-    def advance(n_prompts: int, n_tokens: int) -> None:
+    def advance(n_prompts: int, n_tokens: int = 0) -> None:
         counts["prompts"] += n_prompts
         counts["tokens"] += n_tokens
         seconds = max(time.perf_counter() - started, 1e-9)
-        rate = f"{counts['prompts'] / seconds:.1f} prompts/s, {counts['tokens'] / seconds:,.0f} tokens/s"
+        rate = f"{counts['prompts'] / seconds:.1f} prompts/s"
+        if counts["tokens"]:
+            rate += f", {counts['tokens'] / seconds:,.0f} tokens/s"
         progress.update(task, advance=n_prompts, rate=rate)
 
     with progress:
@@ -100,7 +145,8 @@ def money(value: float | None) -> str:
 # ---------------------------------------------------------------------------- entry
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code (errors of ours become one line)."""
-    _state["debug"] = "--debug" in (sys.argv[1:] if argv is None else argv)
+    argv = with_optional_values(sys.argv[1:] if argv is None else argv)
+    _state["debug"] = "--debug" in argv
     try:
         # Standalone mode: typer prints usage errors itself and raises SystemExit with their code.
         app(args=argv, prog_name="prefill-router")

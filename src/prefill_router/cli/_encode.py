@@ -11,14 +11,19 @@ import typer
 from rich.table import Table
 
 from prefill_router._files import atomic_path
+from prefill_router._ray import plan_workers
 from prefill_router.cli._app import (
     CacheOption,
     DatasetArg,
+    RayOption,
+    WorkerCpusOption,
+    WorkersOption,
     app,
     cache_app,
     console,
     encode_progress,
     layer_text,
+    ray_or_none,
 )
 from prefill_router.errors import ConfigError
 
@@ -50,11 +55,15 @@ def encode(
     export: Annotated[
         Path | None, typer.Option(help="Also write the features as a plain NumPy .npz.")
     ] = None,
+    ray_address: RayOption = None,
+    workers: WorkersOption = None,
+    worker_cpus: WorkerCpusOption = None,
 ) -> None:
     """Extract pooled prefill features of a dataset's prompts into the feature cache."""
     from prefill_router.data.dataset import RoutingDataset
     from prefill_router.encode import Encoder, FeatureStore, default_cache_dir, export_npz, extract_features
 
+    session = ray_or_none(ray_address)  # before any work: a missing extra fails at once
     dataset = RoutingDataset.load(data)
     if split is not None:
         dataset = dataset.select(split=split)
@@ -63,22 +72,37 @@ def encode(
     started = time.perf_counter()
     with console.status(f"loading encoder {encoder} ({dtype})"):
         model = Encoder(
-            encoder, view=view, max_tokens=max_tokens, dtype=dtype, device=device, cache_dir=cache
-        )
-    store = FeatureStore(cache or default_cache_dir())
-    with encode_progress(dataset.n_prompts) as advance:
-        stored = extract_features(
-            model, dataset.prompts.tolist(), store, layers=layers, poolings=pooling,
-            token_budget=token_budget, on_progress=advance,
+            encoder, view=view, max_tokens=max_tokens, dtype=dtype,
+            device="cpu" if session else device, cache_dir=cache,
         )  # fmt: skip
+    store = FeatureStore(cache or default_cache_dir())
+    if session is None:
+        with encode_progress(dataset.n_prompts) as advance:
+            stored = extract_features(
+                model, dataset.prompts.tolist(), store, layers=layers, poolings=pooling,
+                token_budget=token_budget, on_progress=advance,
+            )  # fmt: skip
+    else:
+        from prefill_router.encode.distributed import extract_features_ray
+
+        with session as ray:
+            plan = plan_workers(ray, workers=workers, worker_cpus=worker_cpus, device=device)
+            console.print(f"Ray: {plan.describe()} ({ray_address})")
+            with encode_progress(dataset.n_prompts) as advance:
+                stored = extract_features_ray(
+                    ray, model, dataset.prompts.tolist(), store, plan, layers=layers, poolings=pooling,
+                    token_budget=token_budget, cache_dir=cache, prompt_ids=dataset.prompt_ids.tolist(),
+                    on_progress=advance,
+                )  # fmt: skip
     elapsed = time.perf_counter() - started
     shape = " x ".join(map(str, stored.features.shape))
     console.print(
         f"[bold green]features[/] {shape} (prompts x poolings x layers x hidden, float16) in {elapsed:.1f} s"
     )
     console.print(f"  stored at {stored.path}")
+    where = model.device if session is None else f"Ray, {plan.describe()}"
     console.print(
-        f"  encoder {model.name} ({model.view.name} view, {model.dtype}, {model.device}), "
+        f"  encoder {model.name} ({model.view.name} view, {model.dtype}, {where}), "
         f"layers {layer_text(stored.key.layers)}, poolings {', '.join(stored.key.poolings)}"
     )
     console.print(

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from prefill_router._files import atomic_path
 from prefill_router.cli._app import CacheOption, DatasetArg, app, console, encode_progress
-from prefill_router.errors import ConfigError, DataError
+from prefill_router.errors import DataError
 
 if TYPE_CHECKING:
     from prefill_router.data.dataset import RoutingDataset
@@ -162,83 +162,7 @@ def print_headline(result: dict[str, Any], where: str) -> None:
         )
 
 
-@app.command("route")
-def route(
-    router_path: RouterArg,
-    prompt: Annotated[str, typer.Argument(help="The prompt to route.")],
-    budget: Annotated[
-        str | None,
-        typer.Option(
-            help="Budget policy: '$0.0004' USD per request, '30%' of the most expensive target, or a μ."
-        ),
-    ] = None,
-    lambda_: Annotated[float | None, typer.Option("--lambda", help="λ-utility policy, λ in [0, 1].")] = None,
-    tolerance: Annotated[
-        float | None, typer.Option(help="Tolerance policy: cheapest within τ of the best p.")
-    ] = None,
-    allow: Annotated[
-        str | None, typer.Option(help="Comma-separated targets allowed for this request.")
-    ] = None,
-    max_cost: Annotated[float | None, typer.Option(help="Hard cap in USD for this request.")] = None,
-    json_flag: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
-    cache: CacheOption = None,
-) -> None:
-    """One routing decision: the chosen target, every probability and cost, and why."""
-    from prefill_router.train import Router
-
-    chosen = [
-        name
-        for name, value in (("budget", budget), ("lambda", lambda_), ("tolerance", tolerance))
-        if value is not None
-    ]
-    if len(chosen) > 1:
-        raise ConfigError(f"choose one policy; got {' and '.join('--' + c for c in chosen)}")
-    router = Router.load(router_path, cache_dir=cache)
-    allowed = [a.strip() for a in allow.split(",")] if allow else None
-    policy, knob, spend = _policy_options(budget, lambda_, tolerance)
-    with console.status(f"loading encoder {router.encoder_identity.name}"):
-        router.encoder  # noqa: B018 (load now, so the spinner covers it)
-    decision = router.route(
-        prompt, policy=policy, knob=knob, budget=spend, allowed=allowed, max_cost=max_cost
-    )
-    if json_flag:
-        console.print_json(json.dumps(decision.to_json()))
-        return
-    table = Table("target", "P(correct)", "cost USD", title=f"route: {decision.reason}")
-    for name in router.targets:
-        mark = "[bold green]→ [/]" if name == decision.target else "  "
-        cost = decision.costs_usd[name]
-        table.add_row(mark + name, f"{decision.probabilities[name]:.3f}", f"{cost:.6f}")
-    console.print(table)
-    console.print(f"[bold]{decision.target}[/]")
-
-
 # ----------------------------------------------------------------------- helpers
-def _policy_options(
-    budget: str | None, lambda_: float | None, tolerance: float | None
-) -> tuple[str, float | None, Any]:
-    from prefill_router.policy import Budget
-
-    if lambda_ is not None:
-        return "lambda", lambda_, None
-    if tolerance is not None:
-        return "tolerance", tolerance, None
-    if budget is None:
-        return "budget", 0.0, None
-    text = budget.strip()
-    try:
-        if text.startswith("$"):
-            return "budget", None, Budget(usd_per_request=float(text[1:]))
-        if text.endswith("%"):
-            return "budget", None, Budget(share_of_max=float(text[:-1]) / 100)
-        return "budget", float(text), None
-    except ValueError as exc:
-        raise ConfigError(
-            f"--budget must be '$USD' per request, 'N%' of the most expensive target, or a μ >= 0; "
-            f"got {budget!r}"
-        ) from exc
-
-
 def _check_targets(router: Router, dataset: RoutingDataset, data: str) -> None:
     if sorted(router.targets) != sorted(dataset.target_names):
         extra = sorted(set(dataset.target_names) - set(router.targets))

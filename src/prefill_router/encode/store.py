@@ -43,7 +43,16 @@ import numpy.typing as npt
 from prefill_router._files import atomic_path
 from prefill_router.errors import ConfigError, EncodeError
 
-__all__ = ["ChunkResult", "FeatureKey", "FeatureStore", "StoredFeatures", "default_cache_dir"]
+__all__ = [
+    "Chunk",
+    "ChunkResult",
+    "FeatureJob",
+    "FeatureKey",
+    "FeatureStore",
+    "StoredFeatures",
+    "check_chunk_result",
+    "default_cache_dir",
+]
 
 #: Bumped whenever the on-disk layout or the digests change; it is part of every key digest, so
 #: files written by an older layout are simply never looked up again.
@@ -222,34 +231,23 @@ class FeatureStore:
             EncodeError: ``compute`` returned features of the wrong shape, NaN/inf values, or
                 values float16 cannot hold; nothing is stored for that chunk.
         """
-        prompts = _check_prompts(prompts)
-        if not _is_int(chunk_size) or chunk_size < 1:
-            raise ConfigError(
-                f"The 'chunk_size' parameter must be a positive int; got {chunk_size!r} instead."
-            )
-        key_digest = key.digest()
-        layout = _KeyLayout(self.features_dir / key_digest[:16])
-        _write_key_file(layout.root / "key.json", key)
-        spans = [
-            (start, min(start + chunk_size, len(prompts))) for start in range(0, len(prompts), chunk_size)
-        ]
-        digests = [_chunk_digest(key_digest, prompts[start:stop]) for start, stop in spans]
-        view_path = layout.views / f"{_order_digest(key_digest, digests)}.npy"
-
-        stored = _open_view(key, view_path, len(prompts), computed=0, reused=len(spans))
+        job = FeatureJob(self, key, prompts, chunk_size)
+        stored = job.stored_view()
         if stored is not None:
-            for start, stop in spans:  # nothing to do, but let a progress bar reach its total
-                _notify(on_chunk, stop - start, None)
+            for chunk in job.chunks:  # nothing to do, but let a progress bar reach its total
+                _notify(on_chunk, chunk.n_rows, None)
             return stored
-
-        runner = _ChunkRunner(key, layout, compute, on_chunk)
-        manifests = []
-        for index, ((start, stop), digest) in enumerate(zip(spans, digests, strict=True)):
-            manifests.append(runner.ensure(index, start, prompts[start:stop], digest))
-        _write_view(view_path, key, [layout.chunk_npy(d) for d in digests], manifests)
-        stored = _open_view(key, view_path, len(prompts), computed=runner.computed, reused=runner.reused)
-        assert stored is not None, "a view just written must open"  # internal invariant
-        return stored
+        for chunk in job.chunks:
+            if job.is_stored(chunk):
+                _notify(on_chunk, chunk.n_rows, None)
+                continue
+            # The float32 result lives only in this iteration: it is written as float16 and
+            # dropped before the next chunk is computed, so at most one chunk's float32 is held.
+            result = compute(job.prompts_of(chunk))
+            job.commit(chunk, result)
+            _notify(on_chunk, chunk.n_rows, result)
+            del result
+        return job.finish()
 
     def clear(self, key: FeatureKey | None = None) -> int:
         """Remove the stored files of ``key`` (of every key when ``None``); return the bytes freed."""
@@ -296,59 +294,134 @@ class _KeyLayout:
         return self.chunks / f"{digest}.npy"
 
 
-class _ChunkRunner:
-    """Makes sure each chunk is on disk, one at a time, and counts what it computed."""
+@dataclass(frozen=True)
+class Chunk:
+    """Rows ``[start, stop)`` of a prompt list: the unit the store computes, writes and reuses."""
+
+    index: int
+    start: int
+    stop: int
+    digest: str  # sha256 of the key digest and the chunk's prompt texts
+
+    @property
+    def n_rows(self) -> int:
+        return self.stop - self.start
+
+
+class FeatureJob:
+    """The chunks of one prompt list under one key: which are stored, committing new ones, the view.
+
+    :meth:`FeatureStore.get_or_compute` runs a job chunk by chunk; :mod:`prefill_router.scale`
+    computes a job's missing chunks on Ray workers and commits each result here, in the driver, so
+    the store always has one writer and a distributed run leaves exactly the files a local one does.
+
+    Example::
+
+        job = FeatureJob(store, key, prompts)
+        for chunk in job.missing():
+            job.commit(chunk, compute(job.prompts_of(chunk)))
+        stored = job.finish()
+    """
 
     def __init__(
-        self,
-        key: FeatureKey,
-        layout: _KeyLayout,
-        compute: Callable[[Sequence[str]], ChunkResult],
-        on_chunk: Callable[[int, ChunkResult | None], None] | None,
+        self, store: FeatureStore, key: FeatureKey, prompts: Sequence[str], chunk_size: int = 256
     ) -> None:
+        self.prompts = _check_prompts(prompts)
+        if not _is_int(chunk_size) or chunk_size < 1:
+            raise ConfigError(
+                f"The 'chunk_size' parameter must be a positive int; got {chunk_size!r} instead."
+            )
         self.key = key
-        self.layout = layout
-        self.compute = compute
-        self.on_chunk = on_chunk
-        self.hidden: int | None = None  # set by the first chunk; every later one must agree
-        self.computed = 0
-        self.reused = 0
+        key_digest = key.digest()
+        self.layout = _KeyLayout(store.features_dir / key_digest[:16])
+        _write_key_file(self.layout.root / "key.json", key)
+        starts = range(0, len(self.prompts), chunk_size)
+        self.chunks = [
+            Chunk(i, start, stop, _chunk_digest(key_digest, self.prompts[start:stop]))
+            for i, start in enumerate(starts)
+            for stop in [min(start + chunk_size, len(self.prompts))]
+        ]
+        self.view_path = (
+            self.layout.views / f"{_order_digest(key_digest, [c.digest for c in self.chunks])}.npy"
+        )
+        self.hidden: int | None = None  # set by the first stored chunk; every later one must agree
+        self.computed = 0  # chunks committed by this job
+        self.reused = 0  # chunks found on disk
+        self._manifests: dict[int, dict[str, Any]] = {}
 
-    def ensure(self, index: int, start: int, prompts: list[str], digest: str) -> dict[str, Any]:
-        """Return the manifest of this chunk, computing and writing the chunk if needed."""
-        npy = self.layout.chunk_npy(digest)
-        expected = (len(prompts), len(self.key.poolings), len(self.key.layers))
-        manifest = _load_chunk_manifest(npy, expected, self.hidden)
+    def prompts_of(self, chunk: Chunk) -> list[str]:
+        """The prompt texts of ``chunk``."""
+        return self.prompts[chunk.start : chunk.stop]
+
+    def stored_view(self) -> StoredFeatures | None:
+        """The committed view of the whole prompt list, or ``None`` when it must be assembled."""
+        return _open_view(self.key, self.view_path, len(self.prompts), computed=0, reused=len(self.chunks))
+
+    def is_stored(self, chunk: Chunk) -> bool:
+        """Whether ``chunk`` is committed and sound (a damaged one warns and counts as missing)."""
+        npy = self.layout.chunk_npy(chunk.digest)
+        manifest = _load_chunk_manifest(npy, self._expected(chunk), self.hidden)
         if manifest is None:
-            manifest = self._compute(index, start, prompts, npy)
-            self.computed += 1
-        else:
-            self.reused += 1
-            _notify(self.on_chunk, len(prompts), None)
-        self.hidden = int(manifest["shape"][3])
-        return manifest
+            return False
+        self._accept(chunk, manifest)
+        self.reused += 1
+        return True
 
-    def _compute(self, index: int, start: int, prompts: list[str], npy: Path) -> dict[str, Any]:
-        # The float32 result lives only in this frame: by the time the next chunk is computed it
-        # has been written as float16 and dropped, so at most one chunk's float32 is in memory.
-        result = self.compute(prompts)
-        counts = _check_chunk_result(result, self.key, len(prompts), self.hidden, index, start)
+    def missing(self) -> list[Chunk]:
+        """The chunks that still need computing, in order."""
+        return [chunk for chunk in self.chunks if not self.is_stored(chunk)]
+
+    def commit(self, chunk: Chunk, result: ChunkResult) -> None:
+        """Check ``chunk``'s computed features and write them: the ``.npy``, then its manifest.
+
+        Raises:
+            EncodeError: wrong shape, NaN/inf, or values float16 cannot hold (nothing is written).
+        """
+        counts = check_chunk_result(result, self.key, chunk.n_rows, self.hidden, chunk.index, chunk.start)
+        npy = self.layout.chunk_npy(chunk.digest)
         features16 = np.ascontiguousarray(result.features, dtype=_DISK_DTYPE)
         with atomic_path(npy) as tmp:
             sha256, n_bytes = _write_npy(tmp, features16.shape, [features16])
         manifest = {
             "format_version": STORE_FORMAT_VERSION,
-            "n_rows": len(prompts),
+            "n_rows": chunk.n_rows,
             "shape": list(features16.shape),
             "dtype": _DISK_DTYPE.str,
             "sha256": sha256,
             "n_bytes": n_bytes,
             **counts,
         }
-        del features16
         _write_json(npy.with_suffix(".json"), manifest)  # the commit marker, strictly after the .npy
-        _notify(self.on_chunk, len(prompts), result)
-        return manifest
+        self._accept(chunk, manifest)
+        self.computed += 1
+
+    def finish(self) -> StoredFeatures:
+        """Assemble every chunk into the view (streaming, one chunk in memory) and open it.
+
+        Raises:
+            EncodeError: some chunks were neither found on disk nor committed.
+        """
+        absent = [chunk.index for chunk in self.chunks if chunk.index not in self._manifests]
+        if absent:
+            raise EncodeError(
+                f"{len(absent)} of {len(self.chunks)} chunks are not stored yet (first: chunk {absent[0]}); "
+                "compute them before assembling the features."
+            )
+        manifests = [self._manifests[chunk.index] for chunk in self.chunks]
+        paths = [self.layout.chunk_npy(chunk.digest) for chunk in self.chunks]
+        _write_view(self.view_path, self.key, paths, manifests)
+        stored = _open_view(
+            self.key, self.view_path, len(self.prompts), computed=self.computed, reused=self.reused
+        )
+        assert stored is not None, "a view just written must open"  # internal invariant
+        return stored
+
+    def _expected(self, chunk: Chunk) -> tuple[int, int, int]:
+        return (chunk.n_rows, len(self.key.poolings), len(self.key.layers))
+
+    def _accept(self, chunk: Chunk, manifest: dict[str, Any]) -> None:
+        self._manifests[chunk.index] = manifest
+        self.hidden = int(manifest["shape"][3])
 
 
 def _load_chunk_manifest(
@@ -370,7 +443,7 @@ def _load_chunk_manifest(
         problem = f"unusable (unreadable manifest {manifest_path.name})"
     if problem is None:
         return manifest
-    # Frames: here, ensure(), get_or_compute(), its caller: the warning names the caller's line.
+    # Frames: here, is_stored(), get_or_compute(), its caller: the warning names the caller's line.
     warnings.warn(f"feature store: chunk {npy} is {problem}; recomputing it", UserWarning, stacklevel=4)
     return None
 
@@ -393,7 +466,7 @@ def _chunk_problem(
     return None if actual == manifest["sha256"] else "corrupt (sha256 mismatch)"
 
 
-def _check_chunk_result(
+def check_chunk_result(
     result: object, key: FeatureKey, n: int, hidden: int | None, index: int, start: int
 ) -> dict[str, int]:
     """Check one computed chunk before anything is written; return its counts as plain ints."""
@@ -477,8 +550,8 @@ def _open_view(
     if not sound:
         # Only the view is rebuilt (from the chunks, which are checked one by one), so this is
         # cheap; a full hash of a multi-GB view on every load would defeat "reload instantly".
-        # Frames: here, get_or_compute(), its caller.
-        warnings.warn(f"feature store: view {npy} is damaged; rebuilding it", UserWarning, stacklevel=3)
+        # Frames: here, stored_view(), get_or_compute(), its caller.
+        warnings.warn(f"feature store: view {npy} is damaged; rebuilding it", UserWarning, stacklevel=4)
         return None
     return StoredFeatures(
         key=key,

@@ -74,7 +74,7 @@ def decide(
             f"The 'targets' parameter must hold {costs.shape[1]} distinct names; got {names!r} instead."
         )
     knob = check_knob(policy, knob)
-    mask, fell_back = candidate_mask(costs, _names_mask(allowed, names), max_cost)
+    mask, fell_back = candidate_mask(costs, allowed_mask(allowed, names), max_cost)
     index = int(_choose(probs, costs, policy, knob, mask)[0])
     candidates = tuple(name for name, ok in zip(names, mask[0], strict=True) if ok)
     reason = _reason(probs[0], costs[0], names, policy, knob, mask[0], index)
@@ -95,7 +95,9 @@ def decide(
     )
 
 
-def _names_mask(allowed: Sequence[str] | None, names: list[str]) -> np.ndarray | None:
+def allowed_mask(allowed: Sequence[str] | None, names: list[str]) -> np.ndarray | None:
+    """(M,) bool: which of ``names`` are in ``allowed`` (``None`` = all; an unknown name raises
+    UnknownTargetError with the valid ones)."""
     if allowed is None:
         return None
     if isinstance(allowed, str):

@@ -1,0 +1,139 @@
+"""Prompt files for offline routing: Parquet, JSON Lines or CSV with a prompt column.
+
+A prompt file holds one prompt per row in a ``prompt`` column (or one named by the user) and,
+optionally, an id column (``prompt_id`` or ``id``); without one, prompts are numbered from 0.
+The same rules serve the local reader here and Ray Data's readers in :mod:`prefill_router.route_batch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from prefill_router.errors import DataError
+
+__all__ = [
+    "FORMATS",
+    "PromptColumns",
+    "PromptFile",
+    "as_text",
+    "prompt_format",
+    "read_prompt_file",
+    "resolve_columns",
+]
+
+#: file suffix -> format
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+ID_COLUMNS = ("prompt_id", "id")  # looked for, in this order, when no id column is named
+
+
+@dataclass(frozen=True)
+class PromptColumns:
+    """Which column holds the prompt text and which (if any) the prompt id."""
+
+    prompt: str
+    prompt_id: str | None
+
+
+@dataclass(frozen=True)
+class PromptFile:
+    """The prompts of a file: ids as strings (row numbers when the file has none), texts as read
+    (``None`` for a missing value; routing reports those rows instead of failing)."""
+
+    ids: list[str]
+    prompts: list[str | None]
+
+
+def prompt_format(path: str | Path) -> str:
+    """``parquet``, ``jsonl`` or ``csv`` from the file suffix.
+
+    Raises:
+        DataError: any other suffix (the message lists the accepted ones).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(
+            f"unknown prompt file type {suffix or '(no suffix)'!r}; use one of {', '.join(FORMATS)}",
+            source=str(path),
+        )
+    return FORMATS[suffix]
+
+
+def resolve_columns(
+    names: Sequence[str], source: str, prompt_column: str = "prompt", id_column: str | None = None
+) -> PromptColumns:
+    """Check that the file has the prompt column (and the id column, if one is named).
+
+    Raises:
+        DataError: a named column is missing (the message lists the file's columns).
+    """
+    present = list(names)
+    for wanted in [prompt_column, id_column]:
+        if wanted is not None and wanted not in present:
+            raise DataError(
+                f"no column {wanted!r}; the file's columns are {', '.join(map(repr, present)) or 'none'} "
+                "(choose others with --prompt-column / --id-column)",
+                source=source,
+            )
+    found_id = id_column or next((name for name in ID_COLUMNS if name in present), None)
+    return PromptColumns(prompt_column, found_id)
+
+
+def read_prompt_file(
+    path: str | Path, prompt_column: str = "prompt", id_column: str | None = None
+) -> PromptFile:
+    """Read a prompt file whole (the local path of ``route-batch``).
+
+    Raises:
+        DataError: missing file, unknown suffix, unreadable content, missing columns, duplicate ids.
+    """
+    path = Path(path)
+    kind = prompt_format(path)
+    if not path.is_file():
+        raise DataError("no such file", source=str(path))
+    table = _read_table(path, kind)
+    columns = resolve_columns(table.column_names, str(path), prompt_column, id_column)
+    prompts = [as_text(value) for value in table.column(columns.prompt).to_pylist()]
+    if columns.prompt_id is None:
+        ids = [str(i) for i in range(table.num_rows)]
+    else:
+        ids = [str(value) for value in table.column(columns.prompt_id).to_pylist()]
+        _check_unique_ids(ids, str(path))
+    if not prompts:
+        raise DataError("the file holds no prompts", source=str(path))
+    return PromptFile(ids, prompts)
+
+
+def _read_table(path: Path, kind: str) -> pa.Table:
+    import pandas as pd
+    import pyarrow.json
+    import pyarrow.parquet
+
+    try:
+        if kind == "parquet":
+            return pyarrow.parquet.read_table(path)
+        if kind == "jsonl":
+            return pyarrow.json.read_json(path)
+        # CSV: every value as text, so ids like 007 and prompts like 42 survive as written.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot read this {kind} file: {exc}", source=str(path)) from exc
+
+
+def as_text(value: object) -> str | None:
+    """A prompt cell as text: ``None`` stays ``None`` (reported later), numbers become strings."""
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def _check_unique_ids(ids: list[str], source: str) -> None:
+    seen: set[str] = set()
+    for row, value in enumerate(ids):
+        if value in seen:
+            raise DataError(f"prompt id {value!r} appears twice (again at row {row})", source=source)
+        seen.add(value)

