@@ -19,7 +19,13 @@ from prefill_router.cli._app import with_optional_values
 from prefill_router.data.prompt_files import read_prompt_file
 from prefill_router.errors import ConfigError, DataError, MissingDependencyError, UnknownTargetError
 from prefill_router.policy import Budget
-from prefill_router.route_batch import BatchPolicy, DecisionWriter, decision_schema, route_prompts
+from prefill_router.route_batch import (
+    BatchPolicy,
+    DecisionWriter,
+    decision_schema,
+    route_prompts,
+    route_prompts_ray,
+)
 from prefill_router.train import Router
 from tests.serve_support import build_tiny_router, load_tiny_router
 from tests.test_route import topics
@@ -248,6 +254,15 @@ def test_ray_without_the_extra_names_the_install_command(
     assert run(["encode", "bundled", "--ray", "auto"]) == 4
     assert "pip install 'prefill-router[ray]'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_batch_routing_on_ray_refuses_a_folder_that_is_no_artifact(tmp_path: Path) -> None:
+    prompts = write_prompts(tmp_path, texts(2))
+    plan = WorkerPlan(1, 1.0, 0.0, "cpu")
+    with pytest.raises(DataError, match=r"not a router artifact: No such file or directory: .*router\.json"):
+        route_prompts_ray(
+            None, tmp_path / "nothing", prompts, BatchPolicy(), plan
+        )  # fails before Ray is used
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import pytest
 
 from prefill_router._ray import plan_workers
 from prefill_router.cli import run
+from prefill_router.data.dataset import RoutingDataset
 from prefill_router.encode import Encoder, FeatureStore, extract_features, feature_key
 from prefill_router.encode.distributed import extract_features_ray
 from prefill_router.encode.store import FeatureJob
@@ -222,3 +223,15 @@ def test_route_batch_with_ray_numbers_prompts_of_a_file_without_ids(
     decisions = pd.read_csv(out, dtype={"prompt_id": str})
     assert decisions["prompt_id"].tolist() == [str(i) for i in range(12)]
     assert decisions["target"].notna().all()
+
+
+@pytest.mark.slow
+def test_real_smollm2_features_on_ray_equal_the_single_process_path(cluster: Any, tmp_path: Path) -> None:
+    """The real encoder (bfloat16, every layer) on 2 Ray workers against the single process."""
+    texts = RoutingDataset.load("bundled").prompts.tolist()[:24]
+    encoder = Encoder("smollm2-135m", threads=1)
+    plan = plan_workers(cluster, workers=2, worker_cpus=1)
+    on_ray = extract_features_ray(cluster, encoder, texts, FeatureStore(tmp_path / "ray"), plan, chunk_size=8)
+    local = extract_features(encoder, texts, FeatureStore(tmp_path / "local"), chunk_size=8)
+    assert on_ray.features.shape == (24, 2, 31, 576) and on_ray.computed_chunks == 3
+    np.testing.assert_allclose(np.asarray(on_ray.features, np.float32), local.features, **FLOAT16_TOL)

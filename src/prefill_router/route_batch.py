@@ -215,6 +215,7 @@ def route_prompts_ray(
     kind = prompt_format(prompts_path)
     if not prompts_path.exists():
         raise DataError("no such file", source=str(prompts_path))
+    files = _artifact_files(Path(router_path))
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # decisions come back in the file's order
     reader = {"parquet": ray.data.read_parquet, "jsonl": ray.data.read_json, "csv": ray.data.read_csv}[kind]
@@ -224,7 +225,6 @@ def route_prompts_ray(
     dataset = reader(str(prompts_path), num_cpus=0, **options)
     columns = resolve_columns(dataset.columns(), str(prompts_path), prompt_column, id_column)
     total = dataset.count() if kind == "parquet" else None
-    files = {name: (Path(router_path) / name).read_bytes() for name in _ARTIFACT_FILES}
     cache = None if cache_dir is None else str(cache_dir)
     routed = dataset.map_batches(
         _RouteWorker,
@@ -234,6 +234,14 @@ def route_prompts_ray(
         num_cpus=plan.cpus, num_gpus=plan.gpus,
     )  # fmt: skip
     return total, _numbered(routed.iter_batches(batch_format="pyarrow", batch_size=None), columns)
+
+
+def _artifact_files(folder: Path) -> dict[str, bytes]:
+    """The artifact's files, sent to every worker (which validates them as Router.load does)."""
+    try:
+        return {name: (folder / name).read_bytes() for name in _ARTIFACT_FILES}
+    except OSError as exc:
+        raise DataError(f"not a router artifact: {exc.strerror}: {exc.filename}", source=str(folder)) from exc
 
 
 def _numbered(batches: Iterator[pa.Table], columns: PromptColumns) -> Generator[pa.Table, None, None]:
