@@ -41,6 +41,10 @@ CacheOption = Annotated[
     Path | None,
     typer.Option(help="Cache folder (default: $PREFILL_ROUTER_CACHE or ~/.cache/prefill-router)."),
 ]
+RouterArg = Annotated[
+    Path,
+    typer.Argument(help="A router artifact folder (router.json + router.safetensors).", metavar="ROUTER"),
+]
 RayOption = Annotated[
     str | None,
     typer.Option(
@@ -52,10 +56,10 @@ RayOption = Annotated[
 ]
 WorkersOption = Annotated[
     int | None,
-    typer.Option(help="Ray workers, one encoder each [default: one per GPU, else CPUs / --worker-cpus]."),
+    typer.Option(help="Ray workers, one encoder each (default: one per GPU, else CPUs / --worker-cpus)."),
 ]
 WorkerCpusOption = Annotated[
-    int | None, typer.Option(help="CPUs (torch threads) per Ray worker on CPU clusters [default: 1].")
+    int | None, typer.Option(help="CPUs (torch threads) per Ray worker on CPU clusters (default: 1).")
 ]
 # typer has no option with an optional value, so a bare `--ray` becomes `--ray=local` before parsing.
 _OPTIONAL_VALUES = {"--ray": LOCAL}

@@ -39,7 +39,7 @@ def encode(
     pooling: Annotated[str, typer.Option(help="'mean', 'last' or 'mean,last'.")] = "mean,last",
     max_tokens: Annotated[
         int | None,
-        typer.Option(help="Longer prompts keep their start and end [default: 512 or the context]."),
+        typer.Option(help="Longer prompts keep their start and end (default: 512 or the context)."),
     ] = None,
     dtype: Annotated[
         str, typer.Option(help="bfloat16 (fast; AUCs equal to float32's) or float32.")
@@ -133,7 +133,7 @@ def probe(
         float, typer.Option(help="J_lda shrinkage (share of the mean S_W eigenvalue).")
     ] = 0.1,
     dtype: Annotated[str, typer.Option(help="Encoder dtype: bfloat16 or float32.")] = "bfloat16",
-    max_tokens: Annotated[int | None, typer.Option(help="Encoder truncation [default: 512].")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Encoder truncation (default: 512).")] = None,
     cache: CacheOption = None,
 ) -> None:
     """Fisher separability, d_eff and CV-AUC of every layer for every target (training rows only)."""

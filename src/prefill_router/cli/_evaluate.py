@@ -12,15 +12,13 @@ import typer
 from rich.table import Table
 
 from prefill_router._files import atomic_path
-from prefill_router.cli._app import CacheOption, DatasetArg, app, console, encode_progress
+from prefill_router.cli._app import CacheOption, DatasetArg, RouterArg, app, console, encode_progress
 from prefill_router.errors import DataError
 
 if TYPE_CHECKING:
     from prefill_router.data.dataset import RoutingDataset
     from prefill_router.evaluate.run import FeatureSet
     from prefill_router.train import Router
-
-RouterArg = Annotated[Path, typer.Argument(help="A router artifact folder.")]
 
 
 @app.command("evaluate")

@@ -15,6 +15,7 @@ from prefill_router._ray import plan_workers
 from prefill_router.cli._app import (
     CacheOption,
     RayOption,
+    RouterArg,
     WorkerCpusOption,
     WorkersOption,
     app,
@@ -25,7 +26,6 @@ from prefill_router.cli._app import (
 )
 from prefill_router.errors import ConfigError
 
-RouterArg = Annotated[Path, typer.Argument(help="A router artifact folder.")]
 BudgetOption = Annotated[
     str | None,
     typer.Option(
@@ -128,7 +128,7 @@ def route_batch(
     prompt_column: Annotated[str, typer.Option(help="Column holding the prompt text.")] = "prompt",
     id_column: Annotated[
         str | None,
-        typer.Option(help="Column holding the prompt id [default: prompt_id or id, else row number]."),
+        typer.Option(help="Column holding the prompt id (default: prompt_id or id, else row number)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts scored together.", min=1)] = 256,
     ray_address: RayOption = None,

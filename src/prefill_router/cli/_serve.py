@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from prefill_router.cli._app import CacheOption, app, err_console
+from prefill_router.cli._app import CacheOption, RouterArg, app, err_console
 from prefill_router.errors import ConfigError, MissingDependencyError
 
 _SERVE_PACKAGES = ("fastapi", "uvicorn", "httpx", "prometheus_client")
@@ -25,7 +25,7 @@ def check_serve_dependencies() -> None:
 
 @app.command("serve")
 def serve(
-    router_path: Annotated[Path, typer.Argument(help="A router artifact folder.", metavar="ROUTER")],
+    router_path: RouterArg,
     config: Annotated[Path | None, typer.Option("--config", help="The serve.yaml settings file.")] = None,
     upstream: Annotated[
         str | None,

@@ -16,6 +16,7 @@ from prefill_router._files import atomic_path
 from prefill_router.cli._app import (
     CacheOption,
     DatasetArg,
+    RouterArg,
     app,
     console,
     encode_progress,
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
     from prefill_router.encode import Encoder
     from prefill_router.train import FitReport, LayerFeatures, ProgressCallback, Router
 
-RouterArg = Annotated[
-    Path, typer.Argument(help="A router artifact folder (router.json + router.safetensors).")
-]
 SplitOption = Annotated[str, typer.Option(help="Train on this split (all rows when the data has no splits).")]
 LimitOption = Annotated[int | None, typer.Option(help="Only the first N rows of the split, in file order.")]
 
@@ -58,7 +56,7 @@ def fit(
     limit: LimitOption = None,
     targets: Annotated[str | None, typer.Option(help="Comma-separated targets (default: all).")] = None,
     dtype: Annotated[str, typer.Option(help="Encoder dtype: bfloat16 or float32.")] = "bfloat16",
-    max_tokens: Annotated[int | None, typer.Option(help="Encoder truncation [default: 512].")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Encoder truncation (default: 512).")] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the fit report as JSON.")
     ] = None,
