@@ -16,7 +16,7 @@ import pytest
 from prefill_router._ray import WorkerPlan, plan_workers, require_ray
 from prefill_router.cli import run
 from prefill_router.cli._app import with_optional_values
-from prefill_router.data.prompt_files import read_prompt_file
+from prefill_router.data.prompt_files import count_rows, iter_prompt_file, read_prompt_file
 from prefill_router.errors import ConfigError, DataError, MissingDependencyError, UnknownTargetError
 from prefill_router.policy import Budget
 from prefill_router.route_batch import (
@@ -76,6 +76,27 @@ def test_prompt_ids_default_to_prompt_id_then_id_then_row_numbers(tmp_path: Path
     pd.DataFrame({"text": ["a", None]}).to_parquet(path)
     read = read_prompt_file(path, prompt_column="text")
     assert read.ids == ["0", "1"] and read.prompts == ["a", None]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl", "csv"])
+def test_prompt_files_stream_in_batches_with_ids_running_on(tmp_path: Path, kind: str) -> None:
+    frame = pd.DataFrame({"prompt": [f"prompt {i}" for i in range(23)]})
+    path = tmp_path / f"p.{kind}"
+    {"parquet": lambda: frame.to_parquet(path, row_group_size=10),
+     "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+     "csv": lambda: frame.to_csv(path, index=False)}[kind]()  # fmt: skip
+    batches = list(iter_prompt_file(path, batch_size=4))
+    assert max(len(b.ids) for b in batches) <= 4 and sum(len(b.ids) for b in batches) == 23
+    assert [i for b in batches for i in b.ids] == [str(i) for i in range(23)]
+    assert [p for b in batches for p in b.prompts] == frame["prompt"].tolist()
+    assert count_rows(path) == (None if kind == "csv" else 23)
+
+
+def test_a_duplicate_id_is_found_across_batches(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pd.DataFrame({"id": ["a", "b", "c", "a"], "prompt": list("wxyz")}).to_parquet(path)
+    with pytest.raises(DataError, match=r"prompt id 'a' appears twice \(again at row 3\)"):
+        list(iter_prompt_file(path, batch_size=2))
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,7 @@ def route_batch(
     cache: CacheOption = None,
 ) -> None:
     """Route every prompt of a file offline: prompt id, chosen target, its cost and every probability."""
-    from prefill_router.data.prompt_files import read_prompt_file
+    from prefill_router.data.prompt_files import count_rows, iter_prompt_file
     from prefill_router.route_batch import BatchPolicy, DecisionWriter, route_prompts, route_prompts_ray
     from prefill_router.train import Router
 
@@ -153,14 +153,13 @@ def route_batch(
     metadata = {"router": str(router_path), "prompts": str(prompts), **_choice_json(choice, budget)}
     with DecisionWriter(output, router.targets, metadata) as out:
         if session is None:
-            read = read_prompt_file(prompts, prompt_column, id_column)
+            batches = iter_prompt_file(prompts, batch_size, prompt_column, id_column)
             with console.status(f"loading encoder {router.encoder_identity.name}"):
                 router.encoder  # noqa: B018 (load now, so the spinner covers it)
-            with _routing_progress(len(read.prompts)) as advance:
-                for start in range(0, len(read.prompts), batch_size):
-                    stop = start + batch_size
-                    out.write(route_prompts(router, read.ids[start:stop], read.prompts[start:stop], choice))
-                    advance(min(stop, len(read.prompts)) - start)
+            with _routing_progress(count_rows(prompts)) as advance:
+                for batch in batches:
+                    out.write(route_prompts(router, batch.ids, batch.prompts, choice))
+                    advance(len(batch.ids))
         else:
             with session as ray:
                 plan = plan_workers(ray, workers=workers, worker_cpus=worker_cpus)

@@ -7,7 +7,7 @@ The same rules serve the local reader here and Ray Data's readers in :mod:`prefi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,8 @@ __all__ = [
     "PromptColumns",
     "PromptFile",
     "as_text",
+    "count_rows",
+    "iter_prompt_file",
     "prompt_format",
     "read_prompt_file",
     "resolve_columns",
@@ -85,42 +87,84 @@ def resolve_columns(
 def read_prompt_file(
     path: str | Path, prompt_column: str = "prompt", id_column: str | None = None
 ) -> PromptFile:
-    """Read a prompt file whole (the local path of ``route-batch``).
+    """Read a whole prompt file (see :func:`iter_prompt_file` for the checks)."""
+    ids: list[str] = []
+    prompts: list[str | None] = []
+    for batch in iter_prompt_file(path, prompt_column=prompt_column, id_column=id_column):
+        ids += batch.ids
+        prompts += batch.prompts
+    return PromptFile(ids, prompts)
+
+
+def iter_prompt_file(
+    path: str | Path, batch_size: int = 4096, prompt_column: str = "prompt", id_column: str | None = None
+) -> Iterator[PromptFile]:
+    """Stream a prompt file in batches of at most ``batch_size`` rows (memory stays flat).
 
     Raises:
-        DataError: missing file, unknown suffix, unreadable content, missing columns, duplicate ids.
+        DataError: missing file, unknown suffix, unreadable content, missing columns, duplicate ids,
+            no rows at all (raised when it is found, so a writer consuming the batches aborts).
     """
     path = Path(path)
     kind = prompt_format(path)
     if not path.is_file():
         raise DataError("no such file", source=str(path))
-    table = _read_table(path, kind)
-    columns = resolve_columns(table.column_names, str(path), prompt_column, id_column)
-    prompts = [as_text(value) for value in table.column(columns.prompt).to_pylist()]
-    if columns.prompt_id is None:
-        ids = [str(i) for i in range(table.num_rows)]
-    else:
-        ids = [str(value) for value in table.column(columns.prompt_id).to_pylist()]
-        _check_unique_ids(ids, str(path))
-    if not prompts:
+    seen: set[str] = set()
+    rows = 0
+    for table in _read_batches(path, kind, batch_size):
+        columns = resolve_columns(table.column_names, str(path), prompt_column, id_column)
+        prompts = [as_text(value) for value in table.column(columns.prompt).to_pylist()]
+        if columns.prompt_id is None:
+            ids = [str(i) for i in range(rows, rows + table.num_rows)]
+        else:
+            ids = [str(value) for value in table.column(columns.prompt_id).to_pylist()]
+            _check_unique_ids(ids, seen, rows, str(path))
+        rows += table.num_rows
+        if table.num_rows:
+            yield PromptFile(ids, prompts)
+    if rows == 0:
         raise DataError("the file holds no prompts", source=str(path))
-    return PromptFile(ids, prompts)
 
 
-def _read_table(path: Path, kind: str) -> pa.Table:
-    import pandas as pd
+def count_rows(path: str | Path) -> int | None:
+    """Rows of a prompt file when that is cheap to know (Parquet metadata, JSON Lines' lines)."""
+    path = Path(path)
+    kind = prompt_format(path)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet
+
+            return int(pyarrow.parquet.ParquetFile(path).metadata.num_rows)
+        if kind == "jsonl":
+            with open(path, "rb") as handle:
+                return sum(1 for line in handle if line.strip())
+    except (OSError, pa.ArrowInvalid):
+        return None  # the reader reports the problem
+    return None  # CSV: quoted fields may span lines
+
+
+def _read_batches(path: Path, kind: str, batch_size: int) -> Iterator[pa.Table]:
+    import pyarrow.csv
     import pyarrow.json
     import pyarrow.parquet
 
     try:
         if kind == "parquet":
-            return pyarrow.parquet.read_table(path)
+            for batch in pyarrow.parquet.ParquetFile(path).iter_batches(batch_size=batch_size):
+                yield pa.Table.from_batches([batch])
+            return
         if kind == "jsonl":
-            return pyarrow.json.read_json(path)
-        # CSV: every value as text, so ids like 007 and prompts like 42 survive as written.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        return pa.Table.from_pandas(frame, preserve_index=False)
-    except (pa.ArrowInvalid, OSError, ValueError, pd.errors.ParserError) as exc:
+            reader = pyarrow.json.open_json(path)
+        else:
+            # CSV: every column read as text, so ids like 007 and prompts like 42 stay as written.
+            names = pyarrow.csv.open_csv(path).schema.names
+            options = pyarrow.csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+            reader = pyarrow.csv.open_csv(path, convert_options=options)
+        for batch in reader:
+            table = pa.Table.from_batches([batch])
+            for start in range(0, table.num_rows, batch_size):
+                yield table.slice(start, batch_size)
+    except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"cannot read this {kind} file: {exc}", source=str(path)) from exc
 
 
@@ -131,9 +175,8 @@ def as_text(value: object) -> str | None:
     return str(value)
 
 
-def _check_unique_ids(ids: list[str], source: str) -> None:
-    seen: set[str] = set()
-    for row, value in enumerate(ids):
+def _check_unique_ids(ids: list[str], seen: set[str], first_row: int, source: str) -> None:
+    for row, value in enumerate(ids, start=first_row):
         if value in seen:
             raise DataError(f"prompt id {value!r} appears twice (again at row {row})", source=source)
         seen.add(value)
