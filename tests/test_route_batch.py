@@ -92,6 +92,24 @@ def test_prompt_files_stream_in_batches_with_ids_running_on(tmp_path: Path, kind
     assert count_rows(path) == (None if kind == "csv" else 23)
 
 
+def test_a_folder_of_shards_reads_in_name_order_with_ids_running_on(tmp_path: Path) -> None:
+    for name, rows in (("part-1.parquet", ["c", "d", "e"]), ("part-0.parquet", ["a", "b"])):
+        pd.DataFrame({"prompt": rows}).to_parquet(tmp_path / name)
+    (tmp_path / "_SUCCESS").write_text("")  # what Spark-like writers leave beside their shards
+    read = read_prompt_file(tmp_path)
+    assert read.prompts == list("abcde") and read.ids == ["0", "1", "2", "3", "4"]
+    assert count_rows(tmp_path) == 5
+
+
+def test_a_folder_without_prompt_files_or_with_mixed_formats_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"the folder holds no prompt files"):
+        read_prompt_file(tmp_path)
+    pd.DataFrame({"prompt": ["a"]}).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame({"prompt": ["b"]}).to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(DataError, match=r"the folder mixes prompt file formats \(csv, parquet\); keep one"):
+        read_prompt_file(tmp_path)
+
+
 def test_a_duplicate_id_is_found_across_batches(tmp_path: Path) -> None:
     path = tmp_path / "p.parquet"
     pd.DataFrame({"id": ["a", "b", "c", "a"], "prompt": list("wxyz")}).to_parquet(path)
@@ -103,7 +121,7 @@ def test_a_duplicate_id_is_found_across_batches(tmp_path: Path) -> None:
     ("name", "content", "options", "message"),
     [
         ("p.txt", "hi", {}, r"unknown prompt file type '\.txt'; use one of \.parquet"),
-        ("missing.jsonl", None, {}, r"no such file"),
+        ("missing.jsonl", None, {}, r"no such file or folder"),
         ("p.jsonl", '{"prompt": "a"}\n{"prompt": ', {}, r"cannot read this jsonl file"),
         (
             "p.jsonl",
@@ -118,7 +136,7 @@ def test_a_duplicate_id_is_found_across_batches(tmp_path: Path) -> None:
             {},
             r"prompt id '1' appears twice",
         ),
-        ("p.csv", "prompt\n", {}, r"the file holds no prompts"),
+        ("p.csv", "prompt\n", {}, r"no prompts to route: the input holds no rows"),
     ],
 )
 def test_bad_prompt_files_are_refused_with_the_reason(

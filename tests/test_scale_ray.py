@@ -201,11 +201,14 @@ def test_route_batch_command_on_ray_writes_what_the_local_run_writes(
     assert on_ray["error"].notna().sum() == 2
 
 
-def test_route_batch_with_ray_numbers_prompts_of_a_file_without_ids(
+def test_route_batch_with_ray_numbers_prompts_of_shards_without_ids(
     cluster: Any, router_path: Path, cache: Path, tmp_path: Path
 ) -> None:
-    path = tmp_path / "bare.csv"
-    pd.DataFrame({"prompt": prompts(12)}).to_csv(path, index=False)
+    path = tmp_path / "shards"
+    path.mkdir()
+    texts = prompts(12)
+    pd.DataFrame({"prompt": texts[5:]}).to_csv(path / "part-1.csv", index=False)
+    pd.DataFrame({"prompt": texts[:5]}).to_csv(path / "part-0.csv", index=False)
     out = tmp_path / "decisions.csv"
     args = [
         "route-batch",
@@ -223,6 +226,12 @@ def test_route_batch_with_ray_numbers_prompts_of_a_file_without_ids(
     decisions = pd.read_csv(out, dtype={"prompt_id": str})
     assert decisions["prompt_id"].tolist() == [str(i) for i in range(12)]
     assert decisions["target"].notna().all()
+    local = tmp_path / "local.csv"
+    assert run([*args[:3], "-o", str(local), "--cache", str(cache)]) == 0
+    expected = pd.read_csv(local, dtype={"prompt_id": str})
+    assert expected[["prompt_id", "target"]].equals(decisions[["prompt_id", "target"]])
+    p_columns = [c for c in expected.columns if c.startswith("p_")]
+    np.testing.assert_allclose(decisions[p_columns], expected[p_columns], atol=1e-6)
 
 
 @pytest.mark.slow

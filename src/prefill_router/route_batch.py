@@ -26,7 +26,13 @@ import pyarrow as pa
 
 from prefill_router._files import atomic_path
 from prefill_router._ray import WorkerPlan
-from prefill_router.data.prompt_files import PromptColumns, as_text, prompt_format, resolve_columns
+from prefill_router.data.prompt_files import (
+    PromptColumns,
+    as_text,
+    prompt_format,
+    prompt_sources,
+    resolve_columns,
+)
 from prefill_router.errors import ConfigError, DataError
 from prefill_router.policy import check_knob, choose
 from prefill_router.policy.decision import allowed_mask
@@ -211,10 +217,7 @@ def route_prompts_ray(
     and the decision tables in the file's order (prompts without an id column are numbered here,
     as they stream back, exactly as the local reader numbers them).
     """
-    prompts_path = Path(prompts_path)
-    kind = prompt_format(prompts_path)
-    if not prompts_path.exists():
-        raise DataError("no such file", source=str(prompts_path))
+    kind, shards = prompt_sources(prompts_path)
     files = _artifact_files(Path(router_path))
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # decisions come back in the file's order
@@ -222,7 +225,7 @@ def route_prompts_ray(
     # num_cpus=0: reading is I/O; the CPUs are the routers'. Without it, actors holding every CPU
     # would leave the read tasks unscheduled forever.
     options: dict[str, Any] = {"lines": True} if kind == "jsonl" else {}
-    dataset = reader(str(prompts_path), num_cpus=0, **options)
+    dataset = reader([str(shard) for shard in shards], num_cpus=0, **options)  # in name order
     columns = resolve_columns(dataset.columns(), str(prompts_path), prompt_column, id_column)
     total = dataset.count() if kind == "parquet" else None
     cache = None if cache_dir is None else str(cache_dir)

@@ -112,7 +112,10 @@ def route_batch(
     router_path: RouterArg,
     prompts: Annotated[
         Path,
-        typer.Argument(help="Prompt file: .parquet, .jsonl or .csv with a prompt column.", metavar="PROMPTS"),
+        typer.Argument(
+            help="Prompt file (.parquet, .jsonl or .csv with a prompt column), or a folder of such shards.",
+            metavar="PROMPTS",
+        ),
     ],
     output: Annotated[
         Path,

@@ -1,4 +1,5 @@
-"""Prompt files for offline routing: Parquet, JSON Lines or CSV with a prompt column.
+"""Prompt files for offline routing: Parquet, JSON Lines or CSV with a prompt column (one file, or a
+folder of shards of one format).
 
 A prompt file holds one prompt per row in a ``prompt`` column (or one named by the user) and,
 optionally, an id column (``prompt_id`` or ``id``); without one, prompts are numbered from 0.
@@ -23,6 +24,7 @@ __all__ = [
     "count_rows",
     "iter_prompt_file",
     "prompt_format",
+    "prompt_sources",
     "read_prompt_file",
     "resolve_columns",
 ]
@@ -64,6 +66,29 @@ def prompt_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
+def prompt_sources(path: str | Path) -> tuple[str, list[Path]]:
+    """The format and files of a prompt file, or of a folder of shards read in name order.
+
+    Raises:
+        DataError: nothing at ``path``, an unknown suffix, a folder with no prompt files or with
+            files of several formats.
+    """
+    path = Path(path)
+    if path.is_file():
+        return prompt_format(path), [path]
+    if not path.is_dir():
+        raise DataError("no such file or folder", source=str(path))
+    shards = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
+    kinds = sorted({FORMATS[p.suffix.lower()] for p in shards})
+    if not shards:
+        raise DataError(f"the folder holds no prompt files ({', '.join(FORMATS)})", source=str(path))
+    if len(kinds) > 1:
+        raise DataError(
+            f"the folder mixes prompt file formats ({', '.join(kinds)}); keep one", source=str(path)
+        )
+    return kinds[0], shards
+
+
 def resolve_columns(
     names: Sequence[str], source: str, prompt_column: str = "prompt", id_column: str | None = None
 ) -> PromptColumns:
@@ -99,48 +124,50 @@ def read_prompt_file(
 def iter_prompt_file(
     path: str | Path, batch_size: int = 4096, prompt_column: str = "prompt", id_column: str | None = None
 ) -> Iterator[PromptFile]:
-    """Stream a prompt file in batches of at most ``batch_size`` rows (memory stays flat).
+    """Stream a prompt file (or a folder of shards, in name order) in batches of at most
+    ``batch_size`` rows, so memory stays flat; row numbers run on across shards.
 
     Raises:
         DataError: missing file, unknown suffix, unreadable content, missing columns, duplicate ids,
             no rows at all (raised when it is found, so a writer consuming the batches aborts).
     """
-    path = Path(path)
-    kind = prompt_format(path)
-    if not path.is_file():
-        raise DataError("no such file", source=str(path))
+    kind, files = prompt_sources(path)
     seen: set[str] = set()
     rows = 0
-    for table in _read_batches(path, kind, batch_size):
-        columns = resolve_columns(table.column_names, str(path), prompt_column, id_column)
-        prompts = [as_text(value) for value in table.column(columns.prompt).to_pylist()]
-        if columns.prompt_id is None:
-            ids = [str(i) for i in range(rows, rows + table.num_rows)]
-        else:
-            ids = [str(value) for value in table.column(columns.prompt_id).to_pylist()]
-            _check_unique_ids(ids, seen, rows, str(path))
-        rows += table.num_rows
-        if table.num_rows:
-            yield PromptFile(ids, prompts)
+    for file in files:
+        for table in _read_batches(file, kind, batch_size):
+            columns = resolve_columns(table.column_names, str(file), prompt_column, id_column)
+            prompts = [as_text(value) for value in table.column(columns.prompt).to_pylist()]
+            if columns.prompt_id is None:
+                ids = [str(i) for i in range(rows, rows + table.num_rows)]
+            else:
+                ids = [str(value) for value in table.column(columns.prompt_id).to_pylist()]
+                _check_unique_ids(ids, seen, rows, str(file))
+            rows += table.num_rows
+            if table.num_rows:
+                yield PromptFile(ids, prompts)
     if rows == 0:
-        raise DataError("the file holds no prompts", source=str(path))
+        raise DataError("no prompts to route: the input holds no rows", source=str(path))
 
 
 def count_rows(path: str | Path) -> int | None:
-    """Rows of a prompt file when that is cheap to know (Parquet metadata, JSON Lines' lines)."""
-    path = Path(path)
-    kind = prompt_format(path)
+    """Rows of a prompt file or folder when that is cheap to know (Parquet metadata, JSON Lines'
+    lines); ``None`` for CSV (quoted fields may span lines) or an unreadable file."""
+    kind, files = prompt_sources(path)
     try:
         if kind == "parquet":
             import pyarrow.parquet
 
-            return int(pyarrow.parquet.ParquetFile(path).metadata.num_rows)
+            return sum(int(pyarrow.parquet.ParquetFile(f).metadata.num_rows) for f in files)
         if kind == "jsonl":
-            with open(path, "rb") as handle:
-                return sum(1 for line in handle if line.strip())
+            total = 0
+            for file in files:
+                with open(file, "rb") as handle:
+                    total += sum(1 for line in handle if line.strip())
+            return total
     except (OSError, pa.ArrowInvalid):
         return None  # the reader reports the problem
-    return None  # CSV: quoted fields may span lines
+    return None
 
 
 def _read_batches(path: Path, kind: str, batch_size: int) -> Iterator[pa.Table]:
