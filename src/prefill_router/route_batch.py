@@ -264,19 +264,11 @@ class _RouteWorker:
         self, files: dict[str, bytes], cache_dir: str | None, choice: dict[str, Any], plan: WorkerPlan,
         columns: PromptColumns,
     ) -> None:  # fmt: skip
-        from prefill_router.encode import Encoder
-
         with tempfile.TemporaryDirectory() as folder:
             for name, data in files.items():
                 (Path(folder) / name).write_bytes(data)
             self.router = Router.load(folder, cache_dir=cache_dir)  # validated as any artifact is
-        identity = self.router.encoder_identity
-        self.router.use_encoder(
-            Encoder(
-                identity.name, view=identity.view, max_tokens=identity.max_tokens, dtype=identity.dtype,
-                device=plan.device, threads=plan.threads, cache_dir=cache_dir,
-            )
-        )  # fmt: skip
+        self.router.use_encoder(self.router.build_encoder(device=plan.device, threads=plan.threads))
         allowed = choice["allowed"]
         self.choice = BatchPolicy(**{**choice, "allowed": None if allowed is None else tuple(allowed)})
         self.columns = columns

@@ -116,7 +116,7 @@ class Router:
         """The router's encoder, loaded on first use (no conversion if it is already cached)."""
         with self._encoder_lock:
             if self._encoder is None:
-                self.use_encoder(self._load_encoder())
+                self.use_encoder(self.build_encoder())
             assert self._encoder is not None
             return self._encoder
 
@@ -392,7 +392,8 @@ class Router:
         router._cache_dir = self._cache_dir
         return router
 
-    def _load_encoder(self) -> Encoder:
+    def build_encoder(self, *, device: str = "auto", threads: int | None = None) -> Encoder:
+        """A new encoder as this router was trained with (not attached: see :meth:`use_encoder`)."""
         from prefill_router.encode import Encoder
 
         identity = self.encoder_identity
@@ -401,6 +402,8 @@ class Router:
             view=identity.view,
             max_tokens=identity.max_tokens,
             dtype=identity.dtype,
+            device=device,
+            threads=threads,
             cache_dir=self._cache_dir,
         )
 
