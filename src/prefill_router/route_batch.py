@@ -16,7 +16,7 @@ import contextlib
 import json
 import tempfile
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -231,7 +231,7 @@ def route_prompts_ray(
     cache = None if cache_dir is None else str(cache_dir)
     routed = dataset.map_batches(
         _RouteWorker,
-        fn_constructor_args=(files, cache, asdict(choice), plan, columns),
+        fn_constructor_args=(files, cache, choice, plan, columns),
         batch_size=batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.workers),
         num_cpus=plan.cpus, num_gpus=plan.gpus,
@@ -261,7 +261,7 @@ class _RouteWorker:
     """One Ray actor: loads the router (from the artifact's bytes) and its encoder once."""
 
     def __init__(
-        self, files: dict[str, bytes], cache_dir: str | None, choice: dict[str, Any], plan: WorkerPlan,
+        self, files: dict[str, bytes], cache_dir: str | None, choice: BatchPolicy, plan: WorkerPlan,
         columns: PromptColumns,
     ) -> None:  # fmt: skip
         with tempfile.TemporaryDirectory() as folder:
@@ -269,8 +269,7 @@ class _RouteWorker:
                 (Path(folder) / name).write_bytes(data)
             self.router = Router.load(folder, cache_dir=cache_dir)  # validated as any artifact is
         self.router.use_encoder(self.router.build_encoder(device=plan.device, threads=plan.threads))
-        allowed = choice["allowed"]
-        self.choice = BatchPolicy(**{**choice, "allowed": None if allowed is None else tuple(allowed)})
+        self.choice = choice
         self.columns = columns
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -135,8 +135,9 @@ def iter_prompt_file(
     seen: set[str] = set()
     rows = 0
     for file in files:
+        columns: PromptColumns | None = None  # resolved once per file, from its first batch
         for table in _read_batches(file, kind, batch_size):
-            columns = resolve_columns(table.column_names, str(file), prompt_column, id_column)
+            columns = columns or resolve_columns(table.column_names, str(file), prompt_column, id_column)
             prompts = [as_text(value) for value in table.column(columns.prompt).to_pylist()]
             if columns.prompt_id is None:
                 ids = [str(i) for i in range(rows, rows + table.num_rows)]

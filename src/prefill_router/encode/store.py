@@ -335,12 +335,10 @@ class FeatureJob:
         key_digest = key.digest()
         self.layout = _KeyLayout(store.features_dir / key_digest[:16])
         _write_key_file(self.layout.root / "key.json", key)
-        starts = range(0, len(self.prompts), chunk_size)
-        self.chunks = [
-            Chunk(i, start, stop, _chunk_digest(key_digest, self.prompts[start:stop]))
-            for i, start in enumerate(starts)
-            for stop in [min(start + chunk_size, len(self.prompts))]
-        ]
+        self.chunks = []
+        for i, start in enumerate(range(0, len(self.prompts), chunk_size)):
+            stop = min(start + chunk_size, len(self.prompts))
+            self.chunks.append(Chunk(i, start, stop, _chunk_digest(key_digest, self.prompts[start:stop])))
         self.view_path = (
             self.layout.views / f"{_order_digest(key_digest, [c.digest for c in self.chunks])}.npy"
         )
