@@ -155,7 +155,9 @@ def test_fit_unknown_pooling_exit_3(
     data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run([*fit_args(data, tiny_llama_dir, tmp_path / "r", cache), "--pooling", "max"]) == 3
-    assert "unknown pooling 'max'; expected one of: mean, last" in one_line(capsys.readouterr().err)
+    assert "The 'pooling' parameter must be one of mean, last, auto, both; got 'max' instead." in one_line(
+        capsys.readouterr().err
+    )
 
 
 def test_fit_unknown_target_exit_2(
@@ -183,9 +185,10 @@ def test_inspect_shows_encoder_targets_and_the_encoder_check(
     assert run(["inspect", str(router_ab)]) == 0
     out = one_line(capsys.readouterr().out)
     assert f"encoder: {tiny_llama_dir} (sha256" in out
-    assert "installed encoder matches" in out
+    assert "installed encoders match" in out
     assert all(target in out for target in TARGETS[:2]) and TARGETS[2] not in out
-    assert "format version 1" in out and "blocks: mean:L1 (32 -> 8); encoder runs layers 1" in out
+    assert "format version 2" in out and "blocks: mean:L1 (32 -> 8)" in out
+    assert "max_tokens 256), runs layers 1" in out
     assert "net: 8 -> 256 -> 128 -> 2 (SharedTrunkNet), ensemble of 1" in out
 
 
@@ -195,11 +198,11 @@ def test_inspect_reports_an_encoder_mismatch_without_failing(
     from prefill_router.train import read_artifact, write_artifact
 
     meta, arrays = read_artifact(router_ab)
-    meta["encoder"]["weights_sha256"] = "f" * 64
+    meta["encoders"][0]["weights_sha256"] = "f" * 64
     write_artifact(tmp_path / "other", meta, arrays)
     assert run(["inspect", str(tmp_path / "other")]) == 0
     out = one_line(capsys.readouterr().out)
-    assert "installed encoder matches" not in out and "install the encoder it was trained on or refit" in out
+    assert "installed encoders match" not in out and "install the encoder it was trained on or refit" in out
 
 
 def test_inspect_json_is_the_router_document(router_ab: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,7 +216,7 @@ def test_inspect_json_is_the_router_document(router_ab: Path, capsys: pytest.Cap
 def test_inspect_json_has_the_format_version(router_ab: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["inspect", str(router_ab), "--json"]) == 0
     blob = json.loads(capsys.readouterr().out)
-    assert (blob["format"], blob["format_version"]) == ("prefill-router", 1)
+    assert (blob["format"], blob["format_version"]) == ("prefill-router", 2)
 
 
 def test_inspect_a_folder_that_is_not_a_router_exit_2(

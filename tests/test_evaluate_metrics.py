@@ -27,6 +27,7 @@ from prefill_router.evaluate import (
     best_single,
     bootstrap_rows,
     cost_savings,
+    curve_difference,
     curve_points,
     gap_captured,
     gap_captured_at_savings,
@@ -38,6 +39,8 @@ from prefill_router.evaluate import (
     outcome,
     paired_difference,
     routing_intervals,
+    savings_at_accuracy,
+    savings_intervals,
     target_quality,
 )
 
@@ -56,6 +59,7 @@ YARD = Yardstick(0.625, 2.25, "b", 0.375, 2.75, "c", 3.75)
 GOOD_CHOICE = np.array([0, 2, 0, 1])
 
 METRICS_API = [
+    "ACCURACY_MARGINS",
     "AUC_BOOT",
     "SAVINGS_LEVELS",
     "Yardstick",
@@ -65,6 +69,7 @@ METRICS_API = [
     "best_single",
     "bootstrap_rows",
     "cost_savings",
+    "curve_difference",
     "curve_points",
     "gap_captured",
     "gap_captured_at_savings",
@@ -76,6 +81,8 @@ METRICS_API = [
     "outcome",
     "paired_difference",
     "routing_intervals",
+    "savings_at_accuracy",
+    "savings_intervals",
     "target_quality",
 ]
 
@@ -535,3 +542,67 @@ def test_bootstrap_intervals_hold_the_point_and_repeat_for_a_seed(
         lo, hi = result[key]
         assert lo - 1e-12 <= value <= hi + 1e-12, key
     assert result == routing_intervals(choice, y, c, yard, bootstrap_rows(len(y), 200, seed))
+
+
+# ------------------------------------------------------- savings at the best single's accuracy
+def test_savings_at_accuracy_takes_the_cheapest_point_accurate_enough() -> None:
+    accuracy, cost = np.array([0.30, 0.36, 0.375, 0.40]), np.array([1.0, 1.5, 2.2, 2.75])
+    # YARD: best single b, accuracy 0.375 at $2.75
+    assert savings_at_accuracy(accuracy, cost, 0.375, 2.75) == (2, pytest.approx(1 - 2.2 / 2.75))
+    assert savings_at_accuracy(accuracy, cost, 0.375, 2.75, margin=0.02) == (1, pytest.approx(1 - 1.5 / 2.75))
+    assert savings_at_accuracy(accuracy, cost, 0.5, 2.75) == (None, None)  # never accurate enough
+    # at equal cost the more accurate point wins
+    assert savings_at_accuracy(np.array([0.4, 0.5]), np.array([1.0, 1.0]), 0.4, 2.0)[0] == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 12), elements=st.floats(0, 1)), st.floats(0, 1))
+def test_a_wider_margin_never_saves_less(accuracy: np.ndarray, best: float) -> None:
+    cost = np.linspace(1.0, 2.0, len(accuracy))
+    savings = [savings_at_accuracy(accuracy, cost, best, 2.0, m)[1] for m in (0.0, 0.01, 0.02)]
+    reached = [s for s in savings if s is not None]
+    assert reached == sorted(reached)
+    assert [s is None for s in savings] == sorted([s is None for s in savings], reverse=True)
+
+
+def test_savings_intervals_of_the_best_single_itself_are_zero() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random((300, 3)) < np.array([0.3, 0.9, 0.4])).astype(float)  # b is the best in every resample
+    c = np.tile([1.0, 3.0, 2.0], (300, 1))
+    out = savings_intervals(np.full((1, 300), 1), y, c, bootstrap_rows(300, 200, seed=1))
+    assert set(out) == {0.0, 0.01, 0.02}
+    for margin in out:
+        assert out[margin]["ci"] == pytest.approx([0.0, 0.0], abs=1e-12) and out[margin]["reached"] == 1.0
+    # "always a" never comes within 2 points of b
+    assert (
+        savings_intervals(np.full((1, 300), 0), y, c, bootstrap_rows(300, 200, seed=1))[0.02]["reached"] == 0
+    )
+
+
+def test_savings_intervals_hold_the_point_estimate_of_a_router() -> None:
+    rng = np.random.default_rng(2)
+    y = (rng.random((400, 2)) < np.array([0.5, 0.8])).astype(float)
+    c = np.tile([1.0, 10.0], (400, 1))
+    # a router that sends the prompts the cheap target gets right to it, the rest to the dear one
+    choices = np.stack([np.where(y[:, 0] == 1, 0, 1), np.ones(400, int)])
+    rows = np.arange(400)
+    accuracy, cost = y[rows, choices].mean(axis=1), c[rows, choices].mean(axis=1)
+    _, saving = savings_at_accuracy(
+        accuracy, cost, 0.8 if y[:, 1].mean() >= y[:, 0].mean() else 0.5, c[:, 1].mean()
+    )
+    out = savings_intervals(choices, y, c, bootstrap_rows(400, 300, seed=0))
+    lo, hi = out[0.0]["ci"]
+    assert saving is not None and lo <= saving <= hi and out[0.0]["reached"] == 1.0
+
+
+def test_curve_difference_of_a_curve_with_itself_is_zero_and_a_better_curve_wins() -> None:
+    rng = np.random.default_rng(4)
+    y = (rng.random((300, 2)) < np.array([0.5, 0.8])).astype(float)
+    c = np.tile([1.0, 10.0], (300, 1))
+    resamples = bootstrap_rows(300, 100, seed=0)
+    cheap_first = np.stack([np.zeros(300, int), np.where(y[:, 0] == 1, 0, 1), np.ones(300, int)])
+    singles = np.stack([np.zeros(300, int), np.ones(300, int)])
+    same = curve_difference(singles, singles, y, c, resamples, (1.0, 10.0))
+    assert same == {"mean": 0.0, "ci": [0.0, 0.0]}
+    better = curve_difference(cheap_first, singles, y, c, resamples, (1.0, 10.0))
+    assert better["mean"] > 0 and better["ci"][0] > 0

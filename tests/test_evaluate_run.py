@@ -72,7 +72,7 @@ def planted(n: int = 300, seed: int = 0) -> tuple[RoutingDataset, FeatureSet]:
         labels,
         targets,
     )
-    return dataset, FeatureSet(LayerFeatures(x, ("mean",), (0, 1, 2)), embed, SYNTHETIC, EMBEDDER)
+    return dataset, FeatureSet([LayerFeatures(x, ("mean",), (0, 1, 2))], embed, [SYNTHETIC], EMBEDDER)
 
 
 def halves(

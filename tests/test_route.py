@@ -124,7 +124,8 @@ def test_fit_stores_the_validation_rows_for_budgets(
 
 
 def test_fit_with_fisher_records_the_probes(synthetic: tuple[Router, RoutingDataset, LayerFeatures]) -> None:
-    probe = synthetic[0].info["probe"]
+    (probe,) = synthetic[0].info["probe"]  # one encoder, one pooling
+    assert (probe["encoder"], probe["pooling"]) == (0, "mean")
     assert probe["layers"] == [0, 1, 2]
     assert probe["chosen"] == {name: [1] for name in NAMES}  # layer 1 holds the signal
     for name in NAMES:

@@ -247,6 +247,7 @@ def test_same_texts_in_another_order_is_another_view(tmp_path: Path) -> None:
         ("poolings", ("mean",)),
         ("poolings", ("last", "mean")),
         ("layers", (0, 1, 2)),
+        ("storage", "float32"),
     ],
 )
 def test_every_field_changes_the_key_digest(field: str, value: Any) -> None:
@@ -410,6 +411,50 @@ def test_the_float16_maximum_itself_is_stored(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path)
     stored = store.get_or_compute(KEY, PROMPTS, FakeEncoder(poison={PROMPTS[5]: -65504.0}), chunk_size=4)
     assert stored.features[5, 1, 2, 3] == -65504.0
+
+
+# --- float32 storage ---------------------------------------------------------------------------
+
+
+def test_float32_storage_keeps_values_float16_cannot_hold(tmp_path: Path) -> None:
+    key = dataclasses.replace(KEY, storage="float32")
+    store = FeatureStore(tmp_path)
+    stored = store.get_or_compute(key, PROMPTS, FakeEncoder(poison={PROMPTS[5]: 70000.5}), chunk_size=4)
+    assert stored.features.dtype == np.float32
+    assert stored.features[5, 1, 2, 3] == 70000.5
+    chunks = (tmp_path / "features" / key.digest()[:16] / "chunks").glob("*.npy")
+    manifests = [json.loads(p.with_suffix(".json").read_text()) for p in chunks]
+    assert {m["dtype"] for m in manifests} == {"<f4"}
+    fake = FakeEncoder()
+    again = FeatureStore(tmp_path).get_or_compute(key, PROMPTS, fake, chunk_size=4)
+    assert fake.calls == 0 and again.features[5, 1, 2, 3] == 70000.5  # reloaded, not recomputed
+
+
+def test_the_storage_dtype_is_part_of_the_key_but_float16_keys_are_unchanged() -> None:
+    assert "storage" not in KEY.to_json()  # caches written before the field existed stay valid
+    wide = dataclasses.replace(KEY, storage="float32")
+    assert wide.to_json()["storage"] == "float32" and wide.digest() != KEY.digest()
+    assert KEY.digest() == FeatureKey(**{**KEY.to_json(), "storage": "float16"}).digest()
+    # the digest float16 keys had before the field existed (store format 1), computed independently
+    import hashlib
+
+    payload = {
+        "store_format": 1, "encoder": "tiny-test", "weights_sha256": "ab" * 32, "view": "chat",
+        "max_tokens": 16, "dtype": "float32", "poolings": ["mean", "last"], "layers": [0, 1, 2, 4],
+    }  # fmt: skip
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert KEY.digest() == hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    with pytest.raises(
+        ConfigError, match=r"^The 'storage' parameter must be one of float16, float32; got 'int8'"
+    ):
+        dataclasses.replace(KEY, storage="int8")
+
+
+def test_the_float16_overflow_message_says_how_to_keep_the_values(tmp_path: Path) -> None:
+    with pytest.raises(EncodeError, match=r"encode with --storage float32 \(Encoder\(storage='float32'\)\)"):
+        FeatureStore(tmp_path).get_or_compute(
+            KEY, PROMPTS, FakeEncoder(poison={PROMPTS[5]: 7e4}), chunk_size=4
+        )
 
 
 def _returning(*results: ChunkResult) -> object:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,20 +112,21 @@ def test_a_fresh_process_predicts_the_same(router: Router, saved: Path, tmp_path
 def test_the_artifact_is_json_plus_safetensors_and_no_pickle(router: Router, saved: Path) -> None:
     assert sorted(p.name for p in saved.iterdir()) == ["router.json", "router.safetensors"]
     meta = json.loads((saved / "router.json").read_text())
-    assert FORMAT_VERSION == 1 and (meta["format"], meta["format_version"]) == ("prefill-router", 1)
+    assert FORMAT_VERSION == 2 and (meta["format"], meta["format_version"]) == ("prefill-router", 2)
     assert [t["name"] for t in meta["targets"]] == list(NAMES)
-    assert meta["encoder"] == SYNTHETIC.to_json()
+    assert [t["blocks"] for t in meta["targets"]] == [[0], [0], [0]]
+    assert meta["encoders"] == [SYNTHETIC.to_json()] and "encoder" not in meta
     assert meta["net"] == {"d_in": 4, "hidden": [256, 128], "n_targets": 3, "members": 2}
-    assert meta["blocks"] == [{"pooling": "mean", "layers": [1], "n_in": 8, "n_out": 4}]
+    assert meta["blocks"] == [{"encoder": 0, "pooling": "mean", "layers": [1], "n_in": 8, "n_out": 4}]
     raw = (saved / "router.safetensors").read_bytes()
     (length,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8 : 8 + length])
     stamp = header.pop("__metadata__")
     assert stamp == {
         "format": "prefill-router",
-        "format_version": "1",
+        "format_version": "2",
         "targets": json.dumps(list(NAMES)),
-        "encoder_sha256": "0" * 64,
+        "encoders_sha256": json.dumps(["0" * 64]),
     }
     assert {entry["dtype"] for entry in header.values()} == {"F32"}
     assert set(header) == {
@@ -140,7 +142,7 @@ def test_the_artifact_is_json_plus_safetensors_and_no_pickle(router: Router, sav
 
 def test_read_artifact_returns_the_json_and_the_arrays(router: Router, saved: Path) -> None:
     meta, arrays = read_artifact(saved)
-    assert meta["format_version"] == 1 and meta["targets"][2]["name"] == "large"
+    assert meta["format_version"] == 2 and meta["targets"][2]["name"] == "large"
     assert np.array_equal(arrays["calibration.temperature"], router.temperatures)
     assert np.array_equal(arrays["net.w2"], router.ensemble.w2)
 
@@ -254,13 +256,13 @@ TAMPERING = {
         r"its files mixed$",
     ),
     "another encoder hash": (
-        edit_json(lambda meta: meta["encoder"].update(weights_sha256="f" * 64)),
-        r"the encoder hash in router\.json \(f{64}\) differs from the one the arrays were saved with "
-        r"\(0{64}\); the artifact was edited or its files mixed$",
+        edit_json(lambda meta: meta["encoders"][0].update(weights_sha256="f" * 64)),
+        r"the encoder hashes in router\.json \(\[\"f{64}\"\]\) differ from those the arrays were saved "
+        r"with \(\[\"0{64}\"\]\); the artifact was edited or its files mixed$",
     ),
     "newer format version": (
-        edit_json(lambda meta: meta.update(format_version=2)),
-        r"router\.json: written by a newer prefill-router \(format version 2; this one reads up to 1\): "
+        edit_json(lambda meta: meta.update(format_version=3)),
+        r"router\.json: written by a newer prefill-router \(format version 3; this one reads up to 2\): "
         r"upgrade with pip install -U prefill-router$",
     ),
     "format version not an integer": (
@@ -276,7 +278,7 @@ TAMPERING = {
         r"router\.json is malformed: KeyError\('net'\)$",
     ),
     "target pointing at no block": (
-        edit_json(lambda meta: meta["targets"][1].update(block=3)),
+        edit_json(lambda meta: meta["targets"][1].update(blocks=[0, 3])),
         r"router: router\.json: target 'medium' points at a block that does not exist$",
     ),
     "block width disagrees": (
@@ -418,7 +420,7 @@ def test_loading_with_another_encoder_hash_is_an_encode_error(
     router, _, _ = tiny_router
     router.save(tmp_path / "router")
     meta, arrays = read_artifact(tmp_path / "router")
-    meta["encoder"]["weights_sha256"] = "f" * 64
+    meta["encoders"][0]["weights_sha256"] = "f" * 64
     write_artifact(tmp_path / "router", meta, arrays)  # both files agree: only the encoder check can tell
     message = (
         rf"^this router was trained on encoder {router.encoder_identity.name} with weights sha256 f{{16}}…, "
@@ -441,7 +443,9 @@ def test_loading_after_the_encoder_weights_changed_is_an_encode_error(
     weights.write_bytes(bytes(data))
     router.save(tmp_path / "router")
     meta, arrays = read_artifact(tmp_path / "router")
-    meta["encoder"]["name"] = str(changed)  # the router was trained on "that folder", which has changed since
+    meta["encoders"][0]["name"] = str(
+        changed
+    )  # the router was trained on "that folder", which has changed since
     write_artifact(tmp_path / "router", meta, arrays)
     with pytest.raises(EncodeError, match=rf"^this router was trained on encoder {changed} with weights"):
         Router.load(tmp_path / "router")
@@ -454,5 +458,81 @@ def test_use_encoder_refuses_another_encoder(
 
     router, _, _ = tiny_router
     other = Encoder(str(tiny_llama_dir), dtype="bfloat16", threads=1)
-    with pytest.raises(EncodeError, match=r"is not the one this router was trained with"):
+    with pytest.raises(EncodeError, match=r"is not one this router was trained with"):
         router.use_encoder(other)
+
+
+# ------------------------------------------------------------ format 1 and fused routers
+def as_format_1(saved: Path) -> None:
+    """Rewrite a one-encoder artifact as prefill-router 0.1 wrote it (format 1)."""
+    from safetensors.numpy import save_file
+
+    meta, arrays = read_artifact(saved)
+    meta["format_version"] = 1
+    meta["encoder"] = meta.pop("encoders")[0]
+    for target in meta["targets"]:
+        target["block"] = target.pop("blocks")[0]
+    for block in meta["blocks"]:
+        block.pop("encoder")
+    meta["encoder"].pop("storage")
+    (saved / "router.json").write_text(json.dumps(meta))
+    stamp = {
+        "format": "prefill-router",
+        "format_version": "1",
+        "targets": json.dumps([t["name"] for t in meta["targets"]]),
+        "encoder_sha256": meta["encoder"]["weights_sha256"],
+    }
+    save_file(arrays, str(saved / "router.safetensors"), stamp)
+
+
+def test_a_format_1_artifact_still_loads_and_scores_the_same(router: Router, saved: Path) -> None:
+    as_format_1(saved)
+    loaded = Router.load(saved, check_encoder=False)
+    assert loaded.encoders == (SYNTHETIC,) and loaded.encoder_identity.storage == "float16"
+    assert dict(loaded.transform.target_blocks) == {name: (0,) for name in NAMES}
+    feats = fresh_features()
+    assert np.array_equal(loaded.predict_proba_features(feats), router.predict_proba_features(feats))
+
+
+def test_a_fused_router_round_trips_with_every_encoder(tmp_path: Path) -> None:
+    dataset, first = synthetic()
+    rng = np.random.default_rng(3)
+    second = LayerFeatures(
+        rng.normal(size=(dataset.n_prompts, 1, 3, 5)).astype(np.float32), ("mean",), (0, 2, 4)
+    )
+    other = EncoderIdentity("second-encoder", "1" * 64, "raw", 256, "float32", "float32")
+    fused, report = fit_router(dataset, [first, second], [SYNTHETIC, other], replace(TINY, layers="fisher"))
+    assert fused.encoders == (SYNTHETIC, other)
+    assert {b.encoder for b in fused.transform.blocks} == {0, 1}
+    assert all(any(name.startswith("e1:") for name in blocks) for blocks in report.blocks.values())
+    loaded = Router.load(fused.save(tmp_path / "fused"), check_encoder=False)
+    assert loaded.encoders == (SYNTHETIC, other)
+    meta = json.loads((tmp_path / "fused" / "router.json").read_text())
+    assert [e["name"] for e in meta["encoders"]] == ["synthetic-encoder", "second-encoder"]
+    assert np.array_equal(
+        loaded.predict_proba_features([first, second]), fused.predict_proba_features([first, second])
+    )
+    with pytest.raises(DataError, match=r"^the transform reads 2 encoders; features of 1 were given$"):
+        loaded.predict_proba_features(first)
+
+
+def test_a_fused_router_whose_second_encoder_is_missing_names_the_package(
+    tiny_router: tuple[Router, list[str], LayerFeatures], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefill_router.encode import models
+    from prefill_router.errors import MissingDependencyError
+
+    absent = models.EncoderSpec(
+        name="absent-lm", module="prefill_router_absent_lm",
+        pip_install="pip install --no-deps absent-lm==1.0", license="-",
+        description="a registered encoder whose package is not installed", subdir="model",
+    )  # fmt: skip
+    monkeypatch.setitem(models.ENCODERS, "absent-lm", absent)
+    saved = tiny_router[0].save(tmp_path / "router")
+    meta, arrays = read_artifact(saved)
+    meta["encoders"].append(dict(meta["encoders"][0], name="absent-lm"))
+    write_artifact(saved, meta, arrays)
+    loaded = Router.load(saved, check_encoder=False)
+    message = r"^encoder 'absent-lm' needs its model package; install it with: pip install --no-deps absent"
+    with pytest.raises(MissingDependencyError, match=message):
+        loaded.check_encoder()

@@ -266,7 +266,9 @@ def test_an_explicit_layer_missing_from_the_features() -> None:
 def test_a_pooling_missing_from_the_features_is_a_config_error_with_explicit_layers() -> None:
     dataset, feats = planted(n=100)
     settings = TrainSettings(layers=(1,), pooling="last", seeds=1, keep=1)
-    with pytest.raises(ConfigError, match=r"must be one of the features' poolings \(mean\); got 'last'"):
+    with pytest.raises(
+        ConfigError, match=r"must be one of the features' poolings \(mean\) or auto / both; got 'last'"
+    ):
         fit_router(dataset, feats, SYNTHETIC, settings)
 
 
@@ -309,7 +311,7 @@ def test_add_target_shares_the_trunk(two_target_router: Router, added: tuple[Rou
         assert np.array_equal(getattr(new.ensemble, name), getattr(old, name))
     assert np.array_equal(new.ensemble.w3[:, :, :2], old.w3)
     assert new.transform.blocks == two_target_router.transform.blocks
-    assert new.transform.target_blocks["qwen-72b"] == 0
+    assert new.transform.target_blocks["qwen-72b"] == (0,)
 
 
 def test_add_target_uses_only_labelled_rows() -> None:
@@ -362,3 +364,88 @@ def test_adding_twice_leaves_the_intermediate_router_alone() -> None:
     twice, _ = add_target(once, dataset, NAMES[2], feats, FAST)
     assert [a["name"] for a in twice.info["added_targets"]] == [NAMES[1], NAMES[2]]
     assert [a["name"] for a in once.info["added_targets"]] == [NAMES[1]]
+
+
+# ------------------------------------------------------- per-target pooling, fused encoders
+def two_poolings(n: int = 600, seed: int = 0) -> tuple[RoutingDataset, LayerFeatures]:
+    """The planted problem with a second pooling: the mean pooling holds targets 0 and 1 at layer 1,
+    the last pooling holds target 2 at layer 2 (everything else is noise)."""
+    dataset, feats = planted(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    z_mean = feats.values[:, 0, 1].copy()
+    values = rng.normal(size=(n, 2, 3, HIDDEN)).astype(np.float32)
+    labels = dataset.labels
+    values[:, 0, 1] = z_mean  # mean:L1 knows all three (as in planted())
+    signal = (labels[:, 2] - 0.5)[:, None] * MIXING[2] * 3
+    values[:, 1, 2] = 0.3 * values[:, 1, 2] + signal  # last:L2 knows target 2 only, better
+    return dataset, LayerFeatures(values, ("mean", "last"), (0, 1, 2))
+
+
+def test_auto_pooling_picks_the_better_pooling_per_target() -> None:
+    dataset, feats = two_poolings()
+    settings = replace(FAST, layers="fisher", pooling="auto")
+    router, report = fit_router(dataset, feats, SYNTHETIC, settings)
+    assert report.blocks[NAMES[0]] == ["mean:L1"] and report.blocks[NAMES[1]] == ["mean:L1"]
+    assert report.blocks[NAMES[2]] == ["last:L2"]
+    assert sorted(b.name for b in router.transform.blocks) == ["last:L2", "mean:L1"]
+    assert [(p["encoder"], p["pooling"]) for p in router.info["probe"]] == [(0, "mean"), (0, "last")]
+
+
+def test_both_poolings_give_every_target_a_block_of_each() -> None:
+    dataset, feats = two_poolings()
+    _, report = fit_router(dataset, feats, SYNTHETIC, replace(FAST, layers="fisher", pooling="both"))
+    assert report.blocks[NAMES[2]] == ["mean:L1", "last:L2"]
+    assert all(len(blocks) == 2 for blocks in report.blocks.values())
+
+
+def test_a_fused_fit_reads_a_block_of_each_encoder_and_learns() -> None:
+    dataset, feats = planted()
+    rng = np.random.default_rng(5)
+    noise = LayerFeatures(rng.normal(size=(dataset.n_prompts, 1, 2, 4)).astype(np.float32), ("mean",), (0, 1))
+    other = EncoderIdentity("noise-encoder", "1" * 64, "raw", 128, "float32")
+    router, report = fit_router(dataset, [feats, noise], [SYNTHETIC, other], replace(FAST, layers="fisher"))
+    assert router.encoders == (SYNTHETIC, other)
+    assert all(
+        blocks[0] == "mean:L1" and blocks[1].startswith("e1:mean:") for blocks in report.blocks.values()
+    )
+    assert report.layer_choice == {name: [1] for name in NAMES}  # the first encoder's layers
+    fresh, fresh_feats = planted(seed=7)
+    fresh_noise = LayerFeatures(
+        rng.normal(size=(fresh.n_prompts, 1, 2, 4)).astype(np.float32), ("mean",), (0, 1)
+    )
+    p = router.predict_proba_features([fresh_feats, fresh_noise])
+    assert min(roc_auc_score(fresh.labels[:, j], p[:, j]) for j in range(3)) > 0.85
+
+
+def test_features_and_identities_must_pair_up() -> None:
+    dataset, feats = planted(n=100)
+    with pytest.raises(ConfigError, match=r"^features of 2 encoders but 1 encoder identities$"):
+        fit_router(dataset, [feats, feats], SYNTHETIC, FAST)
+
+
+def test_an_unknown_pooling_setting() -> None:
+    with pytest.raises(ConfigError, match=r"^The 'pooling' parameter must be one of mean, last, auto, both"):
+        TrainSettings(pooling="max")
+
+
+def test_the_probe_cache_makes_a_refit_skip_the_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefill_router.train import ProbeCache
+    from prefill_router.train import fit as fit_module
+
+    dataset, feats = two_poolings(n=300)
+    settings = replace(FAST, layers="fisher", pooling="auto")
+    cache = ProbeCache(tmp_path / "probes")
+    first, _ = fit_router(dataset, feats, SYNTHETIC, settings, probe_cache=cache)
+    assert len(list((tmp_path / "probes").glob("*.json"))) == 2  # one per pooling
+    calls = []
+    real = fit_module.probe_layers
+    monkeypatch.setattr(fit_module, "probe_layers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again, _ = fit_router(dataset, feats, SYNTHETIC, settings, probe_cache=cache)
+    assert calls == []  # read back, not recomputed
+    assert again.info["probe"] == first.info["probe"]
+    assert np.array_equal(again.predict_proba_features(feats), first.predict_proba_features(feats))
+    # other labels are another key: the probes run again
+    fit_router(dataset.select(targets=list(NAMES[:2])), feats, SYNTHETIC, settings, probe_cache=cache)
+    assert len(calls) == 2

@@ -99,25 +99,25 @@ def test_apply_checks_the_feature_count() -> None:
 
 
 # --------------------------------------------------------------------- transform
-CHOICE = {"a": ("mean", [2]), "b": ("mean", [5, 0]), "c": ("mean", (0, 5))}
+CHOICE = {"a": [(0, "mean", [2])], "b": [(0, "mean", [5, 0])], "c": [(0, "mean", (0, 5))]}
 
 
 def test_targets_with_the_same_layers_share_one_block() -> None:
     transform = fit_transform(features(), np.arange(80), CHOICE, pca_k=4)
     assert [b.name for b in transform.blocks] == ["mean:L2", "mean:L0+L5"]
-    assert dict(transform.target_blocks) == {"a": 0, "b": 1, "c": 1}
+    assert dict(transform.target_blocks) == {"a": (0,), "b": (1,), "c": (1,)}
     assert transform.n_features == 8
 
 
 def test_the_same_layers_under_another_pooling_are_another_block() -> None:
-    choice = {"a": ("mean", [2]), "b": ("last", [2])}
+    choice = {"a": [(0, "mean", [2])], "b": [(0, "last", [2])]}
     transform = fit_transform(features(), np.arange(80), choice, pca_k=4)
     assert [b.name for b in transform.blocks] == ["mean:L2", "last:L2"]
     assert transform.poolings == ("last", "mean")
 
 
 def test_transform_layers_and_poolings_are_what_the_encoder_must_produce() -> None:
-    choice = {"a": ("mean", [5]), "b": ("last", [2, 0]), "c": ("mean", [2])}
+    choice = {"a": [(0, "mean", [5])], "b": [(0, "last", [2, 0])], "c": [(0, "mean", [2])]}
     transform = fit_transform(features(), np.arange(80), choice, pca_k=4)
     assert transform.layers == (0, 2, 5)
     assert transform.poolings == ("last", "mean")
@@ -158,18 +158,18 @@ def test_fit_transform_with_nan_features_is_a_data_error() -> None:
     f = features()
     f.values[4, 0, 1, 3] = np.nan
     with pytest.raises(DataError, match=r"has NaN or inf features; re-encode the dataset$"):
-        fit_transform(f, np.arange(80), {"a": ("mean", [2])}, pca_k=4)
+        fit_transform(f, np.arange(80), {"a": [(0, "mean", [2])]}, pca_k=4)
     # the NaN row is outside the fitted rows: nothing to complain about
-    fit_transform(f, np.arange(5, 80), {"a": ("mean", [2])}, pca_k=4)
+    fit_transform(f, np.arange(5, 80), {"a": [(0, "mean", [2])]}, pca_k=4)
 
 
 def test_fit_transform_bad_settings() -> None:
     with pytest.raises(ConfigError, match=r"^The 'pca_k' parameter must be >= 1; got 0 instead\.$"):
         fit_transform(features(), np.arange(80), CHOICE, pca_k=0)
     with pytest.raises(ConfigError, match=r"^no layers chosen for target 'b'$"):
-        fit_transform(features(), np.arange(80), {"a": ("mean", [2]), "b": ("mean", [])}, pca_k=4)
+        fit_transform(features(), np.arange(80), {"a": [(0, "mean", [2])], "b": [(0, "mean", [])]}, pca_k=4)
     with pytest.raises(ConfigError, match=r"layer 4 is missing$"):
-        fit_transform(features(), np.arange(80), {"a": ("mean", [4])}, pca_k=4)
+        fit_transform(features(), np.arange(80), {"a": [(0, "mean", [4])]}, pca_k=4)
 
 
 def test_a_hand_built_transform() -> None:
@@ -177,7 +177,28 @@ def test_a_hand_built_transform() -> None:
         "mean", (0,), np.array([1.0, 2.0], np.float32), np.array([2.0, 4.0], np.float32),
         np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32),
     )  # fmt: skip
-    transform = FeatureTransform((block,), {"a": 0})
+    transform = FeatureTransform((block,), {"a": (0,)})
     values = np.array([[3.0, 6.0]], np.float32).reshape(1, 1, 1, 2)
     out = transform.transform(LayerFeatures(values, ("mean",), (0,)))
     assert out.tolist() == [[1.0, 1.0, 2.0]]  # ((3, 6) - (1, 2)) / (2, 4) = (1, 1), then projected
+
+
+# ------------------------------------------------------------------ several encoders
+def test_a_target_may_read_blocks_of_several_encoders() -> None:
+    first, second = features(seed=0), features(hidden=4, seed=1)
+    choice = {"a": [(0, "mean", (2,)), (1, "last", (5,))], "b": [(0, "mean", (2,))]}
+    transform = fit_transform([first, second], np.arange(80), choice, pca_k=3)
+    assert [b.name for b in transform.blocks] == ["mean:L2", "e1:last:L5"]
+    assert dict(transform.target_blocks) == {"a": (0, 1), "b": (0,)}
+    assert transform.n_encoders == 2
+    assert transform.layers_of(0) == (2,) and transform.layers_of(1) == (5,)
+    assert transform.poolings_of(1) == ("last",)
+    out = transform.transform([first, second])
+    np.testing.assert_allclose(out[:, 3:], transform.blocks[1].apply(second.block("last", [5])), atol=1e-6)
+    with pytest.raises(DataError, match=r"^the transform reads 2 encoders; features of 1 were given$"):
+        transform.transform(first)
+
+
+def test_a_block_of_an_encoder_that_is_not_there_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^target 'a' reads encoder 1; there are 1$"):
+        fit_transform([features()], np.arange(80), {"a": [(1, "mean", (2,))]}, pca_k=3)

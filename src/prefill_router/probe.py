@@ -101,6 +101,34 @@ class ProbeReport:
         result: dict[str, Any] = finite_or_none(blob)
         return result
 
+    @classmethod
+    def from_json(cls, blob: dict[str, Any]) -> ProbeReport:
+        """The report :meth:`to_json` wrote (null becomes NaN again)."""
+
+        def number(value: Any) -> float:
+            return math.nan if value is None else float(value)
+
+        targets = {}
+        for name, spec in blob["targets"].items():
+            fields = {k: v for k, v in spec.items() if k != "layers"}
+            for key in (
+                "positive_rate",
+                "spearman_j_auc",
+                "spearman_j_lda_auc",
+                "auc_lost",
+                "auc_lost_trace_j",
+            ):
+                fields[key] = number(fields[key])
+            layers = [
+                LayerProbe(
+                    int(p["layer"]), *(number(p[k]) for k in ("fisher_j", "fisher_j_lda", "d_eff", "cv_auc"))
+                )
+                for p in spec["layers"]
+            ]
+            targets[name] = TargetProbe(**fields, layers=layers)
+        skipped = {int(k): str(v) for k, v in blob.get("skipped_layers", {}).items()}
+        return cls(blob["settings"], targets, skipped, float(blob.get("seconds", 0.0)))
+
 
 # -------------------------------------------------------------------- the maths
 def fisher_j(x: np.ndarray, y: np.ndarray) -> np.ndarray:

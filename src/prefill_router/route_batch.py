@@ -268,7 +268,8 @@ class _RouteWorker:
             for name, data in files.items():
                 (Path(folder) / name).write_bytes(data)
             self.router = Router.load(folder, cache_dir=cache_dir)  # validated as any artifact is
-        self.router.use_encoder(self.router.build_encoder(device=plan.device, threads=plan.threads))
+        for encoder in self.router.build_encoders(device=plan.device, threads=plan.threads):
+            self.router.use_encoder(encoder)
         self.choice = choice
         self.columns = columns
 

@@ -46,6 +46,12 @@ def encode(
     ] = "bfloat16",
     view: Annotated[str, typer.Option(help="auto (chat template if any), chat or raw.")] = "auto",
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="On-disk dtype: float16 or float32 (default: float32 for gemma3-270m, else float16)."
+        ),
+    ] = None,
     cache: CacheOption = None,
     split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
     limit: Annotated[
@@ -73,7 +79,7 @@ def encode(
     with console.status(f"loading encoder {encoder} ({dtype})"):
         model = Encoder(
             encoder, view=view, max_tokens=max_tokens, dtype=dtype,
-            device="cpu" if session else device, cache_dir=cache,
+            device="cpu" if session else device, cache_dir=cache, storage=storage,
         )  # fmt: skip
     store = FeatureStore(cache or default_cache_dir())
     if session is None:
@@ -97,7 +103,8 @@ def encode(
     elapsed = time.perf_counter() - started
     shape = " x ".join(map(str, stored.features.shape))
     console.print(
-        f"[bold green]features[/] {shape} (prompts x poolings x layers x hidden, float16) in {elapsed:.1f} s"
+        f"[bold green]features[/] {shape} (prompts x poolings x layers x hidden, {model.storage}) "
+        f"in {elapsed:.1f} s"
     )
     console.print(f"  stored at {stored.path}")
     where = model.device if session is None else f"Ray, {plan.describe()}"

@@ -45,6 +45,7 @@ def evaluate(
 ) -> None:
     """Score the router and the baselines on the same rows with the same policy and cost code."""
     from prefill_router.data.dataset import RoutingDataset
+    from prefill_router.encode import default_cache_dir
     from prefill_router.evaluate import baselines as bl
     from prefill_router.evaluate.run import (
         budget_adherence,
@@ -53,7 +54,7 @@ def evaluate(
         predict_rows,
         score,
     )
-    from prefill_router.train import Router, TrainSettings
+    from prefill_router.train import ProbeCache, Router, TrainSettings
 
     started = time.perf_counter()
     names = bl.parse_baselines(baselines)
@@ -72,7 +73,16 @@ def evaluate(
         if cv is not None:
             evaluation, predictions = (
                 dataset,
-                cross_validated(dataset, features, names, settings, cv, seed=seed, on_step=step),
+                cross_validated(
+                    dataset,
+                    features,
+                    names,
+                    settings,
+                    cv,
+                    seed=seed,
+                    on_step=step,
+                    probe_cache=ProbeCache(Path(cache or default_cache_dir()) / "probes"),
+                ),
             )
             where = f"grouped {cv}-fold CV over {dataset.n_prompts} prompts of {data}"
         else:
@@ -196,12 +206,12 @@ def _feature_set(
     from prefill_router.encode import FeatureStore, default_cache_dir
     from prefill_router.evaluate.run import feature_set
 
-    with console.status(f"loading encoder {router.encoder_identity.name}"):
-        encoder = router.encoder
+    with console.status(f"loading encoder {', '.join(e.name for e in router.encoders)}"):
+        encoders = router.loaded_encoders()
     store = FeatureStore(cache or default_cache_dir())
-    with encode_progress(dataset.n_prompts) as advance:
+    with encode_progress(dataset.n_prompts * len(encoders)) as advance:
         return feature_set(
-            encoder, dataset.prompts.tolist(), store, need_embed=need_embed, on_progress=advance
+            encoders, dataset.prompts.tolist(), store, need_embed=need_embed, on_progress=advance
         )
 
 

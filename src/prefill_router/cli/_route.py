@@ -58,8 +58,8 @@ def route(
     policy, knob, spend = _policy_options(budget, lambda_, tolerance)
     router = Router.load(router_path, cache_dir=cache)
     allowed = _allowed(allow)
-    with console.status(f"loading encoder {router.encoder_identity.name}"):
-        router.encoder  # noqa: B018 (load now, so the spinner covers it)
+    with console.status(f"loading encoder {', '.join(e.name for e in router.encoders)}"):
+        router.loaded_encoders()  # load now, so the spinner covers it
     decision = router.route(
         prompt, policy=policy, knob=knob, budget=spend, allowed=allowed, max_cost=max_cost
     )
@@ -157,8 +157,8 @@ def route_batch(
     with DecisionWriter(output, router.targets, metadata) as out:
         if session is None:
             batches = iter_prompt_file(prompts, batch_size, prompt_column, id_column)
-            with console.status(f"loading encoder {router.encoder_identity.name}"):
-                router.encoder  # noqa: B018 (load now, so the spinner covers it)
+            with console.status(f"loading encoder {', '.join(e.name for e in router.encoders)}"):
+                router.loaded_encoders()  # load now, so the spinner covers it
             with _routing_progress(count_rows(prompts)) as advance:
                 for batch in batches:
                     out.write(route_prompts(router, batch.ids, batch.prompts, choice))

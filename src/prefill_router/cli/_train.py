@@ -41,13 +41,19 @@ def fit(
         Path, typer.Option("--output", "-o", help="Where to write the router artifact folder.")
     ],
     encoder: Annotated[
-        str, typer.Option(help="Registered encoder name or a local model folder.")
-    ] = "smollm2-135m",
+        list[str] | None,
+        typer.Option(
+            help="Registered encoder name or a local model folder (default smollm2-135m); repeat it "
+            "to fuse encoders: every target then reads a block of each."
+        ),
+    ] = None,
     layers: Annotated[
         str, typer.Option(help="fisher (top J_lda per target), auc, all-mean, or a list '7,15,22'.")
     ] = "fisher",
     n_layers: Annotated[int, typer.Option(help="Layers per target for fisher / auc.")] = 1,
-    pooling: Annotated[str, typer.Option(help="mean or last.")] = "mean",
+    pooling: Annotated[
+        str, typer.Option(help="mean, last, auto (the better one per target) or both (a block of each).")
+    ] = "mean",
     pca: Annotated[int, typer.Option("--pca", help="PCA dimensions per feature block.")] = 128,
     seeds: Annotated[int, typer.Option(help="Nets trained (one per seed).")] = 10,
     keep: Annotated[int, typer.Option(help="Nets kept (lowest validation loss) and averaged.")] = 5,
@@ -71,16 +77,18 @@ def fit(
         seeds=seeds, keep=keep, seed=seed,
     )  # fmt: skip
     check_destination(output)
+    names = list(dict.fromkeys(encoder or ["smollm2-135m"]))
     train = _training_rows(data, split, limit, targets)
-    model = _load_encoder(encoder, dtype=dtype, max_tokens=max_tokens, cache=cache)
-    features = _features(model, train, cache)
-    if pooling not in features.poolings:
-        raise ConfigError(f"unknown pooling {pooling!r}; expected one of: {', '.join(features.poolings)}")
+    models = [_load_encoder(name, dtype=dtype, max_tokens=max_tokens, cache=cache) for name in names]
+    features = [_features(model, train, cache) for model in models]
     fit_started = time.perf_counter()
     with _fit_progress() as notify:
-        from prefill_router.train import EncoderIdentity
+        from prefill_router.encode import default_cache_dir
+        from prefill_router.train import EncoderIdentity, ProbeCache
 
-        router, report = fit_router(train, features, EncoderIdentity.of(model), settings, notify)
+        identities = [EncoderIdentity.of(model) for model in models]
+        probes = ProbeCache(Path(cache or default_cache_dir()) / "probes")
+        router, report = fit_router(train, features, identities, settings, notify, probe_cache=probes)
     fit_seconds = time.perf_counter() - fit_started
     router.save(output)
     _print_fit(
@@ -117,9 +125,9 @@ def add_target_command(
     check_destination(output or router_path)
     router = Router.load(router_path, cache_dir=cache)
     train = _training_rows(data, split, limit, None)
-    with console.status(f"loading encoder {router.encoder_identity.name}"):
-        model = router.encoder
-    features = _features(model, train, cache)
+    with console.status(f"loading encoders {', '.join(e.name for e in router.encoders)}"):
+        models = router.loaded_encoders()
+    features = [_features(model, train, cache) for model in models]
     with console.status(f"training a head for {target} on {router.ensemble.n_members} frozen trunks"):
         new, report = add_target(router, train, target, features, TrainSettings(seed=seed))
     destination = output or router_path
@@ -142,25 +150,27 @@ def inspect(
     if json_flag:
         console.print_json(json.dumps(document))
         return
-    identity = router.encoder_identity
     try:
         router.check_encoder(cache)
-        encoder_state = "[green]installed encoder matches[/]"
+        encoder_state = "[green]installed encoders match[/]"
     except PrefillRouterError as exc:
         encoder_state = f"[red]{exc}[/]"
     info = router.info
     version = document["format_version"]
     created = f"{info.get('created_by', '?')}, {info.get('created', '?')}"
     console.print(f"[bold]{router_path}[/]  format version {version}, {created}")
-    console.print(
-        f"encoder: {identity.name} (sha256 {identity.weights_sha256[:16]}…, {identity.view} view, "
-        f"{identity.dtype}, max_tokens {identity.max_tokens}) — {encoder_state}"
-    )
+    for index, identity in enumerate(router.encoders):
+        label = "encoder" if len(router.encoders) == 1 else f"encoder e{index}"
+        console.print(
+            f"{label}: {identity.name} (sha256 {identity.weights_sha256[:16]}…, {identity.view} view, "
+            f"{identity.dtype}, max_tokens {identity.max_tokens}), runs layers "
+            f"{layer_text(router.transform.layers_of(index))}"
+        )
+    console.print(encoder_state)
     _print_targets(router)
     net = router.to_json()["net"]
     console.print(
         "blocks: " + ", ".join(f"{b.name} ({b.mean.shape[0]} -> {b.n_out})" for b in router.transform.blocks)
-        + f"; encoder runs layers {layer_text(router.transform.layers)}"
     )  # fmt: skip
     console.print(
         f"net: {net['d_in']} -> {' -> '.join(map(str, net['hidden']))} -> {net['n_targets']} "
@@ -222,6 +232,7 @@ def _load_encoder(name: str, *, dtype: str, max_tokens: int | None, cache: Path 
 
 def _features(model: Encoder, dataset: RoutingDataset, cache: Path | None) -> LayerFeatures:
     """Every layer, both poolings (the ``encode`` defaults, so its cache is reused)."""
+    console.print(f"features of {model.name} ({model.dtype})")
     from prefill_router.encode import FeatureStore, default_cache_dir, extract_features
     from prefill_router.train import LayerFeatures
 
@@ -256,10 +267,10 @@ def _fit_progress() -> Iterator[ProgressCallback]:
 
 
 def _print_fit(report: FitReport, title: str) -> None:
-    table = Table("target", "layers", "val AUC", "ECE before", "ECE after", "T", "Brier", title=title)
+    table = Table("target", "blocks", "val AUC", "ECE before", "ECE after", "T", "Brier", title=title)
     for name, auc in report.val_auc.items():
         table.add_row(
-            name, layer_text(tuple(report.layer_choice[name])) if report.layer_choice.get(name) else "-",
+            name, ", ".join(report.blocks.get(name, [])) or "-",
             f"{auc:.3f}", f"{report.ece_before[name]:.3f}", f"{report.ece_after[name]:.3f}",
             f"{report.temperatures[name]:.2f}", f"{report.brier[name]:.3f}",
         )  # fmt: skip
@@ -276,10 +287,10 @@ def _print_fit(report: FitReport, title: str) -> None:
 def _print_targets(router: Router) -> None:
     metrics = router.info.get("metrics", {})
     table = Table(
-        "target", "$/M in", "$/M out", "out tokens", "block", "val AUC", "ECE", "T", title="targets"
+        "target", "$/M in", "$/M out", "out tokens", "blocks", "val AUC", "ECE", "T", title="targets"
     )
     for j, t in enumerate(router.target_info):
-        block = router.transform.blocks[router.transform.target_blocks[t.name]].name
+        block = ", ".join(router.transform.blocks[i].name for i in router.transform.target_blocks[t.name])
         auc = metrics.get("val_auc", {}).get(t.name)
         ece = metrics.get("ece_after", {}).get(t.name)
         table.add_row(

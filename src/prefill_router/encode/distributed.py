@@ -32,6 +32,8 @@ from prefill_router.encode.encoder import (
 )
 from prefill_router.encode.extract import DEFAULT_CHUNK_SIZE, feature_key
 from prefill_router.encode.store import (
+    DEFAULT_STORAGE,
+    STORAGE_DTYPES,
     ChunkResult,
     FeatureJob,
     FeatureKey,
@@ -55,11 +57,12 @@ class EncoderSpec:
     max_tokens: int
     dtype: str
     cache_dir: str | None = None
+    storage: str = "float16"
 
     @classmethod
     def of(cls, encoder: Encoder, cache_dir: str | Path | None = None) -> EncoderSpec:
         return cls(encoder.name, encoder.view.name, encoder.view.max_tokens, encoder.dtype,
-                   None if cache_dir is None else str(cache_dir))  # fmt: skip
+                   None if cache_dir is None else str(cache_dir), encoder.storage)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class _EncodeWorker:
         self.key = FeatureKey(**key_json)
         self.encoder = Encoder(
             spec.name, view=spec.view, max_tokens=spec.max_tokens, dtype=spec.dtype, device=plan.device,
-            threads=plan.threads, cache_dir=spec.cache_dir,
+            threads=plan.threads, cache_dir=spec.cache_dir, storage=spec.storage,
         )  # fmt: skip
         mine = feature_key(self.encoder, self.key.layers, self.key.poolings)
         if mine != self.key:
@@ -163,7 +166,7 @@ class _EncodeWorker:
             result = self._encode(prompts, index, start)
         except Exception:  # any failure: find the prompts at fault, keep the run going
             return _row(index, failures=self._isolate(prompts, index, start))
-        return _row(index, result=result)
+        return _row(index, result=result, dtype=self.key.disk_dtype)
 
     def _encode(self, prompts: list[str], index: int, start: int) -> ChunkResult:
         encoded = self.encoder.encode(
@@ -192,21 +195,25 @@ class _EncodeWorker:
 
 
 def _row(
-    index: int, *, result: ChunkResult | None = None, failures: list[PromptFailure] | None = None
+    index: int,
+    *,
+    result: ChunkResult | None = None,
+    failures: list[PromptFailure] | None = None,
+    dtype: np.dtype[Any] = STORAGE_DTYPES[DEFAULT_STORAGE],
 ) -> dict[str, np.ndarray]:
-    """One output row: float16 features as bytes plus their shape (chunks differ in length, and
-    float16 is what the store keeps, so nothing is lost by converting on the worker)."""
+    """One output row: features as bytes in the store's dtype plus their shape (chunks differ in
+    length, and that dtype is what the store keeps, so nothing is lost by converting on the worker)."""
     if result is None:
         return {
             "index": np.array([index]), "features": np.array([b""], dtype=object),
             "shape": np.array([json.dumps([])]), "counts": np.array([json.dumps([])]),
             "failures": np.array([json.dumps([[f.row, f.error] for f in failures or []])]),
         }  # fmt: skip
-    features16 = np.ascontiguousarray(result.features, dtype=np.float16)
+    stored = np.ascontiguousarray(result.features, dtype=dtype)
     counts = [result.n_tokens, result.n_truncated, result.n_empty]
     return {
-        "index": np.array([index]), "features": np.array([features16.tobytes()], dtype=object),
-        "shape": np.array([json.dumps(list(features16.shape))]), "counts": np.array([json.dumps(counts)]),
+        "index": np.array([index]), "features": np.array([stored.tobytes()], dtype=object),
+        "shape": np.array([json.dumps(list(stored.shape))]), "counts": np.array([json.dumps(counts)]),
         "failures": np.array([json.dumps([])]),
     }  # fmt: skip
 
@@ -219,7 +226,7 @@ def _decode_row(
         return None, failures
     shape = tuple(json.loads(str(batch["shape"][0])))
     assert shape[:3] == (n_rows, len(key.poolings), len(key.layers)), "worker returned a foreign chunk"
-    features = np.frombuffer(batch["features"][0], dtype=np.float16).reshape(shape)
+    features = np.frombuffer(batch["features"][0], dtype=key.disk_dtype).reshape(shape)
     n_tokens, n_truncated, n_empty = json.loads(str(batch["counts"][0]))
     return ChunkResult(features, n_tokens, n_truncated, n_empty), []
 

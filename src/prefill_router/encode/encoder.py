@@ -107,6 +107,9 @@ class Encoder:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         threads: CPU threads for torch (default: the cores available to this process).
         cache_dir: where converted models live (default: the user cache).
+        storage: how the feature store keeps this encoder's features, ``float16`` or ``float32``
+            (default: what the encoder needs: float32 for Gemma-3, whose activations exceed
+            float16's range; float16 otherwise).
 
     Example::
 
@@ -124,10 +127,13 @@ class Encoder:
         device: str = "auto",
         threads: int | None = None,
         cache_dir: os.PathLike[str] | str | None = None,
+        storage: str | None = None,
     ) -> None:
         from pathlib import Path
 
         import torch
+
+        from prefill_router.encode.store import STORAGE_DTYPES
 
         if dtype not in DTYPES:
             raise ConfigError(
@@ -135,9 +141,15 @@ class Encoder:
             )
         if device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"The 'device' parameter must be auto, cpu or cuda; got {device!r} instead.")
+        if storage is not None and storage not in STORAGE_DTYPES:
+            raise ConfigError(
+                f"The 'storage' parameter must be one of {', '.join(STORAGE_DTYPES)}; "
+                f"got {storage!r} instead."
+            )
         torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
         self.resolved: ResolvedEncoder = resolve_encoder(name, Path(cache_dir) if cache_dir else None)
         self.dtype = dtype
+        self.storage: str = storage or self.resolved.storage
         self.device = (
             "cuda"
             if device == "auto" and torch.cuda.is_available()

@@ -30,6 +30,7 @@ def feature_key(encoder: Encoder, layers: tuple[int, ...], poolings: tuple[str, 
         dtype=encoder.dtype,
         poolings=poolings,
         layers=layers,
+        storage=encoder.storage,
     )
 
 
@@ -44,7 +45,8 @@ def extract_features(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> StoredFeatures:
-    """Pooled features of ``prompts`` (cached): float16 memmap (N, n_poolings, n_layers, hidden).
+    """Pooled features of ``prompts`` (cached): a memmap (N, n_poolings, n_layers, hidden) in the
+    encoder's storage dtype (float16, or float32 for encoders that overflow it).
 
     ``on_progress(n_prompts, n_tokens)`` is called as prompts are encoded (n_tokens = 0 for
     prompts found in the cache).

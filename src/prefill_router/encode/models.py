@@ -42,6 +42,7 @@ class EncoderSpec:
     gguf_file: str | None = None
     subdir: str | None = None
     assemble: str | None = None
+    storage: str = "float16"  # how its features are kept on disk (float32 when float16 overflows)
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -71,6 +72,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
         description="Gemma-3-270M base (gemma3, 18 blocks, hidden 640), Q4_K_M GGUF de-quantised to float32",
         assemble="assemble",
+        storage="float32",  # its residual stream reaches several 10^4, at the edge of float16's range
     ),
 }
 
@@ -83,6 +85,7 @@ class ResolvedEncoder:
     model_dir: Path
     weights_sha256: str
     license: str
+    storage: str = "float16"  # the on-disk dtype its features need (EncoderSpec.storage)
 
 
 def resolve_encoder(name_or_path: str, cache_dir: Path | None = None) -> ResolvedEncoder:
@@ -100,13 +103,15 @@ def resolve_encoder(name_or_path: str, cache_dir: Path | None = None) -> Resolve
         package_dir = _package_dir(spec)
         if spec.subdir is not None:
             model_dir = package_dir / spec.subdir
-            return ResolvedEncoder(spec.name, model_dir, weights_hash(model_dir, cache), spec.license)
+            return ResolvedEncoder(
+                spec.name, model_dir, weights_hash(model_dir, cache), spec.license, spec.storage
+            )
         gguf = _gguf_path(spec, package_dir, cache)
         digest = weights_hash(gguf, cache)
         model_dir = cache / "models" / f"{spec.name}-{digest[:16]}"
         if not (model_dir / "config.json").is_file():
             convert_gguf(gguf, model_dir)
-        return ResolvedEncoder(spec.name, model_dir, digest, spec.license)
+        return ResolvedEncoder(spec.name, model_dir, digest, spec.license, spec.storage)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path.is_dir() and (path / "config.json").is_file()):

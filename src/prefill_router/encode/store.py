@@ -2,11 +2,12 @@
 
 Encoding a dataset takes minutes; reading its features back should take milliseconds. The store
 keys features by everything that changes them (:class:`FeatureKey`) plus the prompt texts, keeps
-them as float16 ``.npy`` files and hands them back memory-mapped. Layout under ``root``::
+them as float16 ``.npy`` files (float32 for encoders whose activations exceed float16's range) and
+hands them back memory-mapped. Layout under ``root``::
 
     features/<key digest[:16]>/
         key.json                     the FeatureKey, for people and for clear()
-        chunks/<chunk digest>.npy    float16 (n, n_poolings, n_layers, hidden), n <= chunk_size
+        chunks/<chunk digest>.npy    (n, n_poolings, n_layers, hidden) in the key's storage dtype
         chunks/<chunk digest>.json   manifest: rows, shape, sha256 of the .npy, token counts
         views/<order digest>.npy     every chunk of one prompt list, in order, as one array
         views/<order digest>.json    manifest of the view, with totals over all prompts
@@ -58,7 +59,12 @@ __all__ = [
 #: files written by an older layout are simply never looked up again.
 STORE_FORMAT_VERSION = 1
 
-_DISK_DTYPE = np.dtype("<f2")
+#: How features may be kept on disk. float16 halves the size and is precise enough for encoders
+#: whose activations stay well under its 65,504 maximum; Gemma-3-270M's residual stream grows to
+#: several 10^4 (33,000 on 32 bundled prompts, ~60,700 seen on larger sets), at the edge of that
+#: range, so its features are kept as float32.
+STORAGE_DTYPES: dict[str, np.dtype[Any]] = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+DEFAULT_STORAGE = "float16"
 _FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 
@@ -82,9 +88,10 @@ class FeatureKey:
     weights_sha256: str  # hash of the weights actually loaded, so a changed model is a new key
     view: str  # "chat" | "raw"
     max_tokens: int  # truncation length
-    dtype: str  # "float32" | "bfloat16": compute dtype, not the float16 storage dtype
+    dtype: str  # "float32" | "bfloat16": compute dtype, not the storage dtype
     poolings: tuple[str, ...]  # in the order of axis 1 of the features, e.g. ("mean", "last")
     layers: tuple[int, ...]  # sorted; 0 = embedding output, as in DESIGN.md §4
+    storage: str = DEFAULT_STORAGE  # on-disk dtype: "float16" | "float32" (see STORAGE_DTYPES)
 
     def __post_init__(self) -> None:
         for name in ("encoder", "weights_sha256", "view", "dtype"):
@@ -97,6 +104,9 @@ class FeatureKey:
             bool(poolings) and all(map(_is_nonempty_str, poolings)) and len(set(poolings)) == len(poolings),
             "poolings", "a non-empty tuple of distinct names", self.poolings,
         )  # fmt: skip
+        _require(
+            self.storage in STORAGE_DTYPES, "storage", f"one of {', '.join(STORAGE_DTYPES)}", self.storage
+        )
         layers = _as_tuple(self.layers)
         layers_ok = all(_is_int(x) and x >= 0 for x in layers) and list(layers) == sorted(set(layers))
         _require(
@@ -109,8 +119,17 @@ class FeatureKey:
         object.__setattr__(self, "poolings", poolings)
         object.__setattr__(self, "layers", tuple(int(x) for x in layers))
 
+    @property
+    def disk_dtype(self) -> np.dtype[Any]:
+        """The numpy dtype the features are stored in."""
+        return STORAGE_DTYPES[self.storage]
+
     def to_json(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict (tuples become lists)."""
+        """The fields as a JSON-ready dict (tuples become lists).
+
+        ``storage`` appears only when it is not the default float16, so keys (and digests) of
+        float16 features are the same as before the field existed: existing caches stay valid.
+        """
         return {
             "encoder": self.encoder,
             "weights_sha256": self.weights_sha256,
@@ -119,6 +138,7 @@ class FeatureKey:
             "dtype": self.dtype,
             "poolings": list(self.poolings),
             "layers": list(self.layers),
+            **({} if self.storage == DEFAULT_STORAGE else {"storage": self.storage}),
         }
 
     def digest(self) -> str:
@@ -140,10 +160,11 @@ class ChunkResult:
 
 @dataclass(frozen=True)
 class StoredFeatures:
-    """Features of N prompts as stored: a read-only float16 memmap plus the run's totals."""
+    """Features of N prompts as stored: a read-only memmap (float16, or float32 when the key's
+    storage says so) plus the run's totals."""
 
     key: FeatureKey
-    features: npt.NDArray[np.float16]  # np.memmap (N, n_poolings, n_layers, hidden), read-only
+    features: npt.NDArray[np.floating[Any]]  # np.memmap (N, n_poolings, n_layers, hidden), read-only
     path: Path  # the .npy file behind ``features``
     n_tokens: int  # totals over the N prompts
     n_truncated: int
@@ -151,7 +172,7 @@ class StoredFeatures:
     computed_chunks: int  # chunks this call ran the encoder for
     reused_chunks: int  # chunks found on disk (all of them when the view was reused)
 
-    def pooled(self, pooling: str) -> npt.NDArray[np.float16]:
+    def pooled(self, pooling: str) -> npt.NDArray[np.floating[Any]]:
         """The features of one pooling, (N, n_layers, hidden), still backed by the memmap.
 
         Raises:
@@ -161,10 +182,10 @@ class StoredFeatures:
             raise ConfigError(
                 f"unknown pooling {pooling!r}; the stored poolings are {', '.join(self.key.poolings)}."
             )
-        result: npt.NDArray[np.float16] = self.features[:, self.key.poolings.index(pooling)]
+        result: npt.NDArray[np.floating[Any]] = self.features[:, self.key.poolings.index(pooling)]
         return result
 
-    def layer_slice(self, layers: Sequence[int]) -> npt.NDArray[np.float16]:
+    def layer_slice(self, layers: Sequence[int]) -> npt.NDArray[np.floating[Any]]:
         """The features of some stored layers, (N, n_poolings, len(layers), hidden).
 
         A memmap-backed view when the layers sit at evenly spaced positions (a single layer, a
@@ -181,7 +202,7 @@ class StoredFeatures:
                 stored = _describe_layers(self.key.layers)
                 raise ConfigError(f"layer {layer!r} is not stored for this key; stored layers: {stored}.")
         positions = [self.key.layers.index(layer) for layer in layers]
-        result: npt.NDArray[np.float16] = self.features[:, :, _as_slice(positions)]
+        result: npt.NDArray[np.floating[Any]] = self.features[:, :, _as_slice(positions)]
         return result
 
 
@@ -229,7 +250,7 @@ class FeatureStore:
         Raises:
             ConfigError: no prompts, a prompt that is not a str, or ``chunk_size`` < 1.
             EncodeError: ``compute`` returned features of the wrong shape, NaN/inf values, or
-                values float16 cannot hold; nothing is stored for that chunk.
+                values float16 storage cannot hold; nothing is stored for that chunk.
         """
         job = FeatureJob(self, key, prompts, chunk_size)
         stored = job.stored_view()
@@ -241,7 +262,7 @@ class FeatureStore:
             if job.is_stored(chunk):
                 _notify(on_chunk, chunk.n_rows, None)
                 continue
-            # The float32 result lives only in this iteration: it is written as float16 and
+            # The float32 result lives only in this iteration: it is written to disk and
             # dropped before the next chunk is computed, so at most one chunk's float32 is held.
             result = compute(job.prompts_of(chunk))
             job.commit(chunk, result)
@@ -373,18 +394,19 @@ class FeatureJob:
         """Check ``chunk``'s computed features and write them: the ``.npy``, then its manifest.
 
         Raises:
-            EncodeError: wrong shape, NaN/inf, or values float16 cannot hold (nothing is written).
+            EncodeError: wrong shape, NaN/inf, or values float16 storage cannot hold (nothing is
+                written).
         """
         counts = check_chunk_result(result, self.key, chunk.n_rows, self.hidden, chunk.index, chunk.start)
         npy = self.layout.chunk_npy(chunk.digest)
-        features16 = np.ascontiguousarray(result.features, dtype=_DISK_DTYPE)
+        stored = np.ascontiguousarray(result.features, dtype=self.key.disk_dtype)
         with atomic_path(npy) as tmp:
-            sha256, n_bytes = _write_npy(tmp, features16.shape, [features16])
+            sha256, n_bytes = _write_npy(tmp, stored.shape, [stored], self.key.disk_dtype)
         manifest = {
             "format_version": STORE_FORMAT_VERSION,
             "n_rows": chunk.n_rows,
-            "shape": list(features16.shape),
-            "dtype": _DISK_DTYPE.str,
+            "shape": list(stored.shape),
+            "dtype": self.key.disk_dtype.str,
             "sha256": sha256,
             "n_bytes": n_bytes,
             **counts,
@@ -486,12 +508,12 @@ def check_chunk_result(
             f"compute returned hidden size {features.shape[3]} for chunk {index}, but earlier chunks "
             f"of this key have hidden size {hidden}; inconsistent shapes."
         )
-    _check_values(features, index, start)
+    _check_values(features, index, start, key.storage)
     return _check_counts(result, n, index)
 
 
-def _check_values(features: npt.NDArray[np.floating[Any]], index: int, start: int) -> None:
-    """Refuse NaN, inf and anything float16 would turn into inf, naming the first bad prompt."""
+def _check_values(features: npt.NDArray[np.floating[Any]], index: int, start: int, storage: str) -> None:
+    """Refuse NaN, inf and anything float16 storage would turn into inf, naming the first bad prompt."""
     # Row-wise max and min find all three problems without a second full-size array in memory.
     row_max = features.max(axis=(1, 2, 3))
     row_min = features.min(axis=(1, 2, 3))
@@ -503,14 +525,17 @@ def _check_values(features: npt.NDArray[np.floating[Any]], index: int, start: in
             f"encoder produced {kind} features for prompt {start + row} (chunk {index}, row {row}; "
             f"{int(bad.sum())} of {len(bad)} prompts in this chunk); nothing was stored for this chunk."
         )
+    if storage != "float16":
+        return
     peak = np.maximum(np.abs(row_max), np.abs(row_min))
     over = peak > _FLOAT16_MAX
     if over.any():
         row = int(np.argmax(over))
         raise EncodeError(
             f"encoder produced features outside the float16 range for prompt {start + row} (chunk "
-            f"{index}, row {row}): max |value| {float(peak[row]):.6g} > {_FLOAT16_MAX:g}; the store "
-            "keeps float16, so these would become inf. Nothing was stored for this chunk."
+            f"{index}, row {row}): max |value| {float(peak[row]):.6g} > {_FLOAT16_MAX:g}; float16 "
+            "storage would turn them into inf. Nothing was stored for this chunk; encode with "
+            "--storage float32 (Encoder(storage='float32')) to keep them."
         )
 
 
@@ -539,7 +564,7 @@ def _open_view(
         features = np.load(npy, mmap_mode="r", allow_pickle=False)
         sound = (
             npy.stat().st_size == manifest["n_bytes"]
-            and features.dtype == _DISK_DTYPE
+            and features.dtype == key.disk_dtype
             and features.ndim == 4
             and features.shape[:3] == (n_rows, len(key.poolings), len(key.layers))
         )
@@ -571,14 +596,14 @@ def _write_view(npy: Path, key: FeatureKey, chunk_paths: list[Path], manifests: 
     # Memory-mapped reads page each chunk in as it is written; only one is resident at a time.
     blocks = (np.load(path, mmap_mode="r", allow_pickle=False) for path in chunk_paths)
     with atomic_path(npy) as tmp:
-        sha256, n_bytes = _write_npy(tmp, shape, blocks)
+        sha256, n_bytes = _write_npy(tmp, shape, blocks, key.disk_dtype)
     totals = {name: sum(int(m[name]) for m in manifests) for name in ("n_tokens", "n_truncated", "n_empty")}
     manifest = {
         "format_version": STORE_FORMAT_VERSION,
         "key_digest": key.digest(),
         "n_rows": n_rows,
         "shape": list(shape),
-        "dtype": _DISK_DTYPE.str,
+        "dtype": key.disk_dtype.str,
         "sha256": sha256,
         "n_bytes": n_bytes,
         **totals,
@@ -604,15 +629,17 @@ class _HashingWriter:
         return self.handle.write(data)
 
 
-def _write_npy(path: Path, shape: tuple[int, ...], blocks: Iterable[npt.NDArray[Any]]) -> tuple[str, int]:
-    """Write float16 ``blocks`` (stacked on axis 0) as one C-order .npy; return (sha256, n_bytes)."""
+def _write_npy(
+    path: Path, shape: tuple[int, ...], blocks: Iterable[npt.NDArray[Any]], dtype: np.dtype[Any]
+) -> tuple[str, int]:
+    """Write ``blocks`` of ``dtype`` (stacked on axis 0) as one C-order .npy; return (sha256, n_bytes)."""
     with open(path, "wb") as handle:
         writer = _HashingWriter(handle)
-        header = {"descr": np.lib.format.dtype_to_descr(_DISK_DTYPE), "fortran_order": False, "shape": shape}
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
         np.lib.format.write_array_header_1_0(writer, header)
         rows = 0
         for block in blocks:
-            assert block.dtype == _DISK_DTYPE and block.shape[1:] == shape[1:], "chunk shape drifted"
+            assert block.dtype == dtype and block.shape[1:] == shape[1:], "chunk shape drifted"
             writer.write(np.ascontiguousarray(block).tobytes())
             rows += block.shape[0]
         assert rows == shape[0], "row count drifted"  # internal invariant: manifests sum to shape

@@ -6,11 +6,14 @@ Importing this package is cheap: the metrics are pure numpy; scikit-learn loads 
 from prefill_router.evaluate.intervals import (
     auc_difference,
     bootstrap_rows,
+    curve_difference,
     interval,
     paired_difference,
     routing_intervals,
+    savings_intervals,
 )
 from prefill_router.evaluate.metrics import (
+    ACCURACY_MARGINS,
     AUC_BOOT,
     SAVINGS_LEVELS,
     Yardstick,
@@ -26,10 +29,12 @@ from prefill_router.evaluate.metrics import (
     oracle,
     oracle_choice,
     outcome,
+    savings_at_accuracy,
     target_quality,
 )
 
 __all__ = [
+    "ACCURACY_MARGINS",
     "AUC_BOOT",
     "SAVINGS_LEVELS",
     "Yardstick",
@@ -39,6 +44,7 @@ __all__ = [
     "best_single",
     "bootstrap_rows",
     "cost_savings",
+    "curve_difference",
     "curve_points",
     "gap_captured",
     "gap_captured_at_savings",
@@ -50,5 +56,7 @@ __all__ = [
     "outcome",
     "paired_difference",
     "routing_intervals",
+    "savings_at_accuracy",
+    "savings_intervals",
     "target_quality",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 
 from prefill_router.errors import ConfigError, DataError
 from prefill_router.evaluate.metrics import (
+    ACCURACY_MARGINS,
     AUC_BOOT,
     LABEL_THRESHOLD,
     Yardstick,
@@ -110,6 +111,91 @@ def routing_intervals(
         "cost": interval(cost, level),
         "gap_captured": interval(gap, level),
         "cost_savings": interval(savings, level),
+    }
+
+
+def savings_intervals(
+    choices: np.ndarray,
+    Y: np.ndarray,
+    C: np.ndarray,
+    resamples: np.ndarray,
+    margins: tuple[float, ...] = ACCURACY_MARGINS,
+    *,
+    level: float = 0.95,
+) -> dict[float, dict[str, Any]]:
+    """Bootstrap intervals of the savings at (and within ``margin`` of) the best single's accuracy.
+
+    Each resample of rows recomputes every curve point's accuracy and cost, which target is the
+    best single one and its accuracy and cost, then the largest saving among the points accurate
+    enough (as :func:`~prefill_router.evaluate.metrics.savings_at_accuracy`). A resample where no
+    point is accurate enough has no saving: ``reached`` is the share of resamples that had one.
+
+    Args:
+        choices: (K, N) the target column of every row at each curve point; Y, C: (N, M) complete.
+        resamples: (B, n) row indices.
+    Returns:
+        ``{margin: {"ci": [lo, hi], "reached": share}}``.
+    """
+    Y, C = _routing(Y, C)
+    choices = np.asarray(choices)
+    weights = _counts(resamples, len(Y)) / np.asarray(resamples).shape[1]  # (B, N)
+    rows = np.arange(len(Y))
+    accuracy = weights @ Y[rows, choices].T  # (B, K)
+    cost = weights @ C[rows, choices].T
+    singles_accuracy, singles_cost = weights @ Y, weights @ C
+    best = singles_accuracy.argmax(axis=1)  # (B,)
+    best_accuracy = singles_accuracy[np.arange(len(best)), best][:, None]
+    best_cost = singles_cost[np.arange(len(best)), best][:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        savings = np.where(best_cost > 0, 1.0 - cost / best_cost, np.nan)  # (B, K)
+    out = {}
+    for margin in margins:
+        ok = accuracy >= best_accuracy - margin - 1e-9  # sums in another order: a tie must stay a tie
+        top = np.where(ok, savings, -np.inf).max(axis=1)
+        reached = np.isfinite(top)
+        out[margin] = {
+            "ci": interval(np.where(reached, top, np.nan), level),
+            "reached": float(reached.mean()),
+        }
+    return out
+
+
+def curve_difference(
+    choices_a: np.ndarray,
+    choices_b: np.ndarray,
+    Y: np.ndarray,
+    C: np.ndarray,
+    resamples: np.ndarray,
+    cost_range: tuple[float, float],
+    *,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """``{"mean", "ci"}`` of AIQ of curve a minus AIQ of curve b, paired over the same resampled rows.
+
+    Every resample recomputes each curve point's accuracy and cost on its rows, then both AIQs over
+    the fixed ``cost_range`` (the full rows' cheapest-to-dearest single-target range).
+
+    Args:
+        choices_a, choices_b: (K_a, N) and (K_b, N) target columns at each point of two curves.
+        Y, C: (N, M) complete labels and costs. resamples: (B, n) row indices.
+    """
+    from prefill_router.evaluate.metrics import aiq
+
+    Y, C = _routing(Y, C)
+    weights = _counts(resamples, len(Y)) / np.asarray(resamples).shape[1]
+    rows = np.arange(len(Y))
+
+    def aiqs(choices: np.ndarray) -> np.ndarray:
+        accuracy, cost = weights @ Y[rows, choices].T, weights @ C[rows, choices].T  # (B, K)
+        return np.array([aiq(cost[b], accuracy[b], cost_range) for b in range(len(weights))])
+
+    def point(choices: np.ndarray) -> float:
+        return aiq(C[rows, choices].mean(axis=1), Y[rows, choices].mean(axis=1), cost_range)
+
+    difference = aiqs(np.asarray(choices_a)) - aiqs(np.asarray(choices_b))
+    return {
+        "mean": point(np.asarray(choices_a)) - point(np.asarray(choices_b)),
+        "ci": interval(difference, level),
     }
 
 

@@ -30,6 +30,9 @@ from prefill_router.train.calibration import brier, expected_calibration_error
 
 #: Cost savings at which gap captured is reported (50% and 74.31%, DESIGN §8).
 SAVINGS_LEVELS = (0.5, 0.7431)
+#: Accuracy margins (points below the best single target) of :func:`savings_at_accuracy`: 0 is
+#: "savings at the best single's accuracy", 0.01 and 0.02 are "savings within 1 / 2 points".
+ACCURACY_MARGINS = (0.0, 0.01, 0.02)
 #: Resamples :func:`auc_difference` draws when given none (fewer than the routing bootstrap's 1000).
 AUC_BOOT = 200
 #: Graded labels count as correct at or above this for ROC-AUC (as in training and the probes).
@@ -366,6 +369,35 @@ def aiq(cost: np.ndarray, accuracy: np.ndarray, cost_range: tuple[float, float])
     grid = np.concatenate(([start], xs[(xs > start) & (xs < hi)], [hi]))
     area = np.trapezoid(np.interp(grid, xs, ys), grid)  # interp extends the last vertex flat
     return float(area / (hi - lo))
+
+
+def savings_at_accuracy(
+    accuracy: np.ndarray, cost: np.ndarray, best_accuracy: float, best_cost: float, margin: float = 0.0
+) -> tuple[int | None, float | None]:
+    """The curve point that saves the most against the best single target while keeping its accuracy.
+
+    Among the points with ``accuracy >= best_accuracy − margin``, the one with the largest saving
+    ``1 − cost / best_cost`` (the cheapest; ties go to the more accurate, then the earlier point).
+    ``margin`` 0 gives "savings at the best single's accuracy", 0.01 "within 1 point of it".
+
+    Args:
+        accuracy, cost: (K,) the curve's points. best_accuracy, best_cost: the best single target's.
+    Returns:
+        (index of that point, its saving), or (None, None) when no point is accurate enough or
+        the best single target costs nothing.
+    Raises:
+        DataError: the arrays are empty, of different lengths or not finite.
+
+    >>> savings_at_accuracy(np.array([0.7, 0.8, 0.9]), np.array([1.0, 2.0, 4.0]), 0.8, 4.0)
+    (1, 0.5)
+    """
+    cost, accuracy = _curve("cost", cost, "accuracy", accuracy)
+    qualifies = np.flatnonzero(accuracy >= best_accuracy - margin - _SAVINGS_TOL)
+    if qualifies.size == 0 or best_cost <= 0:
+        return None, None
+    order = np.lexsort((qualifies, -accuracy[qualifies], cost[qualifies]))
+    index = int(qualifies[order[0]])
+    return index, 1.0 - float(cost[index]) / best_cost
 
 
 def apgr(

@@ -167,19 +167,23 @@ def _reliability(predictions: Predictions, evaluation: RoutingDataset) -> Figure
     return fig
 
 
-def _probe(probe: dict[str, Any]) -> Figure:
+def _probe(probe: dict[str, Any] | list[dict[str, Any]]) -> Figure:
+    """One panel per (encoder, pooling) the fit probed; routers of format 1 kept a single probe."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.6), dpi=110)
-    layers = probe["layers"]
-    for name, values in probe["fisher_j_lda"].items():
-        line = ax.plot(layers, values, lw=1.2, label=name)[0]
-        for layer in probe["chosen"].get(name, []):
-            ax.scatter(layer, values[layers.index(layer)], color=line.get_color(), s=40, zorder=3)
-    ax.set_xlabel("layer (0 = token embeddings)")
-    ax.set_ylabel("out-of-fold Fisher J_lda (dots: chosen)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    probes = probe if isinstance(probe, list) else [probe]
+    fig, axes = plt.subplots(1, len(probes), figsize=(9 * min(len(probes), 2), 4.6), dpi=110, squeeze=False)
+    for ax, one in zip(axes[0], probes, strict=True):
+        layers = one["layers"]
+        for name, values in one["fisher_j_lda"].items():
+            line = ax.plot(layers, values, lw=1.2, label=name)[0]
+            for layer in one["chosen"].get(name, []):
+                ax.scatter(layer, values[layers.index(layer)], color=line.get_color(), s=40, zorder=3)
+        ax.set_title(f"encoder e{one.get('encoder', 0)}, {one.get('pooling', 'mean')} pooling", fontsize=9)
+        ax.set_xlabel("layer (0 = token embeddings)")
+        ax.set_ylabel("out-of-fold Fisher J_lda (dots: chosen)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 

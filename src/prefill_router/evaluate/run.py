@@ -23,22 +23,28 @@ from prefill_router.evaluate import baselines as bl
 from prefill_router.evaluate.intervals import (
     auc_difference,
     bootstrap_rows,
+    curve_difference,
     paired_difference,
     routing_intervals,
+    savings_intervals,
 )
 from prefill_router.evaluate.metrics import (
+    ACCURACY_MARGINS,
     Yardstick,
     aiq,
     apgr,
+    best_single,
     curve_points,
     gap_captured_at_savings,
     mean_auc,
     oracle_choice,
     outcome,
+    savings_at_accuracy,
     target_quality,
 )
-from prefill_router.policy import choose, policy_curve
+from prefill_router.policy import Curve, choose, policy_curve
 from prefill_router.train import EncoderIdentity, LayerFeatures, Router, TrainSettings, fit_router
+from prefill_router.train.probe_cache import ProbeCache
 
 if TYPE_CHECKING:
     from prefill_router.encode import Encoder, FeatureStore
@@ -49,17 +55,28 @@ ROUTER_KEY = "prefill"
 
 @dataclass
 class FeatureSet:
-    """Features of every row of a dataset: the router encoder's (all layers) and MiniLM embeddings."""
+    """Features of every row of a dataset: the router's encoders' (all layers; the first is the
+    primary one, whose layer 0 the ``layer0`` baseline reads) and MiniLM sentence embeddings."""
 
-    encoder: LayerFeatures
+    encoders: list[LayerFeatures]
     embed: np.ndarray | None  # (N, 384) or None when no embedding baseline runs
-    identity: EncoderIdentity
+    identities: list[EncoderIdentity]
     embed_identity: EncoderIdentity | None = None
+
+    @property
+    def encoder(self) -> LayerFeatures:
+        """The primary encoder's features."""
+        return self.encoders[0]
+
+    @property
+    def identity(self) -> EncoderIdentity:
+        """The primary encoder's identity."""
+        return self.identities[0]
 
     def rows(self, rows: np.ndarray) -> FeatureSet:
         """The same features restricted to ``rows``."""
-        enc = LayerFeatures(np.asarray(self.encoder.values[rows]), self.encoder.poolings, self.encoder.layers)
-        return replace(self, encoder=enc, embed=None if self.embed is None else self.embed[rows])
+        encoders = [LayerFeatures(np.asarray(f.values[rows]), f.poolings, f.layers) for f in self.encoders]
+        return replace(self, encoders=encoders, embed=None if self.embed is None else self.embed[rows])
 
 
 @dataclass
@@ -71,22 +88,23 @@ class Predictions:
 
 
 def feature_set(
-    encoder: Encoder,
+    encoder: Encoder | Sequence[Encoder],
     prompts: Sequence[str],
     store: FeatureStore,
     *,
     need_embed: bool,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> FeatureSet:
-    """Every layer and pooling of ``encoder`` (cached, as ``encode`` stores them) and, when the
+    """Every layer and pooling of each encoder (cached, as ``encode`` stores them) and, when the
     embedding baselines run, L2-normalised MiniLM sentence embeddings (mean of its last layer)."""
     from prefill_router.encode import Encoder, extract_features
 
-    stored = extract_features(encoder, prompts, store, on_progress=on_progress)
+    encoders = [encoder] if isinstance(encoder, Encoder) else list(encoder)
+    stored = [extract_features(e, prompts, store, on_progress=on_progress) for e in encoders]
     features = FeatureSet(
-        LayerFeatures(stored.features, stored.key.poolings, stored.key.layers),
+        [LayerFeatures(s.features, s.key.poolings, s.key.layers) for s in stored],
         None,
-        EncoderIdentity.of(encoder),
+        [EncoderIdentity.of(e) for e in encoders],
     )
     if need_embed:
         embedder = Encoder(bl.EMBED_ENCODER, dtype="float32", cache_dir=store.root)
@@ -112,18 +130,19 @@ def predict_split(
     *,
     seed: int = 0,
     on_step: StepCallback | None = None,
+    probe_cache: ProbeCache | None = None,
 ) -> Predictions:
     """Fit (when ``router`` is None) or apply the router, fit the baselines on ``train``; predict
-    ``evaluation``."""
+    ``evaluation``. ``probe_cache`` keeps the fit's layer probes for later refits on the same rows."""
     step = on_step or (lambda _: None)
     out = Predictions()
     _check_same_targets(train.target_names, evaluation.target_names)
     train = train.select(targets=evaluation.target_names)  # baselines' columns follow the evaluation's
     if router is None:
         step("fitting the router")
-        router, _ = fit_router(train, f_train.encoder, f_train.identity, settings)
+        router, _ = fit_router(train, f_train.encoders, f_train.identities, settings, probe_cache=probe_cache)
     out.probabilities[ROUTER_KEY] = _columns(
-        router.predict_proba_features(f_eval.encoder), router.targets, evaluation
+        router.predict_proba_features(f_eval.encoders), router.targets, evaluation
     )
     y_train = train.labels
     for name in baselines:
@@ -160,12 +179,13 @@ def predict_rows(
     *,
     seed: int = 0,
     on_step: StepCallback | None = None,
+    probe_cache: ProbeCache | None = None,
 ) -> tuple[RoutingDataset, Predictions]:
     """:func:`predict_split` on row indices of one dataset: (the evaluation rows, their predictions)."""
     evaluation = dataset.take(eval_rows)
     predictions = predict_split(
         router, dataset.take(train_rows), evaluation, features.rows(train_rows), features.rows(eval_rows),
-        baselines, settings, seed=seed, on_step=on_step,
+        baselines, settings, seed=seed, on_step=on_step, probe_cache=probe_cache,
     )  # fmt: skip
     return evaluation, predictions
 
@@ -179,8 +199,12 @@ def cross_validated(
     *,
     seed: int = 0,
     on_step: StepCallback | None = None,
+    probe_cache: ProbeCache | None = None,
 ) -> Predictions:
-    """Out-of-fold probabilities for every row: grouped K-fold (equal normalised prompts share a fold)."""
+    """Out-of-fold probabilities for every row: grouped K-fold (equal normalised prompts share a fold).
+
+    ``probe_cache`` keeps each fold's layer probes, so a second run (another recipe, another
+    baseline set) skips them."""
     from sklearn.model_selection import GroupKFold
 
     groups = prompt_groups(dataset.prompts)
@@ -204,6 +228,7 @@ def cross_validated(
         part = predict_split(
             None, dataset.take(train_rows), dataset.take(test_rows), features.rows(train_rows),
             features.rows(test_rows), baselines, settings, seed=seed + fold, on_step=fold_step,
+            probe_cache=probe_cache,
         )  # fmt: skip
         for name, p in part.probabilities.items():
             result.probabilities.setdefault(name, np.full(dataset.labels.shape, np.nan))[test_rows] = p
@@ -243,12 +268,15 @@ def score(
         "singles": {name: _point(np.full(len(y), j), y, c, yard) for j, name in enumerate(names)},
     }
     cheapest = np.argmin(c, axis=1)
+    curves = {
+        name: policy_curve(p[complete], c, y, "budget") for name, p in predictions.probabilities.items()
+    }
     for name, p in predictions.probabilities.items():
-        result[name] = _score_router(p, evaluation.labels, complete, c, yard, resamples, names)
+        result[name] = _score_router(p, evaluation.labels, complete, c, yard, resamples, names, curves[name])
     result["cheapest"] = _fixed_router(cheapest, y, c, yard, resamples)
     result["oracle_router"] = _fixed_router(oracle_choice(y, c), y, c, yard, resamples)
     if ROUTER_KEY in predictions.probabilities:
-        result["paired"] = _paired(predictions, evaluation.labels, complete, c, resamples)
+        result["paired"] = _paired(predictions, evaluation.labels, complete, c, resamples, curves)
     return finite_or_none(result)  # type: ignore[no-any-return]
 
 
@@ -296,10 +324,10 @@ def _score_router(
     yard: Yardstick,
     resamples: np.ndarray,
     names: Sequence[str],
+    curve: Curve,
 ) -> dict[str, Any]:
     quality = target_quality(p_all, y_all, names)
     p, y = p_all[complete], y_all[complete]
-    curve = policy_curve(p, c, y, "budget")
     points = _distinct(curve_points(curve.accuracy, curve.cost, yard))
     argmax = choose(p, c, "budget", 0.0)
     return {
@@ -310,6 +338,7 @@ def _score_router(
         "gap_captured_at_savings": gap_captured_at_savings(points, SAVINGS_LEVELS),
         "aiq": aiq(curve.cost, curve.accuracy, _cost_range(c)),
         "apgr": _two_target_apgr(curve.choices, curve.accuracy, y),
+        **_savings(curve.choices, y, c, yard, resamples),
     }
 
 
@@ -333,6 +362,41 @@ def _fixed_router(
         "curve": [point],
         "gap_captured_at_savings": gap_captured_at_savings([point], SAVINGS_LEVELS),
         "aiq": aiq(np.array([point["cost"]]), np.array([point["accuracy"]]), _cost_range(c)),
+        **_savings(choice[None], y, c, yard, resamples),
+    }
+
+
+def _savings(
+    choices: np.ndarray, y: np.ndarray, c: np.ndarray, yard: Yardstick, resamples: np.ndarray
+) -> dict[str, Any]:
+    """``savings_at_best_accuracy`` and ``savings_within`` (1 and 2 points) of a curve's choices.
+
+    Each entry: the largest saving against the best single target among the curve points at least
+    that accurate (None when no point is), its 95% bootstrap interval, ``reached`` (the share of
+    resamples where some point was accurate enough), and the chosen point's accuracy, cost and
+    ``share_to_best`` (the share of calls still sent to the best single target).
+    """
+    rows = np.arange(len(y))
+    accuracy = y[rows, choices].mean(axis=1)
+    cost = c[rows, choices].mean(axis=1)
+    best = best_single(y)[0]  # the column the yardstick names
+    intervals = savings_intervals(choices, y, c, resamples)
+    entries = {}
+    for margin in ACCURACY_MARGINS:
+        index, saving = savings_at_accuracy(
+            accuracy, cost, yard.best_single_accuracy, yard.best_single_cost, margin
+        )
+        entry: dict[str, Any] = {"savings": saving, **intervals[margin]}
+        if index is not None:
+            entry |= {
+                "accuracy": float(accuracy[index]),
+                "cost": float(cost[index]),
+                "share_to_best": float((choices[index] == best).mean()),
+            }
+        entries[margin] = entry
+    return {
+        "savings_at_best_accuracy": entries[0.0],
+        "savings_within": {f"{round(m * 100)}": entries[m] for m in ACCURACY_MARGINS if m > 0},
     }
 
 
@@ -347,9 +411,14 @@ def _point(choice: np.ndarray, y: np.ndarray, c: np.ndarray, yard: Yardstick) ->
 
 
 def _paired(
-    predictions: Predictions, y_all: np.ndarray, complete: np.ndarray, c: np.ndarray, resamples: np.ndarray
+    predictions: Predictions,
+    y_all: np.ndarray,
+    complete: np.ndarray,
+    c: np.ndarray,
+    resamples: np.ndarray,
+    curves: dict[str, Curve],
 ) -> dict[str, Any]:
-    """Router minus each baseline: mean AUC and argmax accuracy, paired over the same prompts."""
+    """Router minus each baseline: mean AUC, argmax accuracy and AIQ, paired over the same prompts."""
     ours = predictions.probabilities[ROUTER_KEY]
     y = y_all[complete]
     ours_correct = y[np.arange(len(y)), choose(ours[complete], c, "budget", 0.0)]
@@ -361,6 +430,9 @@ def _paired(
         out[name] = {
             "auc_mean": auc_difference(ours[complete], p[complete], y, resamples[:200]),
             "argmax_accuracy": paired_difference(ours_correct, theirs_correct, resamples),
+            "aiq": curve_difference(
+                curves[ROUTER_KEY].choices, curves[name].choices, y, c, resamples[:200], _cost_range(c)
+            ),
         }
     return out
 

@@ -14,6 +14,7 @@ from prefill_router.train.fit import (
     validation_split,
 )
 from prefill_router.train.net import NetSettings, TrunkEnsemble, masked_bce
+from prefill_router.train.probe_cache import ProbeCache
 from prefill_router.train.router import EncoderIdentity, Router
 from prefill_router.train.transform import FeatureBlock, FeatureTransform, LayerFeatures, fit_transform
 
@@ -25,6 +26,7 @@ __all__ = [
     "FitReport",
     "LayerFeatures",
     "NetSettings",
+    "ProbeCache",
     "ProgressCallback",
     "Router",
     "TrainSettings",

@@ -20,8 +20,10 @@ from prefill_router._files import atomic_dir, default_file_mode
 from prefill_router.errors import DataError
 
 FORMAT = "prefill-router"
-#: Bumped on any change a reader of the previous version cannot handle.
-FORMAT_VERSION = 1
+#: Bumped on any change a reader of the previous version cannot handle. Version 2: a list of
+#: ``encoders`` (version 1 had one ``encoder``), blocks name their encoder, targets list their blocks.
+#: Version 1 artifacts still load.
+FORMAT_VERSION = 2
 JSON_NAME = "router.json"
 TENSORS_NAME = "router.safetensors"
 
@@ -36,7 +38,7 @@ def write_artifact(path: str | Path, meta: dict[str, Any], arrays: dict[str, np.
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "targets": json.dumps([t["name"] for t in meta["targets"]]),
-        "encoder_sha256": meta["encoder"]["weights_sha256"],
+        "encoders_sha256": json.dumps([e["weights_sha256"] for e in meta["encoders"]]),
     }
     with atomic_dir(path) as tmp:
         (tmp / JSON_NAME).write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
@@ -84,19 +86,32 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarra
             f"({stamp.get('targets')}); the artifact was edited or its files mixed",
             source=str(path),
         )
-    encoder_sha = (
-        meta.get("encoder", {}).get("weights_sha256") if isinstance(meta.get("encoder"), dict) else None
-    )
-    if stamp.get("encoder_sha256") != encoder_sha:
+    stamp_key, hashes = _encoder_hashes(meta)
+    if stamp.get(stamp_key) != hashes:
         raise DataError(
-            f"the encoder hash in {JSON_NAME} ({encoder_sha}) differs from the one the arrays were saved "
-            f"with ({stamp.get('encoder_sha256')}); the artifact was edited or its files mixed",
+            f"the encoder hashes in {JSON_NAME} ({hashes}) differ from those the arrays were saved "
+            f"with ({stamp.get(stamp_key)}); the artifact was edited or its files mixed",
             source=str(path),
         )
     for name, array in arrays.items():
         if not np.isfinite(array).all():
             raise DataError(f"array {name!r} holds NaN or inf values", source=str(path / TENSORS_NAME))
     return meta, arrays
+
+
+def _encoder_hashes(meta: dict[str, Any]) -> tuple[str, str | None]:
+    """(the stamp's key, the encoder hashes router.json records, as the stamp writes them).
+
+    Version 1 stamped the one encoder's hash as ``encoder_sha256``; version 2 stamps the JSON list
+    of every encoder's hash as ``encoders_sha256``.
+    """
+    if meta["format_version"] < 2:
+        encoder = meta.get("encoder")
+        return "encoder_sha256", encoder.get("weights_sha256") if isinstance(encoder, dict) else None
+    encoders = meta.get("encoders")
+    if not isinstance(encoders, list) or not all(isinstance(e, dict) for e in encoders):
+        return "encoders_sha256", None
+    return "encoders_sha256", json.dumps([e.get("weights_sha256") for e in encoders])
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

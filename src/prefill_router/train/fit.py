@@ -30,9 +30,19 @@ from prefill_router.train.calibration import (
     fit_temperature,
 )
 from prefill_router.train.net import NetSettings, TrainedMember, TrunkEnsemble, train_head, train_nets
+from prefill_router.train.probe_cache import ProbeCache
 from prefill_router.train.router import EncoderIdentity, Router
-from prefill_router.train.transform import LayerFeatures, fit_transform
+from prefill_router.train.transform import (
+    BlockChoice,
+    EncoderFeatures,
+    LayerFeatures,
+    block_name,
+    fit_transform,
+    per_encoder,
+)
 
+#: The pooling settings: one pooling, the better of the two per target, or a block of each.
+POOLING_CHOICES = ("mean", "last", "auto", "both")
 #: Fewer training rows than this cannot fit PCA, a net and a validation split sensibly.
 MIN_ROWS = 50
 #: Each target needs at least this many labelled rows of each class (correct / wrong).
@@ -46,7 +56,7 @@ class TrainSettings:
 
     layers: str | tuple[int, ...] = "fisher"  # fisher | auc | all-mean | explicit layer list
     n_layers: int = 1  # layers per target for fisher / auc
-    pooling: str = "mean"
+    pooling: str = "mean"  # mean | last | auto (the better one per target) | both (a block of each)
     pca_k: int = 128
     seeds: int = 10
     keep: int = 5
@@ -59,6 +69,11 @@ class TrainSettings:
             raise ConfigError(
                 f"The 'layers' parameter must be one of {', '.join(STRATEGIES)} or a list of layers; "
                 f"got {self.layers!r} instead."
+            )
+        if self.pooling not in POOLING_CHOICES:
+            raise ConfigError(
+                f"The 'pooling' parameter must be one of {', '.join(POOLING_CHOICES)}; "
+                f"got {self.pooling!r} instead."
             )
         if not 1 <= self.keep <= self.seeds:
             raise ConfigError(
@@ -92,7 +107,7 @@ class FitReport:
 
     n_fit: int
     n_val: int
-    layer_choice: dict[str, list[int]]
+    layer_choice: dict[str, list[int]]  # the first encoder's layers each target reads
     val_auc: dict[str, float]
     ece_before: dict[str, float]
     ece_after: dict[str, float]
@@ -101,6 +116,7 @@ class FitReport:
     member_val_loss: list[float]
     kept_members: list[int]
     seconds: dict[str, float] = field(default_factory=dict)
+    blocks: dict[str, list[str]] = field(default_factory=dict)  # the blocks each target reads, by name
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (NaN becomes null)."""
@@ -116,43 +132,51 @@ ProgressCallback = Callable[[str, int, int], None]
 
 def fit_router(
     dataset: RoutingDataset,
-    features: LayerFeatures,
-    encoder: EncoderIdentity,
+    features: EncoderFeatures,
+    encoder: EncoderIdentity | Sequence[EncoderIdentity],
     settings: TrainSettings | None = None,
     on_progress: ProgressCallback | None = None,
+    *,
+    probe_cache: ProbeCache | None = None,
 ) -> tuple[Router, FitReport]:
     """Fit a router on every row of ``dataset`` (already restricted to the training split).
 
     Args:
         dataset: training rows with labels (NaN = not evaluated) and target prices.
-        features: pooled features of exactly those rows, with the settings' pooling.
-        encoder: identity of the encoder that produced ``features``.
+        features: pooled features of exactly those rows: one LayerFeatures, or one per encoder of
+            a fused router (every target then reads a block of each encoder).
+        encoder: identity of the encoder that produced ``features`` (one per encoder).
+        probe_cache: where the layer probes of earlier fits on the same rows are kept (refits
+            then skip them); None runs them every time.
 
     Raises:
         DataError: too few rows, a target without labels or with one class, bad features.
+        ConfigError: features and encoder identities that do not pair up.
     """
     settings = settings or TrainSettings()
     notify = on_progress or (lambda stage, done, total: None)
-    _check_training_data(dataset, features)
+    by_encoder = per_encoder(features)
+    identities = (encoder,) if isinstance(encoder, EncoderIdentity) else tuple(encoder)
+    if len(identities) != len(by_encoder):
+        raise ConfigError(f"features of {len(by_encoder)} encoders but {len(identities)} encoder identities")
+    for feats in by_encoder:
+        _check_training_data(dataset, feats)
     seconds: dict[str, float] = {}
     fit_rows, val_rows = validation_split(dataset.prompts, settings.val_share, settings.seed)
     labels = dataset.labels
 
     started = time.perf_counter()
     notify("probe", 0, 1)
-    choice, probe_summary = choose_layers(features, labels, dataset.target_names, fit_rows, settings)
+    choice, probe_summary = choose_blocks(
+        by_encoder, labels, dataset.target_names, fit_rows, settings,
+        cache=None if probe_cache is None else (probe_cache, identities, dataset.prompts),
+    )  # fmt: skip
     seconds["probe"] = time.perf_counter() - started
 
     started = time.perf_counter()
     notify("transform", 0, 1)
-    transform = fit_transform(
-        features,
-        fit_rows,
-        {t: (settings.pooling, layers) for t, layers in choice.items()},
-        settings.pca_k,
-        settings.seed,
-    )
-    x = transform.transform(features)
+    transform = fit_transform(by_encoder, fit_rows, choice, settings.pca_k, settings.seed)
+    x = transform.transform(by_encoder)
     seconds["transform"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -171,12 +195,13 @@ def fit_router(
     seconds["calibrate"] = time.perf_counter() - started
 
     report = FitReport(
-        n_fit=len(fit_rows), n_val=len(val_rows), layer_choice={t: list(v) for t, v in choice.items()},
+        n_fit=len(fit_rows), n_val=len(val_rows), layer_choice=_first_encoder_layers(choice),
         **validation_metrics(p_val, labels[val_rows], temperatures, dataset.target_names),
         member_val_loss=losses, kept_members=kept, seconds=seconds,
+        blocks={t: [block_name(*b) for b in blocks] for t, blocks in choice.items()},
     )  # fmt: skip
     router = Router(
-        encoder=encoder,
+        encoder=identities,
         transform=transform,
         ensemble=ensemble,
         temperatures=temperatures,
@@ -193,13 +218,13 @@ def add_target(
     router: Router,
     dataset: RoutingDataset,
     target: str,
-    features: LayerFeatures,
+    features: EncoderFeatures,
     settings: TrainSettings | None = None,
 ) -> tuple[Router, FitReport]:
     """A new router with a head for ``target`` trained on the frozen trunk; nothing else changes.
 
     ``dataset`` holds the training rows with the new target's labels; ``features`` are their
-    features under the router's encoder (the transform's poolings and layers).
+    features under the router's encoders (the transform's poolings and layers, one per encoder).
 
     Raises:
         UnknownTargetError: ``target`` is not in the dataset. ConfigError: it is already routed.
@@ -217,7 +242,7 @@ def add_target(
     fit_rows, val_rows = validation_split(one.prompts, settings.val_share, settings.seed)
     started = time.perf_counter()
     x = router.transform.transform(
-        LayerFeatures(np.asarray(features.values)[labelled], features.poolings, features.layers)
+        [LayerFeatures(np.asarray(f.values)[labelled], f.poolings, f.layers) for f in per_encoder(features)]
     )
     hidden = router.ensemble.trunk(x)  # (S, N, h2)
     y = one.labels
@@ -230,16 +255,17 @@ def add_target(
     logits = np.einsum("snh,sho->sno", hidden[:, val_rows], w) + b[:, None]
     p_val = (1.0 / (1.0 + np.exp(-logits))).mean(axis=0)
     temperature = fit_temperature(p_val[:, 0], y[val_rows, 0])
-    block = _shared_block(router)
+    blocks = _shared_blocks(router)
     new = router.with_target(
-        one.targets[0], float(output_token_estimates(one, split=None)[0]), w, b, temperature, block
+        one.targets[0], float(output_token_estimates(one, split=None)[0]), w, b, temperature, blocks
     )
+    chosen = [router.transform.blocks[i] for i in blocks]
     report = FitReport(
         n_fit=len(fit_rows), n_val=len(val_rows),
-        layer_choice={target: list(router.transform.blocks[block].layers)},
+        layer_choice={target: sorted({layer for b in chosen if b.encoder == 0 for layer in b.layers})},
         **validation_metrics(p_val, y[val_rows], np.array([temperature]), [target]),
         member_val_loss=[h[2] for h in heads], kept_members=list(range(len(heads))),
-        seconds={"train": time.perf_counter() - started},
+        seconds={"train": time.perf_counter() - started}, blocks={target: [b.name for b in chosen]},
     )  # fmt: skip
     for key in ("val_auc", "ece_before", "ece_after", "brier", "temperatures"):
         value = finite_or_none(getattr(report, key)[target])
@@ -263,35 +289,128 @@ def validation_split(
     return np.sort(fit_rows), np.sort(val_rows)
 
 
-def choose_layers(
-    features: LayerFeatures,
+def choose_blocks(
+    features: EncoderFeatures,
     labels: np.ndarray,
     target_names: Sequence[str],
     rows: np.ndarray,
     settings: TrainSettings,
-) -> tuple[dict[str, tuple[int, ...]], dict[str, Any] | None]:
-    """Layers per target: probed on ``rows`` (fisher / auc), every layer, or the explicit list; and
-    a summary of the probes when they ran."""
-    if settings.pooling not in features.poolings:
+    *,
+    cache: tuple[ProbeCache, Sequence[EncoderIdentity], np.ndarray] | None = None,
+) -> tuple[dict[str, list[BlockChoice]], list[dict[str, Any]]]:
+    """The blocks each target reads, from every encoder, and a summary of the probes that ran.
+
+    Per encoder and target: the layers of ``settings.layers`` (fisher / auc: the top ``n_layers``
+    probed on ``rows``; all-mean: every layer; an explicit list: those layers of the first encoder,
+    the other encoders probed by J_lda) in the pooling ``settings.pooling`` names (``auto``: the
+    pooling whose chosen layers score higher, per target; ``both``: one block of each).
+    ``cache`` (probe cache, encoder identities, every row's prompt) lets refits reuse probes.
+    """
+    by_encoder = per_encoder(features)
+    choice: dict[str, list[BlockChoice]] = {name: [] for name in target_names}
+    summaries: list[dict[str, Any]] = []
+    for index, feats in enumerate(by_encoder):
+        poolings = _poolings_for(settings.pooling, feats, index)
+        strategy = settings.layers
+        if not isinstance(strategy, str):
+            if index == 0:
+                missing = [layer for layer in strategy if layer not in feats.layers]
+                if missing:
+                    raise ConfigError(
+                        f"layer {missing[0]} is not in the features (layers {list(feats.layers)})"
+                    )
+                for name in target_names:
+                    choice[name] += [(0, pooling, tuple(strategy)) for pooling in poolings]
+                continue
+            strategy = "fisher"
+        if strategy == "all-mean":
+            for name in target_names:
+                choice[name] += [(index, pooling, feats.layers) for pooling in poolings]
+            continue
+        scored: dict[str, list[tuple[float, BlockChoice]]] = {name: [] for name in target_names}
+        for pooling in poolings:
+            probe = _Probe(feats, labels, target_names, rows, settings, strategy, pooling)
+            if cache is not None:
+                store, identities, prompts = cache
+                key = store.key(
+                    identities[index].to_json(), pooling, feats.layers, asdict(probe.settings),
+                    prompts[rows].tolist(), labels[rows], target_names,
+                )  # fmt: skip
+                probe.report = store.get_or_run(key, probe.run)
+            picked, summary = probe.pick()
+            summaries.append({"encoder": index, "pooling": pooling, **summary})
+            for name in target_names:
+                layers, score = picked[name]
+                scored[name].append((score, (index, pooling, layers)))
+        for name in target_names:
+            options = scored[name]
+            if settings.pooling == "auto":  # the better pooling wins; ties go to the first (mean)
+                options = [max(options, key=lambda item: item[0])]
+            choice[name] += [block for _, block in options]
+    return choice, summaries
+
+
+def _poolings_for(setting: str, features: LayerFeatures, encoder: int) -> tuple[str, ...]:
+    """The poolings to consider for one encoder under the ``pooling`` setting."""
+    if setting in ("auto", "both"):
+        return features.poolings
+    if setting not in features.poolings:
         raise ConfigError(
-            f"The 'pooling' setting must be one of the features' poolings ({', '.join(features.poolings)}); "
-            f"got {settings.pooling!r} instead."
+            f"The 'pooling' setting must be one of the features' poolings ({', '.join(features.poolings)}) "
+            f"or auto / both; got {setting!r} instead (encoder {encoder})."
         )
-    if not isinstance(settings.layers, str):
-        missing = [layer for layer in settings.layers if layer not in features.layers]
-        if missing:
-            raise ConfigError(f"layer {missing[0]} is not in the features (layers {list(features.layers)})")
-        return {t: tuple(settings.layers) for t in target_names}, None
-    if settings.layers == "all-mean":
-        return {t: features.layers for t in target_names}, None
-    pooled = features.values[:, features.poolings.index(settings.pooling)]
-    probe = ProbeSettings(pca_k=settings.pca_k, seed=settings.seed, cv_auc=settings.layers == "auc")
-    report = probe_layers(np.asarray(pooled[rows]), labels[rows], target_names, features.layers, probe)
-    choice = {}
-    for name in target_names:
-        picked = select_layers(report.targets[name], settings.layers, settings.n_layers)
-        choice[name] = tuple(picked) if picked else (features.layers[-1],)
-    return choice, _probe_summary(report, features.layers, choice)
+    return (setting,)
+
+
+@dataclass
+class _Probe:
+    """The probes of one encoder's features in one pooling, and the layers a strategy picks."""
+
+    features: LayerFeatures
+    labels: np.ndarray
+    target_names: Sequence[str]
+    rows: np.ndarray
+    train: TrainSettings
+    strategy: str
+    pooling: str
+    report: ProbeReport | None = None
+
+    @property
+    def settings(self) -> ProbeSettings:
+        return ProbeSettings(pca_k=self.train.pca_k, seed=self.train.seed, cv_auc=self.strategy == "auc")
+
+    def run(self) -> ProbeReport:
+        pooled = self.features.values[:, self.features.poolings.index(self.pooling)]
+        return probe_layers(
+            np.asarray(pooled[self.rows]), self.labels[self.rows], self.target_names, self.features.layers,
+            self.settings,
+        )  # fmt: skip
+
+    def pick(self) -> tuple[dict[str, tuple[tuple[int, ...], float]], dict[str, Any]]:
+        """Per target: (the layers the strategy picks, their mean score); and the summary
+        router.json keeps (J_lda per layer, the layers chosen)."""
+        report = self.report or self.run()
+        picked = {}
+        for name in self.target_names:
+            target = report.targets[name]
+            layers = tuple(select_layers(target, self.strategy, self.train.n_layers)) or (
+                self.features.layers[-1],
+            )
+            by_layer = {
+                p.layer: (p.cv_auc if self.strategy == "auc" else p.fisher_j_lda) for p in target.layers
+            }
+            scores = [by_layer.get(layer, float("nan")) for layer in layers]
+            score = float(np.nanmean(scores)) if np.isfinite(scores).any() else -np.inf
+            picked[name] = (layers, score)
+        return picked, _probe_summary(report, self.features.layers, {k: v[0] for k, v in picked.items()})
+
+
+def _first_encoder_layers(choice: dict[str, list[BlockChoice]]) -> dict[str, list[int]]:
+    """Per target, the first encoder's layers it reads (the report's ``layer_choice``)."""
+    return {
+        name: sorted({layer for encoder, _, layers in blocks if encoder == 0 for layer in layers})
+        for name, blocks in choice.items()
+    }
 
 
 def _probe_summary(
@@ -368,12 +487,12 @@ def _check_training_data(dataset: RoutingDataset, features: LayerFeatures | None
             )
 
 
-def _shared_block(router: Router) -> int:
-    """The block an added target is listed under: the most shared one (its head reads all blocks)."""
-    counts = np.bincount(
-        list(router.transform.target_blocks.values()), minlength=len(router.transform.blocks)
-    )
-    return int(np.argmax(counts))
+def _shared_blocks(router: Router) -> tuple[int, ...]:
+    """The blocks an added target is listed under: the most common choice among the router's
+    targets (its head reads the whole trunk, so this is for reports only)."""
+    from collections import Counter
+
+    return Counter(router.transform.target_blocks.values()).most_common(1)[0][0]
 
 
 def fingerprint(dataset: RoutingDataset) -> str:

@@ -28,7 +28,7 @@ from prefill_router.errors import ConfigError, DataError, EncodeError, UnknownTa
 from prefill_router.train.artifact import read_artifact, write_artifact
 from prefill_router.train.calibration import apply_temperature
 from prefill_router.train.net import TrunkEnsemble
-from prefill_router.train.transform import FeatureBlock, FeatureTransform, LayerFeatures
+from prefill_router.train.transform import EncoderFeatures, FeatureBlock, FeatureTransform, LayerFeatures
 
 if TYPE_CHECKING:
     from prefill_router.encode import Encoder
@@ -44,22 +44,25 @@ class EncoderIdentity:
     view: str  # chat / raw
     max_tokens: int
     dtype: str
+    storage: str = "float16"  # how the feature store keeps its features (what the router rounds to)
 
     @classmethod
     def of(cls, encoder: Encoder) -> EncoderIdentity:
         """The identity of a loaded encoder."""
         return cls(
-            encoder.name, encoder.weights_sha256, encoder.view.name, encoder.view.max_tokens, encoder.dtype
-        )
+            encoder.name, encoder.weights_sha256, encoder.view.name, encoder.view.max_tokens, encoder.dtype,
+            encoder.storage,
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
-        """The ``encoder`` object of router.json."""
+        """One ``encoders`` object of router.json."""
         return {
             "name": self.name,
             "weights_sha256": self.weights_sha256,
             "view": self.view,
             "max_tokens": self.max_tokens,
             "dtype": self.dtype,
+            "storage": self.storage,
         }
 
 
@@ -67,13 +70,14 @@ class Router:
     """Calibrated per-target correctness probabilities from a prompt's prefill activations.
 
     Built by :func:`prefill_router.train.fit_router` or :meth:`Router.load`; ``targets`` are the
-    target names in column order.
+    target names in column order. A fused router reads several encoders (``encoders``, the first
+    is the primary one); each runs only up to the deepest layer its blocks need.
     """
 
     def __init__(
         self,
         *,
-        encoder: EncoderIdentity,
+        encoder: EncoderIdentity | Sequence[EncoderIdentity],
         transform: FeatureTransform,
         ensemble: TrunkEnsemble,
         temperatures: np.ndarray,
@@ -83,7 +87,13 @@ class Router:
         calibration_x: np.ndarray | None = None,
         calibration_tokens: np.ndarray | None = None,
     ) -> None:
-        self.encoder_identity = encoder
+        self.encoders: tuple[EncoderIdentity, ...] = (
+            (encoder,) if isinstance(encoder, EncoderIdentity) else tuple(encoder)
+        )
+        if not self.encoders or transform.n_encoders > len(self.encoders):
+            raise DataError(
+                f"the transform reads {transform.n_encoders} encoders; {len(self.encoders)} identities given"
+            )
         self.transform = transform
         self.ensemble = ensemble
         self.temperatures = np.asarray(temperatures, dtype=np.float32)
@@ -94,9 +104,14 @@ class Router:
         # Held-out validation rows (net input and input-token counts) on which a budget's μ is solved.
         self.calibration_x = calibration_x
         self.calibration_tokens = calibration_tokens
-        self._encoder: Encoder | None = None
-        self._cache_dir: str | Path | None = None  # where the encoder's converted model lives
+        self._loaded: list[Encoder | None] = [None] * len(self.encoders)
+        self._cache_dir: str | Path | None = None  # where the encoders' converted models live
         self._encoder_lock = threading.Lock()
+
+    @property
+    def encoder_identity(self) -> EncoderIdentity:
+        """The primary (first) encoder's identity."""
+        return self.encoders[0]
 
     # ------------------------------------------------------------------ identity
     @property
@@ -113,38 +128,59 @@ class Router:
     # ---------------------------------------------------------------- prediction
     @property
     def encoder(self) -> Encoder:
-        """The router's encoder, loaded on first use (no conversion if it is already cached)."""
+        """The router's primary encoder, loaded on first use (no conversion if it is already cached)."""
+        return self.loaded_encoders()[0]
+
+    def loaded_encoders(self) -> list[Encoder]:
+        """Every encoder of the router, each loaded on first use.
+
+        Raises:
+            MissingDependencyError: an encoder's model package is not installed (the message
+                names the pip command).
+        """
         with self._encoder_lock:
-            if self._encoder is None:
-                self.use_encoder(self.build_encoder())
-            assert self._encoder is not None
-            return self._encoder
+            for index, encoder in enumerate(self._loaded):
+                if encoder is None:
+                    self._attach(index, self._build(index))
+            return [encoder for encoder in self._loaded if encoder is not None]
 
     def use_encoder(self, encoder: Encoder) -> None:
-        """Use an already loaded encoder (e.g. shared with a fit); it must match the router's."""
+        """Use an already loaded encoder (e.g. shared with a fit); it must be one of the router's."""
         identity = EncoderIdentity.of(encoder)
-        if identity != self.encoder_identity:
+        if identity not in self.encoders:
             raise EncodeError(
-                f"the encoder {identity} is not the one this router was trained with "
-                f"({self.encoder_identity})"
+                f"the encoder {identity} is not one this router was trained with "
+                f"({', '.join(map(str, self.encoders))})"
             )
+        with self._encoder_lock:
+            self._attach(self.encoders.index(identity), encoder)
+
+    def _attach(self, index: int, encoder: Encoder) -> None:
         for block in self.transform.blocks:
-            if block.mean.shape[0] != len(block.layers) * encoder.hidden_size:
+            if block.encoder == index and block.mean.shape[0] != len(block.layers) * encoder.hidden_size:
                 raise EncodeError(
                     f"block {block.name} expects {block.mean.shape[0]} features but encoder "
                     f"{encoder.name} has hidden size {encoder.hidden_size}"
                 )
-        self._encoder = encoder
+        self._loaded[index] = encoder
 
-    def features(self, prompts: Sequence[str]) -> LayerFeatures:
-        """The pooled features the transform needs, rounded to float16 as the feature store keeps them
-        (so a router scores a prompt exactly as it saw it in training)."""
+    def features(self, prompts: Sequence[str]) -> list[LayerFeatures]:
+        """The pooled features the transform needs, one LayerFeatures per encoder, rounded to the
+        dtype the feature store keeps them in (so a router scores a prompt exactly as it saw it in
+        training). Each encoder runs only up to the deepest layer its blocks read."""
+        from prefill_router.encode.store import STORAGE_DTYPES
+
         _check_prompts(prompts)
-        encoded = self.encoder.encode(
-            list(prompts), layers=self.transform.layers, poolings=self.transform.poolings
-        )
-        values = encoded.features.astype(np.float16)
-        return LayerFeatures(values, encoded.poolings, encoded.layers)
+        out = []
+        for index, (identity, encoder) in enumerate(zip(self.encoders, self.loaded_encoders(), strict=True)):
+            encoded = encoder.encode(
+                list(prompts),
+                layers=self.transform.layers_of(index),
+                poolings=self.transform.poolings_of(index),
+            )
+            values = encoded.features.astype(STORAGE_DTYPES[identity.storage])
+            out.append(LayerFeatures(values, encoded.poolings, encoded.layers))
+        return out
 
     def predict_proba(self, prompts: Sequence[str]) -> np.ndarray:
         """(N, M) calibrated probabilities that each target answers each prompt correctly.
@@ -156,11 +192,11 @@ class Router:
             return np.zeros((0, len(self.targets)))
         return self.predict_proba_features(self.features(prompts))
 
-    def predict_proba_features(self, features: LayerFeatures) -> np.ndarray:
-        """(N, M) calibrated probabilities from already extracted features."""
+    def predict_proba_features(self, features: EncoderFeatures) -> np.ndarray:
+        """(N, M) calibrated probabilities from already extracted features (one per encoder)."""
         return apply_temperature(self.predict_uncalibrated(features), self.temperatures).astype(np.float64)
 
-    def predict_uncalibrated(self, features: LayerFeatures) -> np.ndarray:
+    def predict_uncalibrated(self, features: EncoderFeatures) -> np.ndarray:
         """(N, M) the ensemble's averaged probabilities before temperature scaling."""
         return self.ensemble.probabilities(self.transform.transform(features))
 
@@ -250,32 +286,39 @@ class Router:
         return router
 
     def check_encoder(self, cache_dir: str | Path | None = None) -> None:
-        """Raise EncodeError unless the installed encoder has the weights this router was trained on."""
+        """Raise unless every installed encoder has the weights this router was trained on.
+
+        Raises:
+            MissingDependencyError: an encoder's model package is not installed (the message
+                names the pip command). EncodeError: an installed encoder has other weights.
+        """
         from prefill_router.encode import resolve_encoder
 
-        resolved = resolve_encoder(self.encoder_identity.name, Path(cache_dir) if cache_dir else None)
-        if resolved.weights_sha256 != self.encoder_identity.weights_sha256:
-            raise EncodeError(
-                f"this router was trained on encoder {self.encoder_identity.name} with weights sha256 "
-                f"{self.encoder_identity.weights_sha256[:16]}…, but the installed one has "
-                f"{resolved.weights_sha256[:16]}…; install the encoder it was trained on or refit"
-            )
+        for identity in self.encoders:
+            resolved = resolve_encoder(identity.name, Path(cache_dir) if cache_dir else None)
+            if resolved.weights_sha256 != identity.weights_sha256:
+                raise EncodeError(
+                    f"this router was trained on encoder {identity.name} with weights sha256 "
+                    f"{identity.weights_sha256[:16]}…, but the installed one has "
+                    f"{resolved.weights_sha256[:16]}…; install the encoder it was trained on or refit"
+                )
 
     def to_json(self) -> dict[str, Any]:
         """The router.json document (without the format fields the writer adds)."""
         ensemble = self.ensemble
         return {
-            "encoder": self.encoder_identity.to_json(),
+            "encoders": [identity.to_json() for identity in self.encoders],
             "targets": [
                 {
                     **t.to_json(),
                     "output_tokens": float(self.output_tokens[j]),
-                    "block": self.transform.target_blocks[t.name],
+                    "blocks": list(self.transform.target_blocks[t.name]),
                 }
                 for j, t in enumerate(self.target_info)
             ],
             "blocks": [
                 {
+                    "encoder": b.encoder,
                     "pooling": b.pooling,
                     "layers": list(b.layers),
                     "n_in": int(b.mean.shape[0]),
@@ -312,9 +355,15 @@ class Router:
     @classmethod
     def _from_artifact(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Router:
         shapes = _ShapeCheck(arrays)
+        # Format 1 had one encoder ("encoder") and one block per target ("block").
+        encoders = [
+            EncoderIdentity(**e) for e in (meta["encoders"] if "encoders" in meta else [meta["encoder"]])
+        ]
         blocks = []
         for i, spec in enumerate(meta["blocks"]):
-            n_in, n_out = int(spec["n_in"]), int(spec["n_out"])
+            n_in, n_out, encoder = int(spec["n_in"]), int(spec["n_out"]), int(spec.get("encoder", 0))
+            if not 0 <= encoder < len(encoders):
+                raise DataError(f"router.json: block {i} reads encoder {encoder}; there are {len(encoders)}")
             blocks.append(
                 FeatureBlock(
                     pooling=str(spec["pooling"]),
@@ -322,14 +371,18 @@ class Router:
                     mean=shapes.get(f"block.{i}.mean", (n_in,)),
                     scale=shapes.get(f"block.{i}.scale", (n_in,)),
                     components=shapes.get(f"block.{i}.components", (n_out, n_in)),
+                    encoder=encoder,
                 )
             )
         targets = [_target_info(t) for t in meta["targets"]]
         names = [t.name for t in targets]
         if len(set(names)) != len(names):
             raise DataError(f"router.json names a target twice: {names}")
-        target_blocks = {t["name"]: int(t["block"]) for t in meta["targets"]}
-        bad = [n for n, b in target_blocks.items() if not 0 <= b < len(blocks)]
+        target_blocks = {
+            t["name"]: tuple(int(b) for b in t["blocks"]) if "blocks" in t else (int(t["block"]),)
+            for t in meta["targets"]
+        }
+        bad = [n for n, b in target_blocks.items() if not b or not all(0 <= i < len(blocks) for i in b)]
         if bad:
             raise DataError(f"router.json: target {bad[0]!r} points at a block that does not exist")
         net, m = meta["net"], len(targets)
@@ -350,7 +403,7 @@ class Router:
         shapes.no_extras()
         info = {k: v for k, v in meta.items() if k not in _STRUCTURE_KEYS}
         return cls(
-            encoder=EncoderIdentity(**meta["encoder"]),
+            encoder=encoders,
             transform=FeatureTransform(tuple(blocks), target_blocks),
             ensemble=ensemble,
             temperatures=temperatures,
@@ -369,16 +422,17 @@ class Router:
         w: np.ndarray,
         b: np.ndarray,
         temperature: float,
-        block: int,
+        blocks: tuple[int, ...],
     ) -> Router:
-        """A new router with one more head (``w`` (S, h2, 1), ``b`` (S, 1)) sharing everything else."""
+        """A new router with one more head (``w`` (S, h2, 1), ``b`` (S, 1)) sharing everything else;
+        ``blocks`` are the blocks the new target is listed under (its head reads the whole trunk)."""
         if target.name in self.targets:
             raise ConfigError(f"target {target.name!r} is already in the router")
         transform = replace(
-            self.transform, target_blocks={**self.transform.target_blocks, target.name: block}
+            self.transform, target_blocks={**self.transform.target_blocks, target.name: tuple(blocks)}
         )
         router = Router(
-            encoder=self.encoder_identity,
+            encoder=self.encoders,
             transform=transform,
             ensemble=self.ensemble.with_head(w, b),
             temperatures=np.append(self.temperatures, temperature),
@@ -388,15 +442,23 @@ class Router:
             calibration_x=self.calibration_x,
             calibration_tokens=self.calibration_tokens,
         )
-        router._encoder = self._encoder
+        router._loaded = list(self._loaded)
         router._cache_dir = self._cache_dir
         return router
 
     def build_encoder(self, *, device: str = "auto", threads: int | None = None) -> Encoder:
-        """A new encoder as this router was trained with (not attached: see :meth:`use_encoder`)."""
+        """A new primary encoder as this router was trained with (not attached: see
+        :meth:`use_encoder`; :meth:`build_encoders` builds every encoder of a fused router)."""
+        return self._build(0, device=device, threads=threads)
+
+    def build_encoders(self, *, device: str = "auto", threads: int | None = None) -> list[Encoder]:
+        """New encoders, one per encoder of the router (not attached: see :meth:`use_encoder`)."""
+        return [self._build(i, device=device, threads=threads) for i in range(len(self.encoders))]
+
+    def _build(self, index: int, *, device: str = "auto", threads: int | None = None) -> Encoder:
         from prefill_router.encode import Encoder
 
-        identity = self.encoder_identity
+        identity = self.encoders[index]
         return Encoder(
             identity.name,
             view=identity.view,
@@ -405,17 +467,18 @@ class Router:
             device=device,
             threads=threads,
             cache_dir=self._cache_dir,
+            storage=identity.storage,
         )
 
     def __repr__(self) -> str:
         return (
-            f"Router(encoder={self.encoder_identity.name!r}, targets={list(self.targets)}, "
+            f"Router(encoders={[e.name for e in self.encoders]!r}, targets={list(self.targets)}, "
             f"blocks={[b.name for b in self.transform.blocks]}, members={self.ensemble.n_members})"
         )
 
 
 _STRUCTURE_KEYS = frozenset(
-    {"format", "format_version", "encoder", "targets", "blocks", "net", "calibration"}
+    {"format", "format_version", "encoder", "encoders", "targets", "blocks", "net", "calibration"}
 )
 
 

@@ -1,9 +1,11 @@
 """The feature transform (DESIGN §6): chosen layers -> StandardScaler -> PCA-k, per block.
 
-A *block* is one (pooling, layers) choice: its layers' pooled features concatenated, standardised
-per feature and projected on the top-k principal components, all fitted on training rows only.
-Each target names the block its layers came from; targets that chose the same layers share one
-block, so the net's input is every distinct block once, concatenated.
+A *block* is one (encoder, pooling, layers) choice: its layers' pooled features concatenated,
+standardised per feature and projected on the top-k principal components, all fitted on training
+rows only. A router may read several encoders (a fused router); ``encoder`` is the index of the
+block's encoder in the router's encoder list, and features come as one :class:`LayerFeatures` per
+encoder, in that order. Each target names the blocks its layers came from; targets that chose the
+same layers share one block, so the net's input is every distinct block once, concatenated.
 
 Fitting uses scikit-learn; applying is two numpy lines, so a loaded router needs no scikit-learn.
 """
@@ -49,6 +51,18 @@ class LayerFeatures:
         return np.concatenate(parts, axis=1)
 
 
+#: Features of every encoder a transform reads, in the router's encoder order; a bare
+#: LayerFeatures stands for a router with one encoder.
+EncoderFeatures = LayerFeatures | Sequence[LayerFeatures]
+#: One block choice: (encoder index, pooling, layers).
+BlockChoice = tuple[int, str, tuple[int, ...]]
+
+
+def per_encoder(features: EncoderFeatures) -> tuple[LayerFeatures, ...]:
+    """``features`` as one LayerFeatures per encoder."""
+    return (features,) if isinstance(features, LayerFeatures) else tuple(features)
+
+
 @dataclass(frozen=True)
 class FeatureBlock:
     """One fitted block: ``x -> ((x - mean) / scale) @ components.T``."""
@@ -58,6 +72,7 @@ class FeatureBlock:
     mean: np.ndarray  # (D,) feature means on training rows
     scale: np.ndarray  # (D,) feature standard deviations (1 for constant features)
     components: np.ndarray  # (k, D) principal axes of the standardised training rows
+    encoder: int = 0  # index of the block's encoder in the router's encoder list
 
     @property
     def n_out(self) -> int:
@@ -75,11 +90,20 @@ class FeatureBlock:
 
     @property
     def name(self) -> str:
-        """``mean:L7`` / ``last:L13+L22``: how reports and the artifact name the block."""
-        return f"{self.pooling}:" + "+".join(f"L{layer}" for layer in self.layers)
+        """``mean:L7`` / ``last:L13+L22`` (``e1:mean:L6`` for a second encoder's block): how reports
+        and error messages name the block."""
+        return block_name(self.encoder, self.pooling, self.layers)
 
 
-def fit_block(x: np.ndarray, pooling: str, layers: Sequence[int], pca_k: int, seed: int = 0) -> FeatureBlock:
+def block_name(encoder: int, pooling: str, layers: Sequence[int]) -> str:
+    """The name of a block choice (see :attr:`FeatureBlock.name`)."""
+    prefix = f"e{encoder}:" if encoder else ""
+    return f"{prefix}{pooling}:" + "+".join(f"L{layer}" for layer in layers)
+
+
+def fit_block(
+    x: np.ndarray, pooling: str, layers: Sequence[int], pca_k: int, seed: int = 0, encoder: int = 0
+) -> FeatureBlock:
     """Fit standardisation and PCA-``pca_k`` on training rows ``x`` (N, D).
 
     k is capped at min(pca_k, N - 1, D). Raises DataError on NaN/inf features.
@@ -88,8 +112,9 @@ def fit_block(x: np.ndarray, pooling: str, layers: Sequence[int], pca_k: int, se
     from sklearn.preprocessing import StandardScaler
 
     if not np.isfinite(x).all():
-        block = f"{pooling}:" + "+".join(f"L{layer}" for layer in layers)
-        raise DataError(f"block {block} has NaN or inf features; re-encode the dataset")
+        raise DataError(
+            f"block {block_name(encoder, pooling, layers)} has NaN or inf features; re-encode the dataset"
+        )
     scaler = StandardScaler().fit(x)
     scale = np.where(scaler.scale_ < _CONSTANT_STD, 1.0, scaler.scale_)
     k = max(1, min(pca_k, x.shape[0] - 1, x.shape[1]))
@@ -101,15 +126,16 @@ def fit_block(x: np.ndarray, pooling: str, layers: Sequence[int], pca_k: int, se
         mean=scaler.mean_.astype(np.float32),
         scale=scale.astype(np.float32),
         components=pca.components_.astype(np.float32),
+        encoder=encoder,
     )
 
 
 @dataclass(frozen=True)
 class FeatureTransform:
-    """Every distinct block, and which block each target's layers came from."""
+    """Every distinct block, and which blocks each target's layers came from."""
 
     blocks: tuple[FeatureBlock, ...]
-    target_blocks: Mapping[str, int]  # target name -> index into ``blocks``
+    target_blocks: Mapping[str, tuple[int, ...]]  # target name -> indices into ``blocks``
 
     @property
     def n_features(self) -> int:
@@ -117,49 +143,77 @@ class FeatureTransform:
         return sum(block.n_out for block in self.blocks)
 
     @property
+    def n_encoders(self) -> int:
+        """How many encoders the blocks read (1 + the highest encoder index)."""
+        return 1 + max(block.encoder for block in self.blocks)
+
+    @property
     def poolings(self) -> tuple[str, ...]:
-        """Poolings the encoder must produce, in a fixed order."""
-        return tuple(sorted({block.pooling for block in self.blocks}))
+        """Poolings the first encoder must produce, in a fixed order (see :meth:`poolings_of`)."""
+        return self.poolings_of(0)
 
     @property
     def layers(self) -> tuple[int, ...]:
-        """Layers the encoder must produce (its forward pass stops at the deepest)."""
-        return tuple(sorted({layer for block in self.blocks for layer in block.layers}))
+        """Layers the first encoder must produce (see :meth:`layers_of`)."""
+        return self.layers_of(0)
 
-    def transform(self, features: LayerFeatures) -> np.ndarray:
-        """(N, n_features) float32 net input."""
-        parts = [block.apply(features.block(block.pooling, block.layers)) for block in self.blocks]
+    def poolings_of(self, encoder: int) -> tuple[str, ...]:
+        """Poolings encoder ``encoder`` must produce, in a fixed order."""
+        return tuple(sorted({b.pooling for b in self.blocks if b.encoder == encoder}))
+
+    def layers_of(self, encoder: int) -> tuple[int, ...]:
+        """Layers encoder ``encoder`` must produce (its forward pass stops at the deepest)."""
+        return tuple(sorted({layer for b in self.blocks if b.encoder == encoder for layer in b.layers}))
+
+    def transform(self, features: EncoderFeatures) -> np.ndarray:
+        """(N, n_features) float32 net input from every encoder's features (in the router's order)."""
+        by_encoder = per_encoder(features)
+        if len(by_encoder) < self.n_encoders:
+            raise DataError(
+                f"the transform reads {self.n_encoders} encoders; features of {len(by_encoder)} were given"
+            )
+        parts = [
+            block.apply(by_encoder[block.encoder].block(block.pooling, block.layers)) for block in self.blocks
+        ]
         return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
 
 
 def fit_transform(
-    features: LayerFeatures,
+    features: EncoderFeatures,
     rows: np.ndarray,
-    layer_choice: Mapping[str, tuple[str, Sequence[int]]],
+    block_choice: Mapping[str, Sequence[BlockChoice]],
     pca_k: int,
     seed: int = 0,
 ) -> FeatureTransform:
-    """Fit one block per distinct (pooling, layers) in ``layer_choice`` on ``rows`` only.
+    """Fit one block per distinct (encoder, pooling, layers) in ``block_choice`` on ``rows`` only.
 
     Args:
-        features: pooled features of every prompt.
+        features: pooled features of every prompt, one LayerFeatures per encoder.
         rows: the training row indices (sorted) the scaler and PCA see.
-        layer_choice: target name -> (pooling, layers).
+        block_choice: target name -> its blocks, each (encoder index, pooling, layers).
         pca_k: PCA dimensions per block.
     """
     if pca_k < 1:
         raise ConfigError(f"The 'pca_k' parameter must be >= 1; got {pca_k} instead.")
-    keys: list[tuple[str, tuple[int, ...]]] = []
-    target_blocks: dict[str, int] = {}
-    for target, (pooling, layers) in layer_choice.items():
-        key = (pooling, tuple(sorted(int(layer) for layer in layers)))
-        if not key[1]:
-            raise ConfigError(f"no layers chosen for target {target!r}")
-        if key not in keys:
-            keys.append(key)
-        target_blocks[target] = keys.index(key)
+    by_encoder = per_encoder(features)
+    keys: list[BlockChoice] = []
+    target_blocks: dict[str, tuple[int, ...]] = {}
+    for target, choices in block_choice.items():
+        indices = []
+        for encoder, pooling, layers in choices:
+            key = (int(encoder), pooling, tuple(sorted(int(layer) for layer in layers)))
+            if not key[2]:
+                raise ConfigError(f"no layers chosen for target {target!r}")
+            if not 0 <= key[0] < len(by_encoder):
+                raise ConfigError(f"target {target!r} reads encoder {key[0]}; there are {len(by_encoder)}")
+            if key not in keys:
+                keys.append(key)
+            indices.append(keys.index(key))
+        if not indices:
+            raise ConfigError(f"no blocks chosen for target {target!r}")
+        target_blocks[target] = tuple(dict.fromkeys(indices))
     blocks = tuple(
-        fit_block(features.block(pooling, layers, rows), pooling, layers, pca_k, seed)
-        for pooling, layers in keys
+        fit_block(by_encoder[encoder].block(pooling, layers, rows), pooling, layers, pca_k, seed, encoder)
+        for encoder, pooling, layers in keys
     )
     return FeatureTransform(blocks, target_blocks)
