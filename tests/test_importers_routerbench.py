@@ -128,7 +128,7 @@ def test_notes_and_provenance(csv_path: Path) -> None:
 
 def test_pickle_gives_the_same_dataset_as_the_csv(csv_path: Path, pkl_path: Path) -> None:
     from_csv = import_routerbench(csv_path, prices=NO_PRICES).dataset
-    result = import_routerbench(pkl_path, prices=NO_PRICES)
+    result = import_routerbench(pkl_path, prices=NO_PRICES, allow_pickle=True)
     assert PICKLE_NOTE in result.notes
     assert result.dataset.provenance["files"] == ["sample.pkl"]
     assert result.notes == [PICKLE_NOTE, *from_csv.provenance["notes"]]
@@ -196,7 +196,7 @@ def test_missing_csv(tmp_path: Path) -> None:
 
 def test_missing_pickle(tmp_path: Path) -> None:
     with raises("no such file", str(tmp_path / "absent.pkl")):
-        import_routerbench(tmp_path / "absent.pkl", prices=NO_PRICES)
+        import_routerbench(tmp_path / "absent.pkl", prices=NO_PRICES, allow_pickle=True)
 
 
 def test_unsupported_suffix(tmp_path: Path) -> None:
@@ -225,14 +225,14 @@ def test_truncated_pickle(pkl_path: Path, tmp_path: Path) -> None:
     src = tmp_path / "rb.pkl"
     src.write_bytes(pkl_path.read_bytes()[:1000])
     with raises("not a readable pickle", str(src)):
-        import_routerbench(src, prices=NO_PRICES)
+        import_routerbench(src, prices=NO_PRICES, allow_pickle=True)
 
 
 def test_pickle_of_something_else(tmp_path: Path) -> None:
     src = tmp_path / "rb.pkl"
     src.write_bytes(pickle.dumps({"sample_id": ["a"]}))
     with raises("expected a pickled pandas DataFrame, got dict"):
-        import_routerbench(src, prices=NO_PRICES)
+        import_routerbench(src, prices=NO_PRICES, allow_pickle=True)
 
 
 def test_missing_column(table: pd.DataFrame, tmp_path: Path) -> None:

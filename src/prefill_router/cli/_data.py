@@ -19,6 +19,7 @@ from prefill_router.cli._app import (
     money,
     split_text,
 )
+from prefill_router.errors import ConfigError
 
 
 class ImportKind(StrEnum):
@@ -44,6 +45,14 @@ def data_import(
     keep_contaminated: Annotated[
         bool, typer.Option(help="routellm: keep rows upstream lists as contaminated.")
     ] = False,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="routerbench: read a .pkl/.pickle file. Unpickling runs code stored in the file: "
+            "only for files you trust.",
+        ),
+    ] = False,
 ) -> None:
     """Convert a public routing dataset into prefill-router's Parquet format."""
     from prefill_router.data.importers import import_dataset, reprice
@@ -54,6 +63,10 @@ def data_import(
         options["keep_contaminated"] = keep_contaminated
     if kind is ImportKind.mmlu_pro:
         options["progress"] = True
+    if kind is ImportKind.routerbench:
+        options["allow_pickle"] = allow_pickle
+    elif allow_pickle:
+        raise ConfigError(f"--allow-pickle applies to routerbench only (no {kind.value} file is a pickle)")
     started = time.perf_counter()
     result = import_dataset(kind.value, src, prices=builtin_prices(), **options)
     dataset = result.dataset

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prefill_router.data.dataset import RoutingDataset
-from prefill_router.data.importers._common import ImportResult
+from prefill_router.data.importers._common import TARGET_NAME, ImportResult, target_name_problem
 from prefill_router.data.prices import PriceTable
 from prefill_router.errors import ConfigError
 
@@ -41,4 +41,4 @@ def reprice(dataset: RoutingDataset, prices: PriceTable) -> RoutingDataset:
     return dataset.with_targets(targets)
 
 
-__all__ = ["IMPORTERS", "ImportResult", "import_dataset", "reprice"]
+__all__ = ["IMPORTERS", "TARGET_NAME", "ImportResult", "import_dataset", "reprice", "target_name_problem"]

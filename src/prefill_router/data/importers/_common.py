@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, BinaryIO, Literal, overload
 
 import numpy as np
 import pandas as pd
 
-from prefill_router._files import read_text
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.data.prices import PriceTable
 from prefill_router.errors import DataError
@@ -38,9 +37,13 @@ def parse_json(text: str, source: str) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file of objects; a bad line raises :class:`DataError` naming it."""
+    """Read a JSON-lines file of objects, line by line (never the whole file as one string).
+
+    Raises:
+        DataError: a missing file, invalid UTF-8 or a bad line (the message names the line).
+    """
     rows = []
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
+    for number, line in numbered_lines(path):
         if not line.strip():
             continue
         try:
@@ -53,15 +56,54 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
-    """Read a CSV as strings (no type guessing); malformed files raise :class:`DataError`."""
-    text = read_text(path)
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of each line of a UTF-8 file, read as a stream.
 
+    Raises:
+        DataError: a missing file, a folder, or invalid UTF-8 (naming the line and byte offset).
+    """
+    offset = 0
+    with _open_binary(path) as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"invalid UTF-8 at byte {offset + exc.start}; save the file as UTF-8",
+                    source=str(path),
+                    where=f"line {number}",
+                ) from exc
+            offset += len(raw)
+
+
+def read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """Read a CSV as strings (no type guessing); malformed files raise :class:`DataError`.
+
+    pandas reads the file itself, in blocks, so the file's text is never held as one string
+    beside the table (a large file costs about the table, not three copies of it).
+    """
+    with _open_binary(path):
+        pass  # the same clear errors as every other reader for a missing file or a folder
     try:
-        frame: pd.DataFrame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, **kwargs)
+        frame: pd.DataFrame = pd.read_csv(
+            path, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="strict", **kwargs
+        )
         return frame
+    except UnicodeDecodeError:
+        for _ in numbered_lines(path):  # find the line, for the message; raises DataError
+            pass
+        raise DataError("invalid UTF-8; save the file as UTF-8", source=str(path)) from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise DataError(f"malformed CSV ({exc})", source=str(path)) from exc
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError as exc:
+        raise DataError("no such file", source=str(path)) from exc
+    except IsADirectoryError as exc:
+        raise DataError("expected a file, found a directory", source=str(path)) from exc
 
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
@@ -109,11 +151,39 @@ def parse_label(value: Any, source: str, where: str) -> float:
     return number
 
 
+#: What a target name may be: it travels in HTTP headers (``x-router-target``), log lines and
+#: file names, so CR/LF, other control characters, spaces and non-ASCII letters are refused.
+TARGET_NAME = re.compile(r"[\w.:/@+-]{1,128}", re.ASCII)
+
+
+def target_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a target name, in words, or ``None`` when it can.
+
+    Example:
+        >>> target_name_problem("meta/llama-2-70b-chat") is None
+        True
+        >>> target_name_problem("a b")
+        "target name 'a b' is not allowed: use 1-128 ASCII letters, digits and _ . : / @ + -"
+    """
+    if isinstance(name, str) and TARGET_NAME.fullmatch(name):
+        return None
+    shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:77] + "...")
+    return f"target name {shown} is not allowed: use 1-128 ASCII letters, digits and _ . : / @ + -"
+
+
 def make_targets(
     names: Sequence[str], prices: PriceTable, overrides: dict[str, TargetInfo] | None = None
 ) -> tuple[TargetInfo, ...]:
-    """Target metadata for ``names``: ``overrides`` first, then the price table (may be unpriced)."""
+    """Target metadata for ``names``: ``overrides`` first, then the price table (may be unpriced).
+
+    Raises:
+        DataError: a name that :func:`target_name_problem` refuses (e.g. one holding CR/LF).
+    """
     overrides = overrides or {}
+    for name in names:
+        problem = target_name_problem(name)
+        if problem is not None:
+            raise DataError(f"{problem}; rename the model in the source")
     return tuple(overrides.get(name) or prices.target_info(name) for name in names)
 
 

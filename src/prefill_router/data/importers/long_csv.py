@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from prefill_router._files import read_text
 from prefill_router.data.dataset import RoutingDataset
 from prefill_router.data.importers._common import (
     ImportResult,
@@ -82,7 +81,9 @@ def import_long_csv(src: Path, *, prices: PriceTable, split_seed: int = 0) -> Im
     if frame.empty:
         raise DataError("the CSV has no data rows", source=source)
     notes = _column_notes(list(frame.columns))
-    rows = _parse_rows(frame, record_lines(read_text(src), len(frame)), source)
+    with open(src, encoding="utf-8", newline="") as handle:  # streamed: the text is never held whole
+        lines = record_lines(handle, len(frame))
+    rows = _parse_rows(frame, lines, source)
     rows, n_dropped = _drop_exact_duplicates(rows)
     if n_dropped:
         notes.append(f"dropped {n_dropped} row(s) repeating an earlier row exactly")
@@ -95,15 +96,16 @@ def import_long_csv(src: Path, *, prices: PriceTable, split_seed: int = 0) -> Im
     return _assemble(src, rows, prices, split_seed, notes)
 
 
-def record_lines(text: str, n_rows: int) -> list[str]:
-    """Where each data record of a CSV text starts: ``"line N"``, 1-based, blank lines skipped.
+def record_lines(text: str | Iterable[str], n_rows: int) -> list[str]:
+    """Where each data record of a CSV text (or of its lines, e.g. an open file) starts:
+    ``"line N"``, 1-based, blank lines skipped.
 
     Quoted fields may span lines, so the record number alone does not give the line. Falls back
     to ``"data row N"`` if the standard ``csv`` module and pandas disagree on the record count.
     """
     starts: list[int] = []
     try:
-        reader = csv.reader(io.StringIO(text))
+        reader = csv.reader(io.StringIO(text) if isinstance(text, str) else text)
         end = 0
         for record in reader:
             if record:  # a blank line holds no record (pandas skips it too)

@@ -34,6 +34,9 @@ from prefill_router.errors import DataError
 
 _ZIP_NAME = re.compile(r"model_outputs_(?P<model>.+)_5shots\.zip$")
 _LETTERS = string.ascii_uppercase
+#: The most bytes one archive's JSON may hold once decompressed (upstream's largest is ~23 MB): a
+#: zip bomb (a small archive that inflates to gigabytes) is refused instead of filling memory.
+MAX_MEMBER_BYTES = 512 * 1024 * 1024
 
 
 @dataclass
@@ -51,13 +54,21 @@ class _ModelFile:
 
 
 def import_mmlu_pro(
-    src: Path, *, prices: PriceTable, split_seed: int = 0, progress: bool = False
+    src: Path,
+    *,
+    prices: PriceTable,
+    split_seed: int = 0,
+    progress: bool = False,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> ImportResult:
     """Import a folder of MMLU-Pro ``eval_results`` zips.
 
+    ``max_member_bytes`` caps the decompressed size of each archive's JSON (see
+    :data:`MAX_MEMBER_BYTES`).
+
     Raises:
-        DataError: no archive found, an unreadable or truncated archive, malformed JSON, or a
-            record without the expected fields.
+        DataError: no archive found, an unreadable, truncated or oversized archive, malformed
+            JSON, or a record without the expected fields (or with more than 26 options).
     """
     archives = _find_archives(src)
     iterator: Any = archives
@@ -68,7 +79,7 @@ def import_mmlu_pro(
         iterator = track(
             archives, description="reading MMLU-Pro archives", console=Console(stderr=True), transient=True
         )
-    files = [_read_archive(path, model) for model, path in iterator]
+    files = [_read_archive(path, model, max_member_bytes) for model, path in iterator]
     notes: list[str] = []
     qids = sorted(set().union(*(f.correct for f in files)))
     prompts, tasks, text_drift = _canonical_prompts(files, qids)
@@ -108,7 +119,13 @@ def import_mmlu_pro(
 
 
 def format_prompt(question: str, options: list[str] | tuple[str, ...]) -> str:
-    """The question followed by its options lettered A, B, C, ... one per line."""
+    """The question followed by its options lettered A, B, C, ... one per line.
+
+    Raises:
+        DataError: more than 26 options (there is no letter for the 27th).
+    """
+    if len(options) > len(_LETTERS):
+        raise DataError(f"{len(options)} options; at most {len(_LETTERS)} can be lettered A-Z")
     lines = [question.strip(), ""] + [f"{_LETTERS[k]}. {opt}" for k, opt in enumerate(options)]
     return "\n".join(lines)
 
@@ -130,17 +147,17 @@ def _find_archives(src: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _read_archive(path: Path, model: str) -> _ModelFile:
+def _read_archive(path: Path, model: str, max_bytes: int = MAX_MEMBER_BYTES) -> _ModelFile:
     """Parse one archive into labels, output lengths, answer keys and texts per question id."""
     try:
         with zipfile.ZipFile(path) as archive:
-            members = [n for n in archive.namelist() if n.endswith(".json")]
+            members = [info for info in archive.infolist() if info.filename.endswith(".json")]
             if len(members) != 1:
                 raise DataError(f"expected one .json inside, found {len(members)}", source=str(path))
-            raw = archive.read(members[0])
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raw = _read_member(archive, members[0], max_bytes, str(path))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as exc:
         raise DataError(f"not a readable zip archive ({exc})", source=str(path)) from exc
-    source = f"{path}:{members[0]}"
+    source = f"{path}:{members[0].filename}"
     records = parse_json(decode_utf8(raw, source), source)
     if not isinstance(records, list):
         raise DataError("expected a JSON array of question records", source=source)
@@ -151,6 +168,24 @@ def _read_archive(path: Path, model: str) -> _ModelFile:
             continue
         _add_record(parsed, record, source, f"item {i}")
     return parsed
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int, source: str) -> bytes:
+    """The member's bytes, refusing more than ``max_bytes`` whatever its header claims."""
+    too_big = (
+        f"{info.filename} inflates to more than {max_bytes:,} bytes (a zip bomb, or not an MMLU-Pro "
+        "archive); nothing was read past the limit"
+    )
+    if info.file_size > max_bytes:
+        raise DataError(f"{too_big} (its header says {info.file_size:,})", source=source)
+    parts, total = [], 0
+    with archive.open(info) as member:
+        while block := member.read(1 << 20):
+            total += len(block)
+            if total > max_bytes:
+                raise DataError(too_big, source=source)
+            parts.append(block)
+    return b"".join(parts)
 
 
 def _add_record(parsed: _ModelFile, record: dict[str, Any], source: str, where: str) -> None:
@@ -167,6 +202,13 @@ def _add_record(parsed: _ModelFile, record: dict[str, Any], source: str, where: 
         ) from exc
     if not isinstance(options, list) or not options:
         raise DataError("'options' must be a non-empty list", source=source, where=where)
+    if len(options) > len(_LETTERS):
+        raise DataError(
+            f"'options' has {len(options)} entries; a question is lettered A-Z, so at most "
+            f"{len(_LETTERS)} (MMLU-Pro has 10)",
+            source=source,
+            where=where,
+        )
     pred = record.get("pred")
     parsed.null_pred += pred is None
     parsed.correct[qid] = float(pred is not None and str(pred) == answer)

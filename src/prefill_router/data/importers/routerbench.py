@@ -20,7 +20,9 @@ Model names are upstream's (``gpt-4-1106-preview``, ``claude-instant-v1``,
 ``meta/llama-2-70b-chat``, ``mistralai/mixtral-8x7b-chat``, ...). The same table saved with
 ``DataFrame.to_csv(index=False)`` imports the same way. An empty cell means "not evaluated".
 
-.. warning:: Loading a pickle runs code stored in it: import only pickle files you trust.
+.. warning:: Loading a pickle runs code stored in it, so a pickle is read only with
+   ``allow_pickle=True`` (``data import routerbench FILE.pkl --allow-pickle``): pass it only for
+   files you trust, or convert the table to CSV where you trust it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ RESPONSE_SUFFIX = "|model_response"
 COST_SUFFIX = "|total_cost"
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 TURN_SEPARATOR = "\n\n"
-PICKLE_NOTE = "read a pickle: pickles run code when loaded, so import only files you trust"
+PICKLE_NOTE = "read a pickle (--allow-pickle): pickles run code when loaded, so import only files you trust"
 # What a broken or foreign pickle raises while loading (truncated, corrupt, missing classes).
 _UNPICKLING_ERRORS = (
     pickle.UnpicklingError,
@@ -73,7 +75,9 @@ _ColumnParser = Callable[[pd.Series, str], np.ndarray]
 """Parses one ``<model><suffix>`` column (the column, its name) into (N,) floats."""
 
 
-def import_routerbench(src: Path, *, prices: PriceTable, split_seed: int = 0) -> ImportResult:
+def import_routerbench(
+    src: Path, *, prices: PriceTable, split_seed: int = 0, allow_pickle: bool = False
+) -> ImportResult:
     """Import a RouterBench wide table (``.pkl``/``.pickle`` or ``.csv``) as a routing dataset.
 
     Labels come from the ``<model>`` columns, observed costs from ``<model>|total_cost``, output
@@ -81,27 +85,29 @@ def import_routerbench(src: Path, *, prices: PriceTable, split_seed: int = 0) ->
     :func:`~prefill_router.data.splits.assign_splits`, grouped by prompt text.
 
     Args:
-        src: the ``.pkl``, ``.pickle`` or ``.csv`` file. A pickle runs code when loaded:
-            import only files you trust.
+        src: the ``.pkl``, ``.pickle`` or ``.csv`` file.
         prices: where the targets' prices come from (RouterBench models are mostly unpriced;
             the observed costs are used then).
         split_seed: seed of the train/test split.
+        allow_pickle: read a ``.pkl``/``.pickle`` file. A pickle runs code when loaded, so
+            without this a pickle is refused before a byte of it is read.
 
     Returns:
         The dataset and the notes for the import summary.
 
     Raises:
-        DataError: a missing or malformed file, a missing column, a model without a correctness
+        DataError: a pickle without ``allow_pickle``, a missing or malformed file, a missing
+            column, a model without a correctness
             column, a duplicate or empty ``sample_id``, an empty prompt, a label outside [0, 1]
             or a negative or non-numeric cost; the message names the row and column.
 
     Example::
 
-        result = import_routerbench(Path("routerbench_0shot.pkl"), prices=builtin_prices())
+        result = import_routerbench(Path("routerbench_0shot.pkl"), prices=builtin_prices(), allow_pickle=True)
         result.dataset.target_names  # ['WizardLM/WizardLM-13B-V1.2', 'claude-instant-v1', ...]
     """
     source = str(src)
-    frame, notes = _read_frame(src)
+    frame, notes = _read_frame(src, allow_pickle)
     require_columns(frame, REQUIRED_COLUMNS, source)
     if frame.empty:
         raise DataError("the table has no rows", source=source)
@@ -220,12 +226,18 @@ def is_empty(value: object) -> bool:
 
 
 # ---------------------------------------------------------------------- reading
-def _read_frame(src: Path) -> tuple[pd.DataFrame, list[str]]:
+def _read_frame(src: Path, allow_pickle: bool) -> tuple[pd.DataFrame, list[str]]:
     """The table in ``src`` with string column names, and the notes about reading it."""
     suffix = src.suffix.lower()
     if suffix == ".csv":
         frame, notes = read_csv(src), []
     elif suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise DataError(
+                "refusing to unpickle: loading a pickle runs any code stored in it. If you trust this "
+                "file, pass --allow-pickle (allow_pickle=True); otherwise use upstream's table as CSV",
+                source=str(src),
+            )
         frame, notes = _read_pickle(src), [PICKLE_NOTE]
     else:
         raise DataError(
@@ -238,7 +250,7 @@ def _read_pickle(src: Path) -> pd.DataFrame:
     if src.is_dir():
         raise DataError("expected a file, found a directory", source=str(src))
     try:
-        # Runs code stored in the file: the docstring of import_routerbench says to trust it.
+        # Runs code stored in the file: the caller opted in with allow_pickle.
         obj = pd.read_pickle(src)
     except FileNotFoundError as exc:
         raise DataError("no such file", source=str(src)) from exc
