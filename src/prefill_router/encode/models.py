@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,10 @@ from prefill_router.errors import ConfigError, EncodeError, MissingDependencyErr
 
 DEFAULT_ENCODER = "smollm2-135m"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+#: Set to 1 to let a router artifact name any local model folder as its encoder (see
+#: :func:`check_encoder_name`); ``Router.load(allow_local_encoders=True)`` does the same.
+ALLOW_LOCAL_ENCODERS_ENV = "PREFILL_ROUTER_ALLOW_LOCAL_ENCODERS"
+_LOCAL_ENCODERS_FILE = "local-encoders.json"  # in the cache: folders this user has encoded with
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,13 @@ class ResolvedEncoder:
     storage: str = "float16"  # the on-disk dtype its features need (EncoderSpec.storage)
 
 
-def resolve_encoder(name_or_path: str, cache_dir: Path | None = None) -> ResolvedEncoder:
+def resolve_encoder(
+    name_or_path: str, cache_dir: Path | None = None, *, remember: bool = True
+) -> ResolvedEncoder:
     """Find the model directory for a registered name or a local path, converting GGUF once.
+
+    A local folder is remembered in the cache as one this user encodes with (see
+    :func:`check_encoder_name`) unless ``remember`` is false (a name read from a router artifact).
 
     Raises:
         MissingDependencyError: the package of a registered encoder is not installed (the
@@ -118,13 +128,63 @@ def resolve_encoder(name_or_path: str, cache_dir: Path | None = None) -> Resolve
             raise EncodeError(
                 f"{path} is not a Hugging Face model directory (expected a folder with config.json)"
             )
-        return ResolvedEncoder(str(path), path, weights_hash(path, cache), "see the model's own licence")
+        resolved = ResolvedEncoder(str(path), path, weights_hash(path, cache), "see the model's own licence")
+        if remember:
+            _remember_local(path, cache)
+        return resolved
     close = difflib.get_close_matches(name_or_path, ENCODERS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(
         f"unknown encoder {name_or_path!r}.{hint} Registered encoders: {', '.join(ENCODERS)}; "
         "or give the path of a local Hugging Face model directory"
     )
+
+
+def check_encoder_name(name: str, cache_dir: Path | None = None, *, allow_local: bool = False) -> None:
+    """Refuse an encoder name read from a file (a router artifact) that is not safe to load as is.
+
+    Accepted: a registered name; a local model folder this user has already encoded with (any
+    ``Encoder(path)`` records the folder in the cache); any folder with ``allow_local`` or the
+    environment variable ``PREFILL_ROUTER_ALLOW_LOCAL_ENCODERS=1``. Anything else, e.g. ``../x``
+    in a router.json from elsewhere, could make loading read a folder of the artifact author's
+    choosing.
+
+    Raises:
+        ConfigError: the name, the registered names and the ways to opt in.
+    """
+    if name in ENCODERS or allow_local or os.environ.get(ALLOW_LOCAL_ENCODERS_ENV) == "1":
+        return
+    if str(_canonical(Path(name))) in _local_folders(cache_dir or default_cache_dir()):
+        return
+    raise ConfigError(
+        f"the router names the encoder {name!r}, which is not a registered encoder "
+        f"({', '.join(ENCODERS)}) nor a model folder this machine has encoded with; a router from "
+        "elsewhere could point it at any folder. If you trust this router, allow local encoders "
+        f"(Router.load(..., allow_local_encoders=True), serve --allow-local-encoder, or "
+        f"{ALLOW_LOCAL_ENCODERS_ENV}=1)"
+    )
+
+
+def _canonical(path: Path) -> Path:
+    try:
+        return path.expanduser().resolve()
+    except (OSError, RuntimeError):
+        return path
+
+
+def _remember_local(path: Path, cache: Path) -> None:
+    """Record a local encoder folder the user chose, so routers fitted on it load without opt-in."""
+    folders, folder = _local_folders(cache), str(_canonical(path))
+    if folder in folders:
+        return
+    # A read-only cache: not recorded (the router then needs the opt-in).
+    with contextlib.suppress(OSError), atomic_path(cache / _LOCAL_ENCODERS_FILE) as tmp:
+        tmp.write_text(json.dumps({"folders": [*folders, folder]}, indent=1))
+
+
+def _local_folders(cache: Path) -> list[str]:
+    folders = _read_json(cache / _LOCAL_ENCODERS_FILE).get("folders")
+    return [str(f) for f in folders] if isinstance(folders, list) else []
 
 
 def _package_dir(spec: EncoderSpec) -> Path:

@@ -106,6 +106,7 @@ class Router:
         self.calibration_tokens = calibration_tokens
         self._loaded: list[Encoder | None] = [None] * len(self.encoders)
         self._cache_dir: str | Path | None = None  # where the encoders' converted models live
+        self._allow_local_encoders = True  # False once loaded: a router.json from elsewhere names them
         self._encoder_lock = threading.Lock()
 
     @property
@@ -262,16 +263,25 @@ class Router:
 
     @classmethod
     def load(
-        cls, path: str | Path, *, check_encoder: bool = True, cache_dir: str | Path | None = None
+        cls,
+        path: str | Path,
+        *,
+        check_encoder: bool = True,
+        cache_dir: str | Path | None = None,
+        allow_local_encoders: bool = False,
     ) -> Router:
         """Load and validate an artifact folder.
 
         With ``check_encoder`` the installed encoder's weights hash must equal the artifact's
-        (this resolves the encoder, which never re-converts a model already in the cache).
+        (this resolves the encoder, which never re-converts a model already in the cache). An
+        encoder name that is not registered is a local folder: it is accepted only when this user
+        has encoded with that folder before, or with ``allow_local_encoders`` (see
+        :func:`prefill_router.encode.models.check_encoder_name`).
 
         Raises:
             DataError: a missing, truncated, tampered or newer-format artifact (the message names
                 what is wrong). EncodeError: the installed encoder is not the one it was trained on.
+                ConfigError: an unregistered encoder name that is not allowed.
         """
         meta, arrays = read_artifact(path)
         try:
@@ -280,6 +290,7 @@ class Router:
             raise DataError(str(exc), source=str(path)) from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"router.json is malformed: {exc!r}", source=str(path)) from exc
+        router._allow_local_encoders = allow_local_encoders
         if check_encoder:
             router.check_encoder(cache_dir)
         router._cache_dir = cache_dir
@@ -291,17 +302,21 @@ class Router:
         Raises:
             MissingDependencyError: an encoder's model package is not installed (the message
                 names the pip command). EncodeError: an installed encoder has other weights.
+                ConfigError: a loaded router names an unregistered encoder that is not allowed.
         """
         from prefill_router.encode import resolve_encoder
+        from prefill_router.encode.models import check_encoder_name
 
+        cache = Path(cache_dir) if cache_dir else None
         for identity in self.encoders:
-            resolved = resolve_encoder(identity.name, Path(cache_dir) if cache_dir else None)
+            resolved = resolve_encoder(identity.name, cache, remember=False)  # hashes, loads nothing
             if resolved.weights_sha256 != identity.weights_sha256:
                 raise EncodeError(
                     f"this router was trained on encoder {identity.name} with weights sha256 "
                     f"{identity.weights_sha256[:16]}…, but the installed one has "
                     f"{resolved.weights_sha256[:16]}…; install the encoder it was trained on or refit"
                 )
+            check_encoder_name(identity.name, cache, allow_local=self._allow_local_encoders)
 
     def to_json(self) -> dict[str, Any]:
         """The router.json document (without the format fields the writer adds)."""
@@ -444,6 +459,7 @@ class Router:
         )
         router._loaded = list(self._loaded)
         router._cache_dir = self._cache_dir
+        router._allow_local_encoders = self._allow_local_encoders
         return router
 
     def build_encoder(self, *, device: str = "auto", threads: int | None = None) -> Encoder:
@@ -457,8 +473,11 @@ class Router:
 
     def _build(self, index: int, *, device: str = "auto", threads: int | None = None) -> Encoder:
         from prefill_router.encode import Encoder
+        from prefill_router.encode.models import check_encoder_name
 
         identity = self.encoders[index]
+        cache = Path(self._cache_dir) if self._cache_dir else None
+        check_encoder_name(identity.name, cache, allow_local=self._allow_local_encoders)
         return Encoder(
             identity.name,
             view=identity.view,
