@@ -15,7 +15,11 @@ hands them back memory-mapped. Layout under ``root``::
 A chunk's digest covers the key digest and its prompt texts, so a run over the first N prompts
 reuses every full chunk of a later run over all of them (and the other way round). Every file is
 written atomically and a manifest is written only after its ``.npy``: the manifest is the commit
-marker, so a killed run resumes at the first chunk without one. Pure numpy and stdlib on purpose:
+marker, so a killed run resumes at the first chunk without one. Writers of one key take its lock
+(``features/<key>/.lock``, an advisory ``flock``), so two runs never interleave a ``.npy`` and
+another run's manifest. A view is served only after its sha256 and finiteness were checked once
+for the file as it is on disk (its size, times and inode are recorded then; any later write to it
+changes them and brings the check back). Pure numpy and stdlib on purpose:
 the store never needs the encoder, only a callback that computes features for a list of prompts.
 
 Example::
@@ -27,13 +31,14 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -399,6 +404,15 @@ class FeatureJob:
         """
         counts = check_chunk_result(result, self.key, chunk.n_rows, self.hidden, chunk.index, chunk.start)
         npy = self.layout.chunk_npy(chunk.digest)
+        with _key_lock(self.layout.root):
+            theirs = _committed_meanwhile(npy, self._expected(chunk), self.hidden)
+            if theirs is not None:  # another run of this key committed it while we computed it
+                self._accept(chunk, theirs)
+                self.computed += 1
+                return
+            self._write_chunk(chunk, npy, result, counts)
+
+    def _write_chunk(self, chunk: Chunk, npy: Path, result: ChunkResult, counts: dict[str, int]) -> None:
         stored = np.ascontiguousarray(result.features, dtype=self.key.disk_dtype)
         with atomic_path(npy) as tmp:
             sha256, n_bytes = _write_npy(tmp, stored.shape, [stored], self.key.disk_dtype)
@@ -429,7 +443,8 @@ class FeatureJob:
             )
         manifests = [self._manifests[chunk.index] for chunk in self.chunks]
         paths = [self.layout.chunk_npy(chunk.digest) for chunk in self.chunks]
-        _write_view(self.view_path, self.key, paths, manifests)
+        with _key_lock(self.layout.root):
+            _write_view(self.view_path, self.key, paths, manifests)
         stored = _open_view(
             self.key, self.view_path, len(self.prompts), computed=self.computed, reused=self.reused
         )
@@ -555,24 +570,29 @@ def _check_counts(result: ChunkResult, n: int, index: int) -> dict[str, int]:
 def _open_view(
     key: FeatureKey, npy: Path, n_rows: int, *, computed: int, reused: int
 ) -> StoredFeatures | None:
-    """Open a committed view read-only, or return ``None`` if there is none (or it is damaged)."""
+    """Open a committed view read-only, or return ``None`` if there is none (or it is damaged).
+
+    The size, dtype and shape are checked every time; the sha256 and finiteness of every value
+    once per file as it is on disk (:func:`_view_verified`).
+    """
     manifest_path = npy.with_suffix(".json")
     if not manifest_path.exists():
         return None
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         features = np.load(npy, mmap_mode="r", allow_pickle=False)
+        totals = {name: int(manifest[name]) for name in ("n_tokens", "n_truncated", "n_empty")}
         sound = (
             npy.stat().st_size == manifest["n_bytes"]
             and features.dtype == key.disk_dtype
             and features.ndim == 4
             and features.shape[:3] == (n_rows, len(key.poolings), len(key.layers))
+            and _view_verified(npy, manifest, features)
         )
     except (OSError, ValueError, KeyError, TypeError):
         sound = False
     if not sound:
-        # Only the view is rebuilt (from the chunks, which are checked one by one), so this is
-        # cheap; a full hash of a multi-GB view on every load would defeat "reload instantly".
+        # Only the view is rebuilt (from the chunks, which are checked one by one), so this is cheap.
         # Frames: here, stored_view(), get_or_compute(), its caller.
         warnings.warn(f"feature store: view {npy} is damaged; rebuilding it", UserWarning, stacklevel=4)
         return None
@@ -580,12 +600,64 @@ def _open_view(
         key=key,
         features=features,
         path=npy,
-        n_tokens=int(manifest["n_tokens"]),
-        n_truncated=int(manifest["n_truncated"]),
-        n_empty=int(manifest["n_empty"]),
+        **totals,
         computed_chunks=computed,
         reused_chunks=reused,
     )
+
+
+def _file_stamp(path: Path) -> list[int]:
+    """What any write to a file changes: size, mtime, ctime (not settable by users) and inode."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+
+
+def _view_verified(npy: Path, manifest: dict[str, Any], features: npt.NDArray[Any]) -> bool:
+    """Whether the view's bytes are those its manifest describes, all finite.
+
+    A full check (sha256, then finiteness, streamed) runs when the file is not the one last checked
+    (its stamp differs: first open after a copy, or any write since); a pass records the new stamp
+    in the manifest, so later opens stay instant. A read-only store checks on every open.
+    """
+    if manifest.get("file_stamp") == _file_stamp(npy):
+        return True
+    with open(npy, "rb") as handle:
+        if hashlib.file_digest(handle, "sha256").hexdigest() != manifest["sha256"]:
+            return False
+    step = max(1, (64 << 20) // max(1, features[:1].nbytes))  # ~64 MB of rows at a time
+    if not all(np.isfinite(features[i : i + step]).all() for i in range(0, len(features), step)):
+        return False
+    with contextlib.suppress(OSError):
+        _write_json(npy.with_suffix(".json"), {**manifest, "file_stamp": _file_stamp(npy)})
+    return True
+
+
+def _committed_meanwhile(
+    npy: Path, expected: tuple[int, int, int], hidden: int | None
+) -> dict[str, Any] | None:
+    """The manifest of a sound chunk another writer committed, read quietly (no damage warning)."""
+    try:
+        manifest: dict[str, Any] = json.loads(npy.with_suffix(".json").read_text(encoding="utf-8"))
+        return manifest if _chunk_problem(npy, manifest, expected, hidden) is None else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _key_lock(folder: Path) -> Iterator[None]:
+    """Hold the key folder's advisory lock (``flock``; a no-op where the OS has none)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one writer per key is then the caller's business
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _write_view(npy: Path, key: FeatureKey, chunk_paths: list[Path], manifests: list[dict[str, Any]]) -> None:
@@ -608,6 +680,7 @@ def _write_view(npy: Path, key: FeatureKey, chunk_paths: list[Path], manifests: 
         "n_bytes": n_bytes,
         **totals,
         "chunks": [path.stem for path in chunk_paths],
+        "file_stamp": _file_stamp(npy),  # written and hashed just now: no need to read it back
     }
     _write_json(npy.with_suffix(".json"), manifest)
 
