@@ -7,7 +7,10 @@ prompts of its batch are routed as usual. Decisions stream to the output file (P
 or CSV by suffix), which appears atomically when the run completes.
 
 Output columns: ``prompt_id``, ``target``, ``cost_usd`` (the chosen target's estimated cost),
-``p_<target>`` for every target, and ``error``.
+``p_<target>`` for every target, and ``error``. In a CSV file, a text cell that a spreadsheet would
+run as a formula (one starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return: ids
+and error messages come from the input) is written with a leading ``'`` (OWASP's advice); Parquet
+and JSON Lines keep every value exactly.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = ["BatchPolicy", "DecisionWriter", "decision_schema", "route_prompts", 
 
 DEFAULT_BATCH_SIZE = 256
 _ARTIFACT_FILES = ("router.json", "router.safetensors")
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets evaluate (CSV injection)
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,8 @@ class DecisionWriter:
     def write(self, table: pa.Table) -> None:
         """Append one batch of decisions."""
         table = table.cast(self.schema)
+        if self.kind == "csv":
+            table = _defuse_formulas(table)
         if self.kind == "jsonl":
             for row in table.to_pylist():
                 self._writer.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -194,6 +200,23 @@ class DecisionWriter:
         if self.kind != "jsonl" and self._writer is not None:
             self._writer.close()  # before the rename that atomic_path makes on a clean exit
         self._stack.__exit__(kind, exc, trace)
+
+
+def _defuse_formulas(table: pa.Table) -> pa.Table:
+    """``table`` with a ``'`` before every text cell a spreadsheet would evaluate as a formula.
+
+    Example:
+        >>> _defuse_formulas(pa.table({"id": ["=1+1", "ok", None]})).column("id").to_pylist()
+        ["'=1+1", 'ok', None]
+    """
+    for index, column in enumerate(table.schema):
+        if pa.types.is_string(column.type):
+            values = [
+                "'" + v if isinstance(v, str) and v.startswith(_FORMULA_STARTS) else v
+                for v in table.column(index).to_pylist()
+            ]
+            table = table.set_column(index, column, pa.array(values, pa.string()))
+    return table
 
 
 # --- On Ray ------------------------------------------------------------------------------------
