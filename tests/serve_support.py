@@ -6,14 +6,17 @@ Used by tests/test_serve_*.py and benchmarks/serve_load.py. Real HTTP servers on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -22,10 +25,18 @@ from fastapi.responses import Response, StreamingResponse
 UPSTREAM_IDS = {"math-model": "up-math", "poem-model": "up-poem", "code-model": "up-code"}
 
 
+#: What the fake puts in its refusals: a fragment of "the key", which must never reach a client.
+KEY_FRAGMENT = "sk-live-7f3a...9Qz"
+
+
 @dataclass
 class FakeBehaviour:
     """What the fake upstream does, per upstream model id (default ``ok``): ok / fail / stall / reject /
-    flaky (``fail_share`` 5xx, ``stall_share`` stalls, otherwise ok)."""
+    flaky (``fail_share`` 5xx, ``stall_share`` stalls, otherwise ok), and the misbehaviours of the
+    adversarial tests: unauthorized / forbidden / rate_limited (401 / 403 / 429 quoting KEY_FRAGMENT),
+    bad_json and error_200 (a 200 whose body is not JSON, or only an error), truncated (an SSE stream
+    without [DONE]), drop (the connection breaks after the first event), headers_stall (headers, then
+    nothing for ``stall_s``) and slow_stream (one event, then one every ``stall_s``)."""
 
     modes: dict[str, str] = field(default_factory=dict)
     stall_s: float = 1.5
@@ -33,6 +44,57 @@ class FakeBehaviour:
     stall_share: float = 0.1
     calls: list[tuple[str, bool]] = field(default_factory=list)  # (model, stream)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    active_streams: int = 0  # response bodies being sent now (a leak keeps this above zero)
+    seen_keys: list[str] = field(default_factory=list)  # Authorization headers received
+
+
+_REFUSALS = {"unauthorized": 401, "forbidden": 403, "rate_limited": 429}
+
+
+def _misbehave(mode: str, model: str, stream: bool, behaviour: FakeBehaviour) -> Response | None:
+    """The adversarial modes' answers (None for the ordinary ones)."""
+    if mode in _REFUSALS:
+        body = {
+            "error": {"message": f"Incorrect API key provided: {KEY_FRAGMENT}", "type": "invalid_request"}
+        }
+        return Response(json.dumps(body).encode(), _REFUSALS[mode], media_type="application/json")
+    if mode == "bad_json":
+        return Response(b'{"id": "chatcmpl-1", "choices": [', media_type="application/json")
+    if mode == "error_200":
+        body = {"error": {"message": f"quota exceeded for {KEY_FRAGMENT}", "type": "insufficient_quota"}}
+        return Response(json.dumps(body).encode(), media_type="application/json")
+    events = stream_chunks(model)
+    if mode == "truncated":
+        return StreamingResponse(_counted(behaviour, events[:2]), media_type="text/event-stream")
+    if mode == "drop":
+        return StreamingResponse(_counted(behaviour, events[:1], fail=True), media_type="text/event-stream")
+    if mode == "headers_stall":
+        return StreamingResponse(
+            _counted(behaviour, events, first_delay_s=behaviour.stall_s),
+            media_type="text/event-stream" if stream else "application/json",
+        )
+    if mode == "slow_stream":
+        return StreamingResponse(
+            _counted(behaviour, events, delay_s=behaviour.stall_s), media_type="text/event-stream"
+        )
+    return None
+
+
+async def _counted(
+    behaviour: FakeBehaviour, events: list[bytes], *, fail: bool = False, first_delay_s: float = 0.0,
+    delay_s: float = 0.0,
+) -> Any:  # fmt: skip
+    behaviour.active_streams += 1
+    try:
+        await asyncio.sleep(first_delay_s)
+        for i, event in enumerate(events):
+            if i:
+                await asyncio.sleep(delay_s)
+            yield event
+        if fail:
+            raise ConnectionResetError("the fake upstream drops the connection")
+    finally:
+        behaviour.active_streams -= 1
 
 
 def completion_bytes(model: str) -> bytes:
@@ -68,7 +130,11 @@ def fake_upstream(behaviour: FakeBehaviour) -> FastAPI:
         body = await request.json()
         model, stream = str(body.get("model")), bool(body.get("stream"))
         behaviour.calls.append((model, stream))
+        behaviour.seen_keys.append(request.headers.get("authorization", ""))
         mode = behaviour.modes.get(model, "ok")
+        misbehaving = _misbehave(mode, model, stream, behaviour)
+        if misbehaving is not None:
+            return misbehaving
         if mode == "flaky":
             roll = behaviour.rng.random()
             mode = "fail" if roll < behaviour.fail_share else "ok"
@@ -148,3 +214,29 @@ def load_tiny_router(path: Path, model_dir: Path, cache: Path) -> Any:
     router = Router.load(path, cache_dir=cache)
     router.use_encoder(Encoder(str(model_dir), dtype="float32", threads=1, cache_dir=cache))
     return router
+
+
+@contextlib.contextmanager
+def running_proxy(router: Any, config: Any, *, decision_log: Path | None = None) -> Iterator[str]:
+    """The proxy for ``router`` and ``config`` on a loopback port, once its warm-up has ended."""
+    from prefill_router.serve.app import create_app
+
+    with ServerThread(create_app(router, config, decision_log=decision_log)) as server:
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=server.url) as client:
+            while time.monotonic() < deadline:
+                ready = client.get("/ready")
+                if ready.status_code == 200 or ready.json()["status"] == "failed":
+                    break
+                time.sleep(0.01)
+        yield server.url
+
+
+def prometheus(url: str, name: str, having: str = "") -> float:
+    """Sum of every sample of ``name`` (all labels, or those with ``having``) in the proxy's /metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#") and having in line
+    )

@@ -25,6 +25,7 @@ from tests.serve_support import (
     completion_bytes,
     fake_upstream,
     load_tiny_router,
+    running_proxy,
     stream_chunks,
 )
 
@@ -220,9 +221,7 @@ def test_session_affinity_reuses_the_target_unless_opted_out(client: httpx.Clien
 
 
 # ======================================================================= failures
-def test_upstream_5xx_timeout_and_connect_error_fall_back(
-    client: httpx.Client, behaviour: FakeBehaviour
-) -> None:
+def test_upstream_5xx_and_connect_errors_fall_back(client: httpx.Client, behaviour: FakeBehaviour) -> None:
     fallbacks = metric(client, "prefill_router_fallbacks_total")
     behaviour.modes["up-code"] = "fail"
     failed = chat(client, router={"allowed": ["code-model"]})
@@ -235,7 +234,15 @@ def test_upstream_5xx_timeout_and_connect_error_fall_back(
     assert response.headers["x-router-target"] == "code-model"  # poem-model is not allowed
     assert response.headers["x-router-fallback-from"] == "math-model"
     assert response.content == completion_bytes("up-code")
-    behaviour.modes["up-math"] = "stall"
+    assert metric(client, "prefill_router_fallbacks_total") >= fallbacks + 1
+
+
+def test_a_read_timeout_is_not_sent_to_a_second_target(
+    client: httpx.Client, behaviour: FakeBehaviour
+) -> None:
+    """The first target may still be answering (and billing) it: a 504, never a second bill."""
+    timeouts = metric(client, "prefill_router_upstream_requests_total", 'outcome="timeout"')
+    behaviour.modes["up-math"] = "stall"  # 1 s, past the targets' 0.3 s timeout
     stalled = client.post(
         "/v1/chat/completions",
         json={
@@ -244,12 +251,15 @@ def test_upstream_5xx_timeout_and_connect_error_fall_back(
             "router": {"allowed": ["math-model", "code-model"], "max_cost_usd": 1e-12},
         },
     )
-    assert stalled.status_code == 200
-    assert stalled.headers["x-router-target"] == "code-model"  # math-model chosen (cheaper), stalled
-    assert stalled.headers["x-router-fallback-from"] == "math-model"
-    assert stalled.content == completion_bytes("up-code")
-    assert metric(client, "prefill_router_fallbacks_total") >= fallbacks + 2
-    assert metric(client, "prefill_router_upstream_requests_total", 'outcome="timeout"') >= 1
+    assert stalled.status_code == 504
+    error = stalled.json()["error"]
+    assert error["code"] == "upstream_timeout"
+    assert error["message"] == (
+        "every upstream failed: math-model: no response within 0.3 s; not retried elsewhere, since it may "
+        "still be answering (and billing) the request"
+    )
+    assert [model for model, _ in behaviour.calls] == ["up-math"]  # code-model was never called
+    assert metric(client, "prefill_router_upstream_requests_total", 'outcome="timeout"') == timeouts + 1
 
 
 def test_streaming_falls_back_before_the_first_byte(client: httpx.Client, behaviour: FakeBehaviour) -> None:
@@ -282,24 +292,57 @@ def test_every_upstream_down_gives_a_502_envelope(router: Router, tmp_path: Path
 def test_an_encoder_failure_goes_to_the_fallback_target(router: Router, upstream: str) -> None:
     broken = copy.copy(router)
 
-    def fail(prompts: Any) -> Any:
-        raise RuntimeError("encoder exploded")
+    def fail_on_explode(prompts: Any) -> Any:
+        if any("explode" in p for p in prompts):
+            raise RuntimeError("encoder exploded")
+        return router.predict_proba(prompts)
 
-    broken.predict_proba = fail  # type: ignore[method-assign]
+    broken.predict_proba = fail_on_explode  # type: ignore[method-assign]
     with (
-        ServerThread(create_app(broken, config_for(upstream, client_tokens=()))) as server,
-        httpx.Client(base_url=server.url) as c,
+        running_proxy(broken, config_for(upstream, client_tokens=())) as url,
+        httpx.Client(base_url=url) as c,
     ):
         response = c.post(
-            "/v1/chat/completions", json={"model": "router", "messages": [{"role": "user", "content": CODE}]}
+            "/v1/chat/completions",
+            json={"model": "router", "messages": [{"role": "user", "content": CODE + " explode"}]},
         )
         assert response.status_code == 200
         assert response.headers["x-router-target"] == FALLBACK[0]
-        assert response.headers["x-router-reason"].startswith("scoring failed (RuntimeError)")
-        ready = c.get("/ready")
-        assert ready.status_code == 503 and ready.json()["status"] == "failed"
+        assert response.headers["x-router-reason"] == "scoring failed (RuntimeError); the fallback target"
+        assert c.get("/ready").status_code == 200  # the warm-up worked: only this prompt failed
         assert c.get("/health").json() == {"status": "ok"}
         assert metric(c, 'prefill_router_fallbacks_total{kind="encoder"}') == 1
+
+
+def test_a_failed_warm_up_sends_requests_to_the_fallback_without_reloading(
+    router: Router, upstream: str
+) -> None:
+    """An encoder that cannot load is not loaded again for every batch (each try costs a model load)."""
+    broken = copy.copy(router)
+    calls: list[int] = []
+
+    def fail(prompts: Any) -> Any:
+        calls.append(len(prompts))
+        raise RuntimeError("the model folder is gone")
+
+    broken.predict_proba = fail  # type: ignore[method-assign]
+    with (
+        running_proxy(broken, config_for(upstream, client_tokens=())) as url,
+        httpx.Client(base_url=url) as c,
+    ):
+        ready = c.get("/ready")
+        assert (ready.status_code, ready.json()["status"]) == (503, "failed")
+        assert ready.json()["error"] == "RuntimeError: the model folder is gone"
+        for i in range(10):
+            body = {"model": "router", "messages": [{"role": "user", "content": f"{CODE} {i}"}]}
+            response = c.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200
+            assert response.headers["x-router-target"] == FALLBACK[0]
+            assert response.headers["x-router-reason"].startswith(
+                "scoring failed (the encoder did not warm up)"
+            )
+        assert calls == [1]  # the warm-up only
+        assert metric(c, 'prefill_router_fallbacks_total{kind="encoder"}') == 10
 
 
 @pytest.mark.parametrize(

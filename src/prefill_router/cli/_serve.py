@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -38,8 +38,20 @@ def serve(
         typer.Option("--log-decisions", help="Append one JSONL line per decision (hashes, no text)."),
     ] = None,
     cache: CacheOption = None,
+    allow_local_encoder: Annotated[
+        bool,
+        typer.Option(
+            "--allow-local-encoder",
+            help="Load a router whose encoder is a local model folder this machine has not encoded with "
+            "(only for routers you trust).",
+        ),
+    ] = False,
 ) -> None:
-    """Serve the router as an OpenAI-compatible proxy: /v1/chat/completions, /v1/route, /metrics."""
+    """Serve the router as an OpenAI-compatible proxy: /v1/chat/completions, /v1/route, /metrics.
+
+    On SIGTERM it drains: /ready turns 503 and new requests get 503 for ``drain_s`` seconds while
+    those in flight finish; then it stops. A second signal stops it at once.
+    """
     check_serve_dependencies()
     if (config is None) == (upstream is None):
         raise ConfigError("pass exactly one of --config FILE or --upstream URL")
@@ -49,7 +61,7 @@ def serve(
     from prefill_router.serve.config import ServeConfig
     from prefill_router.train import Router
 
-    router = Router.load(router_path, cache_dir=cache)
+    router = Router.load(router_path, cache_dir=cache, allow_local_encoders=allow_local_encoder)
     if config is not None:
         settings = ServeConfig.load(config, router.targets)
     else:
@@ -58,6 +70,37 @@ def serve(
     err_console.print(
         f"[bold]prefill-router[/] serving {router_path} ({len(router.targets)} targets) on http://{host}:{port}"
     )
-    uvicorn.run(
-        create_app(router, settings, decision_log=log_decisions), host=host, port=port, log_level="info"
-    )
+    app = create_app(router, settings, decision_log=log_decisions)
+    server = draining_server(uvicorn.Config(app, host=host, port=port, log_level="info"), settings.drain_s)
+    server.run()
+
+
+def draining_server(config: Any, drain_s: float) -> Any:
+    """A ``uvicorn.Server`` for the proxy app of ``config`` that drains on its first SIGTERM/SIGINT.
+
+    During the ``drain_s`` seconds after the signal the app answers new requests with 503 (and
+    /ready with 503) while the requests in flight finish; then uvicorn's graceful shutdown runs
+    (it waits for responses still being sent). A second signal shuts down at once.
+    """
+    import time
+
+    import uvicorn
+
+    service = config.app.state.service
+
+    class DrainingServer(uvicorn.Server):
+        drain_until: float | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.drain_until is None and drain_s > 0 and not self.should_exit:
+                service.start_draining()
+                self.drain_until = time.monotonic() + drain_s
+                return
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.drain_until is not None and time.monotonic() >= self.drain_until:
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+    return DrainingServer(config)

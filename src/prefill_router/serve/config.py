@@ -21,10 +21,26 @@ Example ``serve.yaml``::
     max_body_bytes: 1000000
     max_batch: 32                  # prompts per encoder forward
     max_wait_ms: 3                 # how long the first prompt of a batch waits for company
+    max_prompts: 128               # prompts in one /v1/route request
+    max_queue: 1024                # prompts waiting for the encoder; beyond: the fallback target
+    score_timeout_s: 2             # scoring deadline; past it: the fallback target
+    deadline_s: 120                # one request's upstream calls, fallbacks included, until headers
+    drain_s: 5                     # after SIGTERM: in-flight requests finish, new ones get 503
+    client_rights:                 # what a client token may do (default: everything)
+      pin: true                    # name a target as `model`
+      overrides: [policy, knob, budget_usd, allowed, max_cost_usd, session]
+    clients:                       # or one entry per client: its token's variable and rights
+      batch-jobs: {token_env: BATCH_TOKEN, pin: false, overrides: [allowed, max_cost_usd]}
+    decision_log_max_bytes: 100000000  # --log-decisions rotates past this size ...
+    decision_log_backups: 5        # ... keeping this many old files
+
+Target names must match ``TARGET_NAME`` (letters, digits and ``_ . : / @ + -``, at most 128), so
+that no name can inject a header or a log line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -38,11 +54,17 @@ from prefill_router.errors import ConfigError
 
 ROUTING_TEXTS = ("last_user", "first_user", "conversation")
 ROUTER_MODEL = "router"
+#: The fields of a request's ``router`` object (see :mod:`prefill_router.serve.protocol`).
+OVERRIDE_FIELDS = ("policy", "knob", "budget_usd", "allowed", "max_cost_usd", "session")
 _TOP_KEYS = {
     "targets", "policy", "knob", "profiles", "fallback", "routing_text", "client_tokens",
     "client_tokens_env", "cache_size", "cache_key_env", "max_body_bytes", "max_batch", "max_wait_ms",
+    "max_prompts", "max_queue", "score_timeout_s", "deadline_s", "drain_s", "client_rights", "clients",
+    "decision_log_max_bytes", "decision_log_backups",
 }  # fmt: skip
 _TARGET_KEYS = {"base_url", "model", "api_key_env", "timeout_s"}
+_RIGHTS_KEYS = {"pin", "overrides"}
+_CLIENT_KEYS = {"token_env", *_RIGHTS_KEYS}
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,28 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class ClientRights:
+    """What a client may ask of the router: pin a target, and which ``router`` fields it may set."""
+
+    pin: bool = True  # may ``model`` name a target (no routing, no fallback)?
+    overrides: frozenset[str] = frozenset(OVERRIDE_FIELDS)  # settable fields of ``router``
+
+
+@dataclass(frozen=True)
+class Client:
+    """One authenticated client: a name (for logs and session scopes), its token and its rights."""
+
+    name: str
+    token: str = field(repr=False)
+    rights: ClientRights = ClientRights()
+
+    @property
+    def token_sha256(self) -> bytes:
+        """The token's digest: tokens are compared digest to digest, in constant time."""
+        return hashlib.sha256(self.token.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Everything the proxy needs besides the router artifact."""
 
@@ -78,16 +122,45 @@ class ServeConfig:
     profiles: dict[str, Profile] = field(default_factory=dict)  # "router" is added as ``default``
     fallback: tuple[str, ...] = ()  # encoder failure -> fallback[0]; upstream failure -> next one
     routing_text: str = "last_user"
-    client_tokens: tuple[str, ...] = ()  # empty: no authentication
+    client_tokens: tuple[str, ...] = ()  # each gets ``client_rights``; empty (and no clients): open
     cache_size: int = 10_000
     cache_key: bytes | None = None  # HMAC key of the decision cache (None: random per process)
     max_body_bytes: int = 1_000_000
     max_batch: int = 32
     max_wait_ms: float = 3.0
+    max_prompts: int = 128  # prompts in one /v1/route request
+    max_queue: int = 1024  # prompts waiting for the encoder; a full queue sends to the fallback
+    score_timeout_s: float = 2.0  # scoring deadline (queue + forward); past it, the fallback
+    deadline_s: float = 120.0  # all upstream attempts of one request, until the response headers
+    drain_s: float = 5.0  # after SIGTERM: new requests get 503 while in-flight ones finish
+    client_rights: ClientRights = ClientRights()  # rights of the client_tokens (and of open access)
+    clients: tuple[Client, ...] = ()  # named clients with rights of their own
+    decision_log_max_bytes: int = 100_000_000  # the decision log rotates past this size ...
+    decision_log_backups: int = 5  # ... keeping this many old files
 
     def profile(self, model: str) -> Profile | None:
         """The profile named ``model`` (``router`` is the default one), or None."""
         return self.default if model == ROUTER_MODEL else self.profiles.get(model)
+
+    def all_clients(self) -> tuple[Client, ...]:
+        """Every accepted token as a client: ``client_tokens`` (named ``token-1`` ...) then ``clients``."""
+        plain = tuple(
+            Client(f"token-{i}", token, self.client_rights) for i, token in enumerate(self.client_tokens, 1)
+        )
+        return plain + self.clients
+
+    def check_environment(self) -> None:
+        """Raise unless every ``api_key_env`` of a target is set (checked when the app is created).
+
+        Raises:
+            ConfigError: naming the target and the variable.
+        """
+        for name, target in self.targets.items():
+            if target.api_key_env is not None and not os.environ.get(target.api_key_env):
+                raise ConfigError(
+                    f"targets.{name}.api_key_env: the environment variable {target.api_key_env} is not "
+                    "set; export it (the upstream would refuse every request) or remove api_key_env"
+                )
 
     @classmethod
     def quick(cls, targets: Sequence[str], upstream_url: str, **options: Any) -> ServeConfig:
@@ -96,6 +169,8 @@ class ServeConfig:
         The fallback chain is the targets in router order.
         """
         url = _check_url(upstream_url, "--upstream")
+        for name in targets:
+            _check_target_name(name, "targets")
         upstreams = {name: UpstreamTarget(name, url, name) for name in targets}
         return cls(targets=upstreams, fallback=tuple(targets), **options)
 
@@ -130,12 +205,20 @@ class ServeConfig:
         routing_text = data.get("routing_text", "last_user")
         if routing_text not in ROUTING_TEXTS:
             raise ConfigError(f"routing_text must be one of {', '.join(ROUTING_TEXTS)}; got {routing_text!r}")
+        rights = _rights(data.get("client_rights") or {}, "client_rights", ClientRights())
         return cls(
             targets=upstreams, default=default, profiles=profiles, fallback=fallback,
             routing_text=routing_text, client_tokens=_tokens(data),
             cache_size=_int(data, "cache_size", 10_000, 0), cache_key=_cache_key(data),
             max_body_bytes=_int(data, "max_body_bytes", 1_000_000, 1),
             max_batch=_int(data, "max_batch", 32, 1), max_wait_ms=_number(data, "max_wait_ms", 3.0),
+            max_prompts=_int(data, "max_prompts", 128, 1), max_queue=_int(data, "max_queue", 1024, 1),
+            score_timeout_s=_number(data, "score_timeout_s", 2.0),
+            deadline_s=_number(data, "deadline_s", 120.0),
+            drain_s=_number(data, "drain_s", 5.0, allow_zero=True), client_rights=rights,
+            clients=_clients(data.get("clients") or {}, rights),
+            decision_log_max_bytes=_int(data, "decision_log_max_bytes", 100_000_000, 1000),
+            decision_log_backups=_int(data, "decision_log_backups", 5, 0),
         )  # fmt: skip
 
 
@@ -161,8 +244,8 @@ def _targets(raw: Any, names: Sequence[str]) -> dict[str, UpstreamTarget]:
         if key_env is not None and not isinstance(key_env, str):
             raise ConfigError(f"{where}.api_key_env must be an environment variable name; got {key_env!r}")
         model = spec.get("model", name)
-        if not isinstance(model, str) or not model:
-            raise ConfigError(f"{where}.model must be a non-empty string; got {model!r}")
+        if not isinstance(model, str) or not model or not model.isprintable():
+            raise ConfigError(f"{where}.model must be a non-empty printable string; got {model!r}")
         url = _check_url(spec.get("base_url"), f"{where}.base_url")
         out[name] = UpstreamTarget(name, url, model, key_env, _number(spec, "timeout_s", 60.0, where))
     return out
@@ -193,6 +276,7 @@ def _profiles(raw: Any, targets: Sequence[str]) -> dict[str, Profile]:
         if name == ROUTER_MODEL or name in targets:
             taken = "the router" if name == ROUTER_MODEL else "a target"
             raise ConfigError(f"profiles.{name}: the name is taken by {taken}")
+        _check_target_name(name, "profiles")  # a profile name travels in headers and logs as well
     return {str(name): _profile(spec, f"profiles.{name}") for name, spec in raw.items()}
 
 
@@ -202,9 +286,19 @@ def _names(raw: Any, where: str, targets: Sequence[str]) -> list[str]:
     if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
         raise ConfigError(f"{where} must be a list of target names; got {raw!r}")
     for name in raw:
+        _check_target_name(name, where)
         if name not in targets:
             raise ConfigError(f"{where}: {UnknownTargetError(name, targets)}")
     return list(raw)
+
+
+def _check_target_name(name: Any, where: str) -> None:
+    """Raise ConfigError for a name that could break a header or a log line (CR/LF, non-latin-1...)."""
+    from prefill_router.data.importers import target_name_problem
+
+    problem = target_name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"{where}: {problem}")
 
 
 def _tokens(data: Mapping[str, Any]) -> tuple[str, ...]:
@@ -218,6 +312,45 @@ def _tokens(data: Mapping[str, Any]) -> tuple[str, ...]:
             raise ConfigError(f"client_tokens_env: the environment variable {env} is not set")
         tokens = [*tokens, *(t.strip() for t in value.split(",") if t.strip())]
     return tuple(tokens)
+
+
+def _rights(raw: Any, where: str, default: ClientRights) -> ClientRights:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where} must be a mapping {{pin, overrides}}; got {raw!r}")
+    unknown = sorted(set(raw) - _RIGHTS_KEYS - ({"token_env"} if where.startswith("clients.") else set()))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; expected pin, overrides")
+    pin = raw.get("pin", default.pin)
+    if not isinstance(pin, bool):
+        raise ConfigError(f"{where}.pin must be true or false; got {pin!r}")
+    overrides = raw.get("overrides", sorted(default.overrides))
+    if not isinstance(overrides, list) or not all(o in OVERRIDE_FIELDS for o in overrides):
+        raise ConfigError(
+            f"{where}.overrides must be a list of router fields among {', '.join(OVERRIDE_FIELDS)}; "
+            f"got {overrides!r}"
+        )
+    return ClientRights(pin, frozenset(overrides))
+
+
+def _clients(raw: Any, rights: ClientRights) -> tuple[Client, ...]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("clients must map client names to {token_env, pin, overrides}")
+    out = []
+    for name, spec in raw.items():
+        where = f"clients.{name}"
+        _check_target_name(name, "clients")  # names reach the decision log
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("token_env"), str):
+            raise ConfigError(f"{where} must be a mapping with token_env (the variable holding its token)")
+        unknown = sorted(set(spec) - _CLIENT_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown field {unknown[0]!r}; expected {', '.join(sorted(_CLIENT_KEYS))}"
+            )
+        token = os.environ.get(spec["token_env"])
+        if not token:
+            raise ConfigError(f"{where}.token_env: the environment variable {spec['token_env']} is not set")
+        out.append(Client(str(name), token, _rights(spec, where, rights)))
+    return tuple(out)
 
 
 def _cache_key(data: Mapping[str, Any]) -> bytes | None:
@@ -237,20 +370,29 @@ def _int(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
     return value
 
 
-def _number(data: Mapping[str, Any], key: str, default: float, where: str = "") -> float:
+def _number(
+    data: Mapping[str, Any], key: str, default: float, where: str = "", *, allow_zero: bool = False
+) -> float:
     value = data.get(key, default)
     name = f"{where}.{key}" if where else key
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or value <= 0
+        or value < 0
+        or (value == 0 and not allow_zero)
     ):
-        raise ConfigError(f"{name} must be a positive number; got {value!r}")
+        expected = "a number >= 0" if allow_zero else "a positive number"
+        raise ConfigError(f"{name} must be {expected}; got {value!r}")
     return float(value)
 
 
 def _check_url(url: Any, where: str) -> str:
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+    if (
+        not isinstance(url, str)
+        or not url.startswith(("http://", "https://"))
+        or not url.isprintable()
+        or any(c.isspace() for c in url)
+    ):
         raise ConfigError(f"{where} must be an http(s) URL such as http://localhost:4000/v1; got {url!r}")
     return url.rstrip("/")

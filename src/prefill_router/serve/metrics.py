@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -31,8 +31,26 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.fallbacks = Counter(
-            "prefill_router_fallbacks", "Fallbacks by kind (encoder, upstream)", ["kind"], registry=r
+            "prefill_router_fallbacks",
+            "Fallbacks by kind (encoder, deadline, overloaded, upstream)",
+            ["kind"],
+            registry=r,
         )
+        self.errors = Counter(
+            "prefill_router_errors", "Error answers by status and OpenAI error code", ["status", "code"],
+            registry=r,
+        )  # fmt: skip
+        self.stream_errors = Counter(
+            "prefill_router_stream_errors", "Streams the upstream broke (interrupted, truncated) by target",
+            ["target", "kind"], registry=r,
+        )  # fmt: skip
+        self.decision_log_dropped = Counter(
+            "prefill_router_decision_log_dropped", "Decision log lines dropped (writer behind)", registry=r
+        )
+        self.encoder_queue = Gauge(
+            "prefill_router_encoder_queue", "Prompts waiting for the encoder", registry=r
+        )
+        self.in_flight = Gauge("prefill_router_in_flight", "Requests being answered", registry=r)
         self.cache_hits = Counter("prefill_router_cache_hits", "Decision cache hits", registry=r)
         self.cache_misses = Counter("prefill_router_cache_misses", "Decision cache misses", registry=r)
         self.encode_seconds = Histogram(

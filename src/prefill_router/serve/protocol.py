@@ -15,14 +15,21 @@ The override field, one extra object in a chat-completions or route request::
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prefill_router.errors import ConfigError
 from prefill_router.policy import POLICIES, check_knob
+from prefill_router.serve.config import OVERRIDE_FIELDS
 
-_OVERRIDE_KEYS = ("policy", "knob", "budget_usd", "allowed", "max_cost_usd", "session")
+_OVERRIDE_KEYS = OVERRIDE_FIELDS
+MAX_NAME_CHARS = 256  # a ``model`` or ``router.allowed`` name longer than this is refused unread
+MAX_ALLOWED = 256  # names in ``router.allowed``
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how a lone surrogate reaches us in JSON
 
 
 class ApiError(Exception):
@@ -74,7 +81,7 @@ def parse_overrides(raw: Any) -> Overrides:
     policy = raw.get("policy")
     if policy is not None and policy not in POLICIES:
         raise _bad(f"router.policy must be one of {', '.join(POLICIES)}; got {policy!r}", "router.policy")
-    knob = _number(raw, "knob")
+    knob = _number(raw, "knob", infinite=True)  # μ = inf: always the cheapest
     if knob is not None and policy is not None:
         try:
             check_knob(policy, knob)
@@ -82,9 +89,15 @@ def parse_overrides(raw: Any) -> Overrides:
             raise _bad(f"router.knob: {exc}", "router.knob") from exc
     allowed = raw.get("allowed")
     if allowed is not None and (
-        not isinstance(allowed, list) or not allowed or not all(isinstance(a, str) for a in allowed)
+        not isinstance(allowed, list)
+        or not 0 < len(allowed) <= MAX_ALLOWED
+        or not all(isinstance(a, str) and len(a) <= MAX_NAME_CHARS for a in allowed)
     ):
-        raise _bad("router.allowed must be a non-empty list of target names", "router.allowed")
+        raise _bad(
+            f"router.allowed must be a list of 1 to {MAX_ALLOWED} target names (each at most "
+            f"{MAX_NAME_CHARS} characters)",
+            "router.allowed",
+        )
     session = raw.get("session", True)
     if not isinstance(session, bool):
         raise _bad("router.session must be true or false", "router.session")
@@ -95,13 +108,64 @@ def parse_overrides(raw: Any) -> Overrides:
     )  # fmt: skip
 
 
-def _number(raw: Mapping[str, Any], key: str) -> float | None:
+def _number(raw: Mapping[str, Any], key: str, *, infinite: bool = False) -> float | None:
     value = raw.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise _bad(f"router.{key} must be a number >= 0; got {value!r}", f"router.{key}")
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer beyond float range (JSON allows any number of digits)
+        number = math.nan
+    if math.isnan(number) or number < 0 or (math.isinf(number) and not infinite):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        kind = "a number >= 0" if infinite else "a finite number >= 0"
+        raise _bad(f"router.{key} must be {kind}; got {shown}", f"router.{key}")
+    return number
+
+
+def check_model(model: Any) -> str:
+    """The request's ``model`` if it can name a model at all; 400 before any look-up otherwise.
+
+    Raises:
+        ApiError: 400 for a missing, empty, non-string or over-long (> 256 characters) model.
+    """
+    if not isinstance(model, str) or not model:
+        raise _bad("'model' must be 'router', a profile or a target name", "model")
+    if len(model) > MAX_NAME_CHARS:
+        raise _bad(f"'model' has {len(model)} characters; model names have at most {MAX_NAME_CHARS}", "model")
+    return model
+
+
+def check_unicode(raw: bytes, body: Any) -> None:
+    """Refuse a body whose strings hold a lone UTF-16 surrogate (e.g. ``"\\ud800"``, valid JSON).
+
+    Such a string cannot be encoded as UTF-8: the tokenizer, the cost estimate and the upstream
+    call would all fail on it. Only bodies whose bytes hold a ``\\uD8..`` - ``\\uDF..`` escape
+    are walked (iteratively, so any nesting depth is fine).
+
+    Raises:
+        ApiError: 400 naming the first such string by its path in the body.
+    """
+    if not _SURROGATE_ESCAPE.search(raw):
+        return
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            found = _LONE_SURROGATE.search(value)
+            if found is not None:
+                raise _bad(
+                    f"{path or 'the body'} holds a lone UTF-16 surrogate (\\u{ord(found.group()):04x}) at "
+                    f"character {found.start()}: it is not valid Unicode text; send real characters "
+                    "(a surrogate pair encodes one character beyond U+FFFF)",
+                    path or None,
+                )
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                stack.append((f"{path}.{key}" if path else str(key), item))
+                stack.append((f"{path} (a key)" if path else "a key", key))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
 
 
 def _bad(message: str, param: str | None = None) -> ApiError:

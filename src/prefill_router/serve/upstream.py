@@ -1,19 +1,30 @@
 """Forwarding to the OpenAI-compatible upstreams over one shared ``httpx.AsyncClient``.
 
-A connection error, a timeout before the response headers, or a 5xx moves on to the next target
-of the chain; once a streamed response has started it is passed through unchanged, never retried.
-4xx answers are the client's problem and pass through as they are.
+Which failures move on to the next target of the chain, and which stop there:
+
+- a connection that could not be made (refused, connect timeout, no free pooled connection), a
+  5xx, or a refusal (401 / 403 / 429: the request was not served): the next target;
+- a request that may have been served (a read timeout before the headers, a dropped connection,
+  the overall deadline): no retry, since a second target would bill it again: 504 or 502;
+- a 200 whose body is not a JSON object, or holds only an ``error``: 502, not retried.
+
+Upstream bodies of refusals are never passed on (a 401 can quote part of the proxy's key). Other
+4xx answers are the client's problem and pass through as they are. A streamed response is passed
+through byte for byte once it has started; if the upstream fails or ends it without ``[DONE]``,
+the client gets an SSE error event (and the outcome is counted and logged).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
@@ -24,6 +35,10 @@ from prefill_router.serve.protocol import ApiError
 
 log = logging.getLogger("prefill_router.serve")
 _PASSED_HEADERS = ("content-type", "x-request-id", "openai-processing-ms")
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)  # safe to try the next target
+_REFUSALS = {401: "refused the proxy's credentials", 403: "refused access", 429: "is rate limiting"}
+
+StreamEnd = Callable[[str], None]  # called once when a streamed response ends, with its outcome
 
 
 @dataclass
@@ -43,54 +58,101 @@ def new_client() -> httpx.AsyncClient:
 
 async def forward(
     client: httpx.AsyncClient, chain: Sequence[UpstreamTarget], body: Mapping[str, Any], *, stream: bool,
-    headers: Mapping[str, str], metrics: Metrics,
+    headers: Mapping[str, str], metrics: Metrics, deadline_s: float = 120.0,
+    on_stream_end: StreamEnd | None = None,
 ) -> Forwarded:  # fmt: skip
     """POST ``body`` to /chat/completions of each target of ``chain`` until one answers.
 
-    ``headers`` (the decision headers) are added to the response.
+    ``headers`` (the decision headers) are added to the response; ``deadline_s`` bounds every
+    attempt together, until the response headers.
 
     Raises:
-        ApiError: 502 when every target failed; the message lists each failure.
+        ApiError: 502 (504 after a timeout) when no target answered; the message lists each
+            failure, never an upstream's body.
     """
     failures: list[str] = []
+    give_up_at = time.monotonic() + deadline_s
     for target in chain:
-        request = _request(client, target, body)
+        remaining = give_up_at - time.monotonic()
+        if remaining <= 0:
+            failures.append(f"{target.name}: not tried, the request's {deadline_s:g} s deadline passed")
+            raise _fail(failures, 504)
         started = time.perf_counter()
         try:
-            response = await client.send(request, stream=stream)
-        except httpx.TimeoutException:
-            failures.append(f"{target.name}: no answer within {target.timeout_s:g} s")
-            metrics.upstream_requests.labels(target.name, "timeout").inc()
-            continue
-        except httpx.HTTPError as exc:
+            async with asyncio.timeout(remaining):
+                response = await client.send(_request(client, target, body), stream=stream)
+        except _NOT_SENT as exc:
             failures.append(f"{target.name}: {type(exc).__name__}")
             metrics.upstream_requests.labels(target.name, "connect_error").inc()
             continue
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            waited = min(target.timeout_s, remaining)
+            failures.append(
+                f"{target.name}: no response within {waited:g} s; not retried elsewhere, since it may "
+                "still be answering (and billing) the request"
+            )
+            metrics.upstream_requests.labels(target.name, "timeout").inc()
+            raise _fail(failures, 504) from exc
+        except httpx.HTTPError as exc:
+            failures.append(
+                f"{target.name}: the connection failed after the request was sent ({type(exc).__name__}); "
+                "not retried elsewhere, since it may have been served"
+            )
+            metrics.upstream_requests.labels(target.name, "dropped").inc()
+            raise _fail(failures, 502) from exc
         metrics.upstream_seconds.labels(target.name).observe(time.perf_counter() - started)
-        if response.status_code >= 500:
+        status = response.status_code
+        if status >= 500 or status in _REFUSALS:
             await response.aclose()
-            failures.append(f"{target.name}: HTTP {response.status_code}")
-            metrics.upstream_requests.labels(target.name, "5xx").inc()
+            what = f"HTTP {status}" if status >= 500 else f"HTTP {status}: it {_REFUSALS[status]}"
+            failures.append(f"{target.name}: {what}")
+            outcome = "5xx" if status >= 500 else {401: "auth", 403: "auth", 429: "rate_limited"}[status]
+            metrics.upstream_requests.labels(target.name, outcome).inc()
             continue
+        problem = None if stream or status != 200 else _body_problem(response.content)
+        if problem is not None:
+            failures.append(f"{target.name}: HTTP 200 with {problem}; not retried elsewhere")
+            metrics.upstream_requests.labels(target.name, "bad_response").inc()
+            raise _fail(failures, 502)
         metrics.upstream_requests.labels(target.name, "ok").inc()
-        out = {k: v for k, v in response.headers.items() if k.lower() in _PASSED_HEADERS} | dict(headers)
-        out["x-router-target"] = target.name
-        failed = [f.split(":")[0] for f in failures]
-        if failed:
-            out["x-router-fallback-from"] = ",".join(failed)
-        if stream:
-            passthrough = StreamingResponse(
-                _raw(response, target.name), status_code=response.status_code, headers=out,
-                background=BackgroundTask(response.aclose),
-            )  # fmt: skip
-            return Forwarded(passthrough, target.name, failed)
-        return Forwarded(Response(response.content, response.status_code, headers=out), target.name, failed)
-    raise ApiError(
-        502,
-        "every upstream failed: " + "; ".join(failures),
-        type="upstream_error",
-        code="upstream_unavailable",
-    )
+        return _answer(response, target.name, failures, headers, stream, metrics, on_stream_end)
+    raise _fail(failures, 502)
+
+
+def _answer(
+    response: httpx.Response, name: str, failures: list[str], headers: Mapping[str, str], stream: bool,
+    metrics: Metrics, on_stream_end: StreamEnd | None,
+) -> Forwarded:  # fmt: skip
+    out = {k: v for k, v in response.headers.items() if k.lower() in _PASSED_HEADERS} | dict(headers)
+    out["x-router-target"] = name
+    failed = [f.split(":")[0] for f in failures]
+    if failed:
+        out["x-router-fallback-from"] = ",".join(failed)
+    if stream:
+        relay = _relay(response, name, metrics, on_stream_end)
+        passthrough = StreamingResponse(
+            relay, status_code=response.status_code, headers=out, background=BackgroundTask(response.aclose)
+        )
+        return Forwarded(passthrough, name, failed)
+    return Forwarded(Response(response.content, response.status_code, headers=out), name, failed)
+
+
+def _fail(failures: list[str], status: int) -> ApiError:
+    code = "upstream_timeout" if status == 504 else "upstream_unavailable"
+    return ApiError(status, "every upstream failed: " + "; ".join(failures), type="upstream_error", code=code)
+
+
+def _body_problem(content: bytes) -> str | None:
+    """What is wrong with a 200's body, or None: it must be a JSON object that is not only an error."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return "a body that is not JSON"
+    if not isinstance(body, dict):
+        return f"a JSON {type(body).__name__} instead of a chat completion object"
+    if "error" in body and "choices" not in body:
+        return "an error body instead of a chat completion"
+    return None
 
 
 def _request(client: httpx.AsyncClient, target: UpstreamTarget, body: Mapping[str, Any]) -> httpx.Request:
@@ -106,10 +168,44 @@ def _request(client: httpx.AsyncClient, target: UpstreamTarget, body: Mapping[st
     )
 
 
-async def _raw(response: httpx.Response, name: str) -> AsyncIterator[bytes]:
-    """The upstream bytes as they come; a failure mid-stream ends the stream (it cannot be retried)."""
+async def _relay(
+    response: httpx.Response, name: str, metrics: Metrics, on_end: StreamEnd | None
+) -> AsyncIterator[bytes]:
+    """The upstream bytes as they come; an SSE error event when the upstream fails or stops early.
+
+    The upstream response is closed however the stream ends (the client going away included), so
+    no upstream connection outlives its client.
+    """
+    sse = response.headers.get("content-type", "").startswith("text/event-stream")
+    outcome, tail = "ok", b""
     try:
         async for chunk in response.aiter_raw():
+            tail = (tail + chunk)[-64:]
             yield chunk
+        if sse and response.status_code == 200 and b"[DONE]" not in tail:
+            outcome = "truncated"
     except httpx.HTTPError as exc:
+        outcome = "interrupted"
         log.warning("upstream %s failed mid-stream: %s", name, type(exc).__name__)
+    except (GeneratorExit, asyncio.CancelledError):
+        outcome = "client_disconnected"
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):  # closes even while the client's request is cancelled
+            await response.aclose()
+        if outcome not in ("ok", "client_disconnected"):
+            metrics.stream_errors.labels(name, outcome).inc()
+        if on_end is not None:
+            on_end(outcome)
+    if sse and outcome in ("truncated", "interrupted"):
+        yield _error_event(name, outcome)
+
+
+def _error_event(name: str, outcome: str) -> bytes:
+    """The SSE event that tells an OpenAI client the stream failed (its SDK raises on it)."""
+    what = "ended without [DONE]" if outcome == "truncated" else "failed"
+    error = ApiError(
+        502, f"the upstream {name} {what} mid-stream; the answer above is incomplete", type="upstream_error",
+        code=f"upstream_stream_{outcome}",
+    )  # fmt: skip
+    return f"data: {json.dumps(error.body())}\n\n".encode()
