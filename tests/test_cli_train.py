@@ -261,3 +261,94 @@ def test_add_target_errors(
     assert run([*base, "--target", "code-modle"]) == 2
     assert "unknown target 'code-modle'. Did you mean 'code-model'?" in one_line(capsys.readouterr().err)
     assert not (tmp_path / "new").exists()
+
+
+# --------------------------------------------------------------- a fused (two-encoder) router
+@pytest.fixture(scope="module")
+def fused(
+    data: Path,
+    tiny_llama_dir: Path,
+    tiny_bert_dir: Path,
+    cache: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A router reading the tiny llama (auto pooling) and the tiny bert, fitted by the CLI."""
+    output = tmp_path_factory.mktemp("routers") / "fused"
+    args = [*fit_args(data, tiny_llama_dir, output, cache), "--encoder", str(tiny_bert_dir)]
+    assert run([*args, "--pooling", "auto", "--targets", ",".join(TARGETS[:2])]) == 0
+    return output
+
+
+def test_fit_with_two_encoders_reads_a_block_of_each(
+    fused: Path, tiny_llama_dir: Path, tiny_bert_dir: Path
+) -> None:
+    router = Router.load(fused)
+    assert [e.name for e in router.encoders] == [str(tiny_llama_dir), str(tiny_bert_dir)]
+    for blocks in router.transform.target_blocks.values():
+        assert sorted({router.transform.blocks[i].encoder for i in blocks}) == [0, 1]
+    # each encoder runs only to the deepest layer its blocks read
+    for index, encoder in enumerate(router.loaded_encoders()):
+        assert max(router.transform.layers_of(index)) <= encoder.n_layers
+    meta = json.loads((fused / "router.json").read_text())
+    assert meta["format_version"] == 2 and len(meta["encoders"]) == 2
+
+
+def test_inspect_a_fused_router_lists_every_encoder(
+    fused: Path, tiny_bert_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["inspect", str(fused)]) == 0
+    out = one_line(capsys.readouterr().out)
+    assert (
+        "encoder e0:" in out and f"encoder e1: {tiny_bert_dir}" in out and "installed encoders match" in out
+    )
+    assert "e1:" in out.split("blocks:")[-1]
+
+
+def test_route_and_add_target_work_on_a_fused_router(
+    fused: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["route", str(fused), "math question 7: blue sky", "--json"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["target"] in TARGETS[:2]
+    router = Router.load(fused)
+    p = router.predict_proba(["math question 7: blue sky"])[0]
+    assert decision["probabilities"] == pytest.approx(dict(zip(router.targets, p, strict=True)))
+    out = tmp_path / "three"
+    assert (
+        run(["add-target", str(fused), str(data), "--target", TARGETS[2], "-o", str(out), "--seed", "1"]) == 0
+    )
+    three = Router.load(out)
+    assert three.targets == (*TARGETS[:2], TARGETS[2]) and len(three.encoders) == 2
+    assert np.array_equal(
+        three.predict_proba(["code question 1"])[:, :2], router.predict_proba(["code question 1"])
+    )
+
+
+# ------------------------------------------------------------------------ fit --init
+def test_fit_init_from_a_trunk_folder(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefill_router.encode import Encoder, FeatureStore, extract_features
+    from prefill_router.train import EncoderIdentity, LayerFeatures, NetSettings, TrainSettings
+    from prefill_router.train.pretrained import pretrain_trunk
+
+    dataset = RoutingDataset.load(data)
+    encoder = Encoder(str(tiny_llama_dir), cache_dir=cache)
+    stored = extract_features(encoder, dataset.prompts.tolist(), FeatureStore(cache))
+    features = LayerFeatures(stored.features, stored.key.poolings, stored.key.layers)
+    settings = TrainSettings(pca_k=8, seeds=2, keep=1, net=NetSettings(max_epochs=20))
+    trunk = pretrain_trunk(
+        [("topics", dataset.select(targets=list(TARGETS[:2])), [features])],
+        [EncoderIdentity.of(encoder)], [(0, "mean", (1,)), (0, "last", (2,))], settings,
+    )  # fmt: skip
+    trunk_path = trunk.save(tmp_path / "trunk")
+    output = tmp_path / "router"
+    args = ["fit", str(data), "-o", str(output), "--cache", cache, "--init", str(trunk_path), *SMALL]
+    assert run(args) == 0
+    router = Router.load(output)
+    assert [b.name for b in router.transform.blocks] == ["mean:L1", "last:L2"]  # the trunk's, not probed
+    assert router.info["settings"]["init"] == str(trunk_path) and router.targets == TARGETS
+    capsys.readouterr()
+    wrong = [*args[: -len(SMALL)], "--encoder", "smollm2-135m", *SMALL]
+    assert run(wrong) == 3
+    assert "reads the encoders it was trained on" in one_line(capsys.readouterr().err)

@@ -28,6 +28,10 @@ COLUMNS = (
     ("gap_at_50", True),
     ("gap_at_7431", True),
     ("aiq", False),
+    ("savings_at_best", True),
+    ("savings_within_1", True),
+    ("savings_within_2", True),
+    ("share_to_best_within_1", True),
 )
 
 
@@ -153,6 +157,10 @@ def test_headline_rows_repeat_the_json(
             "gap_at_50": r["gap_captured_at_savings"]["0.5"],
             "gap_at_7431": r["gap_captured_at_savings"]["0.7431"],
             "aiq": r["aiq"],
+            "savings_at_best": r["savings_at_best_accuracy"]["savings"],
+            "savings_within_1": r["savings_within"]["1"]["savings"],
+            "savings_within_2": r["savings_within"]["2"]["savings"],
+            "share_to_best_within_1": r["savings_within"]["1"].get("share_to_best"),
         }
 
 
@@ -164,7 +172,8 @@ def test_the_headline_table_shows_the_json_numbers(
     header, *body = page.table
     assert header == [
         "router", "mean AUC", "argmax accuracy", "gap captured", "cost savings",
-        "gap @ ≥50% savings", "gap @ ≥74.31% savings", "AIQ",
+        "gap @ ≥50% savings", "gap @ ≥74.31% savings", "AIQ", "savings at best's accuracy",
+        "within 1 pt", "within 2 pt", "calls to best",
     ]  # fmt: skip
     expected = [
         [row["router"], *(formatted(row[k], pct) for k, pct in COLUMNS)] for row in headline_rows(result)

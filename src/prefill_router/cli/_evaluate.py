@@ -133,6 +133,9 @@ def print_headline(result: dict[str, Any], where: str) -> None:
         "gap @≥50% sav.",
         "gap @≥74.31% sav.",
         "AIQ",
+        "sav. @ best acc.",
+        "within 1 pt",
+        "within 2 pt",
         title=f"routing on {where}",
     )
     from prefill_router.evaluate.report import LABELS, ORDER
@@ -150,6 +153,9 @@ def print_headline(result: dict[str, Any], where: str) -> None:
             _pct(at.get("0.5")),
             _pct(at.get("0.7431")),
             _num(r["aiq"]),
+            _pct(r["savings_at_best_accuracy"]["savings"]),
+            _pct(r["savings_within"]["1"]["savings"]),
+            _pct(r["savings_within"]["2"]["savings"]),
         )
     console.print(table)
     best, oracle = result["best_single"], result["oracle"]
@@ -159,8 +165,16 @@ def print_headline(result: dict[str, Any], where: str) -> None:
         f"most expensive {result['most_expensive']['name']}"
     )
     if "prefill" in result:
-        ci = result["prefill"]["argmax"]["ci"]["gap_captured"]
+        ours = result["prefill"]
+        ci = ours["argmax"]["ci"]["gap_captured"]
         console.print(f"ours at argmax: gap captured 95% CI [{_pct(ci[0])}, {_pct(ci[1])}]")
+        at, within = ours["savings_at_best_accuracy"], ours["savings_within"]["1"]
+        console.print(
+            f"ours at {best['name']}'s accuracy: saves {_pct(at['savings'])} 95% CI "
+            f"[{_pct(at['ci'][0])}, {_pct(at['ci'][1])}] (reached in {at['reached']:.0%} of resamples); "
+            f"within 1 point: saves {_pct(within['savings'])}, "
+            f"{_pct(within.get('share_to_best'))} of calls still to {best['name']}"
+        )
     for row in result.get("budgets", []):
         got, mu = row["achieved"], "inf" if row["mu"] is None else format(row["mu"], ".3g")
         console.print(

@@ -24,6 +24,9 @@ from prefill_router.cli._app import (
     layer_text,
 )
 from prefill_router.errors import ConfigError, DataError, PrefillRouterError
+from prefill_router.train.fit import DEFAULT_ENCODERS, TrainSettings
+
+DEFAULTS = TrainSettings()
 
 if TYPE_CHECKING:
     from prefill_router.data.dataset import RoutingDataset
@@ -43,21 +46,32 @@ def fit(
     encoder: Annotated[
         list[str] | None,
         typer.Option(
-            help="Registered encoder name or a local model folder (default smollm2-135m); repeat it "
-            "to fuse encoders: every target then reads a block of each."
+            help="Registered encoder name or a local model folder (default: "
+            f"{' + '.join(DEFAULT_ENCODERS)}); repeat it to fuse encoders: each target reads blocks of each."
         ),
     ] = None,
     layers: Annotated[
         str, typer.Option(help="fisher (top J_lda per target), auc, all-mean, or a list '7,15,22'.")
-    ] = "fisher",
-    n_layers: Annotated[int, typer.Option(help="Layers per target for fisher / auc.")] = 1,
+    ] = str(DEFAULTS.layers),
+    n_layers: Annotated[int, typer.Option(help="Layers per target for fisher / auc.")] = DEFAULTS.n_layers,
     pooling: Annotated[
         str, typer.Option(help="mean, last, auto (the better one per target) or both (a block of each).")
-    ] = "mean",
-    pca: Annotated[int, typer.Option("--pca", help="PCA dimensions per feature block.")] = 128,
-    seeds: Annotated[int, typer.Option(help="Nets trained (one per seed).")] = 10,
-    keep: Annotated[int, typer.Option(help="Nets kept (lowest validation loss) and averaged.")] = 5,
-    seed: Annotated[int, typer.Option(help="First seed; everything is deterministic given it.")] = 0,
+    ] = DEFAULTS.pooling,
+    pca: Annotated[int, typer.Option("--pca", help="PCA dimensions per feature block.")] = DEFAULTS.pca_k,
+    seeds: Annotated[int, typer.Option(help="Nets trained (one per seed).")] = DEFAULTS.seeds,
+    keep: Annotated[
+        int, typer.Option(help="Nets kept (lowest validation loss) and averaged.")
+    ] = DEFAULTS.keep,
+    seed: Annotated[
+        int, typer.Option(help="First seed; everything is deterministic given it.")
+    ] = DEFAULTS.seed,
+    init: Annotated[
+        str,
+        typer.Option(
+            help="random, pretrained (start from the routing trunk shipped in the package: its blocks, "
+            "its trunk and the heads of the targets it knows) or a trunk folder."
+        ),
+    ] = DEFAULTS.init,
     split: SplitOption = "train",
     limit: LimitOption = None,
     targets: Annotated[str | None, typer.Option(help="Comma-separated targets (default: all).")] = None,
@@ -69,17 +83,17 @@ def fit(
     cache: CacheOption = None,
 ) -> None:
     """Fit a router: encode (cached), choose layers, transform, train the ensemble, calibrate, save."""
-    from prefill_router.train import TrainSettings, check_destination, fit_router
+    from prefill_router.train import check_destination, fit_router
 
     started = time.perf_counter()
     settings = TrainSettings(
         layers=_parse_layer_option(layers), n_layers=n_layers, pooling=pooling, pca_k=pca,
-        seeds=seeds, keep=keep, seed=seed,
+        seeds=seeds, keep=keep, seed=seed, init=init,
     )  # fmt: skip
     check_destination(output)
-    names = list(dict.fromkeys(encoder or ["smollm2-135m"]))
+    encoders = _fit_encoders(encoder, dtype, init)
     train = _training_rows(data, split, limit, targets)
-    models = [_load_encoder(name, dtype=dtype, max_tokens=max_tokens, cache=cache) for name in names]
+    models = [_load_encoder(name, dtype=kind, max_tokens=max_tokens, cache=cache) for name, kind in encoders]
     features = [_features(model, train, cache) for model in models]
     fit_started = time.perf_counter()
     with _fit_progress() as notify:
@@ -120,7 +134,7 @@ def add_target_command(
     cache: CacheOption = None,
 ) -> None:
     """Add a target to a router without retraining: one new head on the frozen trunk."""
-    from prefill_router.train import Router, TrainSettings, add_target, check_destination
+    from prefill_router.train import Router, add_target, check_destination
 
     check_destination(output or router_path)
     router = Router.load(router_path, cache_dir=cache)
@@ -190,6 +204,22 @@ def inspect(
 
 
 # ----------------------------------------------------------------------- helpers
+def _fit_encoders(names: list[str] | None, dtype: str, init: str) -> list[tuple[str, str]]:
+    """(name, dtype) of each encoder a fit reads: the options', or a pretrained trunk's own."""
+    if init == "random":
+        return [(name, dtype) for name in dict.fromkeys(names or DEFAULT_ENCODERS)]
+    from prefill_router.train.pretrained import load_trunk
+
+    trunk = load_trunk(init)
+    theirs = [(e.name, e.dtype) for e in trunk.encoders]
+    if names and list(dict.fromkeys(names)) != [name for name, _ in theirs]:
+        raise ConfigError(
+            f"--init {init} reads the encoders it was trained on ({', '.join(n for n, _ in theirs)}); "
+            f"got --encoder {' --encoder '.join(names)}. Leave --encoder out with --init."
+        )
+    return theirs
+
+
 def _parse_layer_option(value: str) -> str | tuple[int, ...]:
     from prefill_router.probe import STRATEGIES
 

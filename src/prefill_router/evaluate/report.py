@@ -79,6 +79,10 @@ def headline_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "gap_at_50": r["gap_captured_at_savings"].get("0.5"),
                 "gap_at_7431": r["gap_captured_at_savings"].get("0.7431"),
                 "aiq": r["aiq"],
+                "savings_at_best": r["savings_at_best_accuracy"]["savings"],
+                "savings_within_1": r["savings_within"]["1"]["savings"],
+                "savings_within_2": r["savings_within"]["2"]["savings"],
+                "share_to_best_within_1": r["savings_within"]["1"].get("share_to_best"),
             }
         )
     return rows
@@ -202,6 +206,8 @@ def _html(result: dict[str, Any], figures: list[tuple[str, Figure]]) -> str:
     setup = result.get("setup", {})
     columns: list[tuple[str, bool]] = [("auc_mean", False), ("accuracy", False), ("gap_captured", True)]
     columns += [("cost_savings", True), ("gap_at_50", True), ("gap_at_7431", True), ("aiq", False)]
+    columns += [("savings_at_best", True), ("savings_within_1", True), ("savings_within_2", True)]
+    columns += [("share_to_best_within_1", True)]
     rows = "".join(
         f"<tr><td>{html.escape(r['router'])}</td>"
         + "".join(f"<td>{_fmt(r[k], pct)}</td>" for k, pct in columns)
@@ -222,9 +228,14 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 labelled are routed. Best single: <b>{html.escape(best["name"])}</b> {best["accuracy"]:.3f};
 oracle {oracle["accuracy"]:.3f} (headroom {oracle["accuracy"] - best["accuracy"]:+.3f}).
 Gap captured = (accuracy − best single) / (oracle − best single); cost savings = 1 − cost / cost of
-always using {html.escape(result["most_expensive"]["name"])}.</p>
+always using {html.escape(result["most_expensive"]["name"])}. Savings at the best single's accuracy
+(and within 1 / 2 points of it) = the largest saving against always using
+{html.escape(best["name"])} among the router's curve points at least that accurate ("–": none is);
+"calls to best" is the share of calls still sent to it at the within-1-point point.</p>
 <table id="headline"><tr><th>router</th><th>mean AUC</th><th>argmax accuracy</th><th>gap captured</th>
-<th>cost savings</th><th>gap @ ≥50% savings</th><th>gap @ ≥74.31% savings</th><th>AIQ</th></tr>{rows}</table>
+<th>cost savings</th><th>gap @ ≥50% savings</th><th>gap @ ≥74.31% savings</th><th>AIQ</th>
+<th>savings at best's accuracy</th><th>within 1 pt</th><th>within 2 pt</th><th>calls to best</th></tr>
+{rows}</table>
 {_budget_table(result.get("budgets", []))}
 {images}</body></html>
 """

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from prefill_router.train.calibration import (
     fit_temperature,
 )
 from prefill_router.train.net import NetSettings, TrainedMember, TrunkEnsemble, train_head, train_nets
+from prefill_router.train.pretrained import check_trunk_fits, initial_from_trunk, load_trunk
 from prefill_router.train.probe_cache import ProbeCache
 from prefill_router.train.router import EncoderIdentity, Router
 from prefill_router.train.transform import (
@@ -41,6 +42,8 @@ from prefill_router.train.transform import (
     per_encoder,
 )
 
+#: The encoders a router reads unless told otherwise (registered names; the first is the primary).
+DEFAULT_ENCODERS: tuple[str, ...] = ("smollm2-135m",)
 #: The pooling settings: one pooling, the better of the two per target, or a block of each.
 POOLING_CHOICES = ("mean", "last", "auto", "both")
 #: Fewer training rows than this cannot fit PCA, a net and a validation split sensibly.
@@ -63,6 +66,7 @@ class TrainSettings:
     seed: int = 0
     val_share: float = 0.15
     net: NetSettings = field(default_factory=NetSettings)
+    init: str = "random"  # random | pretrained (the trunk shipped in the package) | a trunk folder
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str) and self.layers not in STRATEGIES:
@@ -138,6 +142,7 @@ def fit_router(
     on_progress: ProgressCallback | None = None,
     *,
     probe_cache: ProbeCache | None = None,
+    blocks: Sequence[BlockChoice] | None = None,
 ) -> tuple[Router, FitReport]:
     """Fit a router on every row of ``dataset`` (already restricted to the training split).
 
@@ -148,6 +153,12 @@ def fit_router(
         encoder: identity of the encoder that produced ``features`` (one per encoder).
         probe_cache: where the layer probes of earlier fits on the same rows are kept (refits
             then skip them); None runs them every time.
+        blocks: the blocks every target reads, (encoder index, pooling, layers) each, instead of
+            the probes' choice (``settings.layers`` and ``pooling`` are then not used).
+
+    With ``settings.init`` other than ``random`` the router starts from a pretrained trunk
+    (:mod:`prefill_router.train.pretrained`): it reads the trunk's blocks, and its net starts from
+    the trunk's weights and the pretrained heads of the targets the trunk knows.
 
     Raises:
         DataError: too few rows, a target without labels or with one class, bad features.
@@ -165,22 +176,41 @@ def fit_router(
     fit_rows, val_rows = validation_split(dataset.prompts, settings.val_share, settings.seed)
     labels = dataset.labels
 
+    trunk = None if settings.init == "random" else load_trunk(settings.init)
     started = time.perf_counter()
     notify("probe", 0, 1)
-    choice, probe_summary = choose_blocks(
-        by_encoder, labels, dataset.target_names, fit_rows, settings,
-        cache=None if probe_cache is None else (probe_cache, identities, dataset.prompts),
-    )  # fmt: skip
+    probe_summary: list[dict[str, Any]] = []
+    if trunk is not None:
+        _check_trunk_encoders(trunk, identities)
+        fixed = [(b.encoder, b.pooling, b.layers) for b in trunk.transform.blocks]
+        choice: dict[str, list[BlockChoice]] = {name: list(fixed) for name in dataset.target_names}
+    elif blocks is not None:
+        choice = {name: list(blocks) for name in dataset.target_names}
+    else:
+        choice, probe_summary = choose_blocks(
+            by_encoder, labels, dataset.target_names, fit_rows, settings,
+            cache=None if probe_cache is None else (probe_cache, identities, dataset.prompts),
+        )  # fmt: skip
     seconds["probe"] = time.perf_counter() - started
 
     started = time.perf_counter()
     notify("transform", 0, 1)
-    transform = fit_transform(by_encoder, fit_rows, choice, settings.pca_k, settings.seed)
+    if trunk is not None:
+        every = tuple(range(len(trunk.transform.blocks)))
+        transform = replace(trunk.transform, target_blocks={name: every for name in dataset.target_names})
+    else:
+        transform = fit_transform(by_encoder, fit_rows, choice, settings.pca_k, settings.seed)
     x = transform.transform(by_encoder)
     seconds["transform"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    members = _train_members(x, labels, fit_rows, val_rows, settings, notify)
+    initial = None
+    if trunk is not None:
+        check_trunk_fits(trunk, x.shape[1], settings.net.hidden)
+        seeds = [settings.seed + i for i in range(settings.seeds)]
+        probe = (x[fit_rows], labels[fit_rows], x[val_rows], labels[val_rows])
+        initial = initial_from_trunk(trunk, dataset.target_names, settings.net, seeds, probe)
+    members = _train_members(x, labels, fit_rows, val_rows, settings, notify, initial)
     losses = [m.val_loss for m in members]
     kept = sorted(np.argsort(losses, kind="stable")[: settings.keep].tolist())
     ensemble = TrunkEnsemble.stack([members[i] for i in kept])
@@ -405,6 +435,17 @@ class _Probe:
         return picked, _probe_summary(report, self.features.layers, {k: v[0] for k, v in picked.items()})
 
 
+def _check_trunk_encoders(trunk: Router, identities: Sequence[EncoderIdentity]) -> None:
+    """A pretrained trunk reads its own encoders' features: the fit must be given exactly those."""
+    if tuple(identities) != trunk.encoders:
+        theirs = ", ".join(f"{e.name} ({e.dtype})" for e in trunk.encoders)
+        ours = ", ".join(f"{e.name} ({e.dtype})" for e in identities)
+        raise ConfigError(
+            f"the pretrained trunk reads the features of {theirs}; this fit was given {ours}. "
+            "Fit with the trunk's encoders (the CLI does so with --init)."
+        )
+
+
 def _first_encoder_layers(choice: dict[str, list[BlockChoice]]) -> dict[str, list[int]]:
     """Per target, the first encoder's layers it reads (the report's ``layer_choice``)."""
     return {
@@ -453,6 +494,7 @@ def _train_members(
     val_rows: np.ndarray,
     settings: TrainSettings,
     notify: ProgressCallback,
+    initial: dict[str, np.ndarray] | None = None,
 ) -> list[TrainedMember]:
     epochs = [0]
 
@@ -462,7 +504,7 @@ def _train_members(
 
     seeds = [settings.seed + i for i in range(settings.seeds)]
     members = train_nets(
-        x[fit_rows], labels[fit_rows], x[val_rows], labels[val_rows], settings.net, seeds, on_epoch
+        x[fit_rows], labels[fit_rows], x[val_rows], labels[val_rows], settings.net, seeds, on_epoch, initial
     )
     notify("train", settings.net.max_epochs, settings.net.max_epochs)
     return members

@@ -96,6 +96,7 @@ def train_nets(
     settings: NetSettings,
     seeds: Sequence[int],
     on_epoch: Callable[[], None] | None = None,
+    initial: dict[str, np.ndarray] | None = None,
 ) -> list[TrainedMember]:
     """Train one net per seed, all at once, each exactly as if alone.
 
@@ -103,10 +104,17 @@ def train_nets(
     product per layer (an ensemble of small MLPs is otherwise all Python overhead). Each member has
     its own initialisation (``build_net`` under its seed), batch order, dropout masks, Adam state,
     early stopping and best state; the summed loss keeps their gradients independent.
+    ``initial`` replaces some of the stacked (S, ...) starting weights (a pretrained trunk).
     """
     import torch
 
-    weights = _initial_weights(x_fit.shape[1], y_fit.shape[1], settings, seeds)
+    weights = initial_weights(x_fit.shape[1], y_fit.shape[1], settings, seeds)
+    for name, value in (initial or {}).items():
+        if value.shape != weights[name].shape:
+            raise DataError(
+                f"initial weights {name!r} have shape {value.shape}; the net needs {weights[name].shape}"
+            )
+        weights[name] = np.ascontiguousarray(value, dtype=np.float32)
     params = [torch.nn.Parameter(torch.from_numpy(weights[name])) for name in TrunkEnsemble.ARRAYS]
     optimiser = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     xf, yf = torch.from_numpy(x_fit), torch.from_numpy(y_fit.astype(np.float32))
@@ -151,7 +159,7 @@ def train_nets(
     ]
 
 
-def _initial_weights(
+def initial_weights(
     d_in: int, n_targets: int, settings: NetSettings, seeds: Sequence[int]
 ) -> dict[str, np.ndarray]:
     """Stacked (S, ...) initial weights: ``build_net``'s own initialisation under each seed."""
