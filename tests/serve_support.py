@@ -188,8 +188,22 @@ class ServerThread:
         self.thread.join(timeout=10)
 
 
+_BUILT: dict[tuple[Path, Path], Path] = {}  # one fit per test session: the fit is deterministic
+
+
 def build_tiny_router(model_dir: Path, cache: Path, folder: Path) -> Path:
-    """Fit the tiny-llama router of tests/test_route.py (3 priced targets) and save it under ``folder``."""
+    """Fit the tiny-llama router of tests/test_route.py (3 priced targets) and save it under ``folder``
+    (a copy of the session's first fit, when there is one)."""
+    import shutil
+
+    built = _BUILT.get((model_dir, cache))
+    if built is not None and built.is_dir():
+        return Path(shutil.copytree(built, folder / "router"))
+    _BUILT[(model_dir, cache)] = path = _fit_tiny_router(model_dir, cache, folder)
+    return path
+
+
+def _fit_tiny_router(model_dir: Path, cache: Path, folder: Path) -> Path:
     import numpy as np
 
     from prefill_router.encode import Encoder, FeatureStore, extract_features

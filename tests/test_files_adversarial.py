@@ -366,7 +366,7 @@ def _fit_args(data: Path, encoder: Path, output: Path, cache: Path) -> list[str]
             "--seeds", "1", "--keep", "1", "--pca", "4", "--layers", "1"]  # fmt: skip
 
 
-@pytest.mark.parametrize("command", ["fit", "add-target"])
+@pytest.mark.parametrize("command", [pytest.param("fit", marks=pytest.mark.slow), "add-target"])  # 7 s each
 def test_kill_9_while_writing_the_artifact_leaves_the_old_one_loadable(
     artifact: Path, topics_data: Path, tiny_llama_dir: Path, tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory, command: str,

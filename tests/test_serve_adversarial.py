@@ -144,13 +144,13 @@ def test_a_megabyte_model_name_is_refused_before_any_lookup(router: Router, upst
 
 
 @pytest.mark.parametrize(
-    "n_budgets", [1000, pytest.param(10_000, marks=pytest.mark.slow, id="10000")], ids=["1000", "10000"]
+    "n_budgets", [500, pytest.param(10_000, marks=pytest.mark.slow, id="10000")], ids=["500", "10000"]
 )
 def test_abuse_keeps_memory_bounded_and_health_answering(
     router: Router, upstream: str, n_budgets: int
 ) -> None:
     """Chunked bodies over the limit, 50,000 prompts, 1 MB models and ``n_budgets`` distinct budgets
-    (10,000 in the slow run: 40 s here), sent together while a prober times /health."""
+    (500 by default, 10,000 in the slow run: 40 s here), sent together while a prober times /health."""
     rss_before = peak_rss_mb()
     health_ms: list[float] = []
     statuses: dict[int, int] = {}
@@ -208,7 +208,7 @@ def test_abuse_keeps_memory_bounded_and_health_answering(
     print(
         f"\nabuse: {sum(statuses.values())} requests in {seconds:.1f} s, statuses {statuses}; "
         f"/health p50 {np.percentile(health_ms, 50):.1f} ms, p99 {p99:.1f} ms over {len(health_ms)} probes; "
-        f"peak RSS grew {grown:.0f} MB"
+        f"peak RSS {peak_rss_mb():.0f} MB (grew {grown:.0f} MB; proxy, upstream, clients and pytest share it)"
     )
     assert statuses.get(500, 0) == 0
     assert statuses[413] == 20 and statuses[400] >= 40  # chunked; prompts and model (and low budgets)
@@ -596,27 +596,36 @@ def test_an_unpriced_target_refuses_to_start(router: Router, upstream: str) -> N
 # ====================================================================== the decision log
 def test_the_decision_log_rotates(router: Router, upstream: str, tmp_path: Path) -> None:
     log = tmp_path / "decisions.jsonl"
-    config = open_config(upstream, decision_log_max_bytes=2000, decision_log_backups=2)
+    config = open_config(upstream, decision_log_max_bytes=1000, decision_log_backups=2)
     with running_proxy(router, config, decision_log=log) as url:
-        for i in range(40):
+        for i in range(16):
             assert ask(url, f"{CODE} {i}").status_code == 200
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["decisions.jsonl", "decisions.jsonl.1", "decisions.jsonl.2"]
-    assert all(p.stat().st_size <= 2000 for p in tmp_path.iterdir())
+    assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
 
 
 def test_a_stalled_decision_log_never_stalls_a_request(router: Router, upstream: str, tmp_path: Path) -> None:
     """The log is a FIFO nobody reads: opening it blocks forever. Requests must not notice."""
     fifo = tmp_path / "decisions.fifo"
     os.mkfifo(fifo)
-    try:
-        with running_proxy(router, open_config(upstream), decision_log=fifo) as url:
-            started = time.perf_counter()
-            for i in range(5):
-                assert ask(url, f"{CODE} {i}").status_code == 200
-            assert time.perf_counter() - started < 5
-    finally:
-        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # unblock the writer thread's open()
+    drained: list[bytes] = []
+
+    def reader() -> None:  # opened once the requests are answered: the writer then unblocks
+        with open(fifo, "rb") as handle:
+            drained.append(handle.read())
+
+    with running_proxy(router, open_config(upstream), decision_log=fifo) as url:
+        started = time.perf_counter()
+        for i in range(5):
+            assert ask(url, f"{CODE} {i}").status_code == 200
+        seconds = time.perf_counter() - started
+        threading.Thread(target=reader, daemon=True).start()
+    assert seconds < 5
+    deadline = time.monotonic() + 10
+    while not drained and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(drained[0].splitlines()) == 5  # the lines waited in the queue, none lost
 
 
 # ====================================================================== SIGTERM while loaded

@@ -122,7 +122,14 @@ route_bodies = st.one_of(
     st.fixed_dictionaries({}, optional={"messages": messages, "router": overrides, "model": models}),
 )
 deep = st.integers(min_value=1, max_value=100_000).map(lambda n: ("[" * n + "]" * n).encode())
-raw_bodies = st.binary(max_size=300) | deep | st.sampled_from([b"NaN", b"1" * 5000, b'{"a": 1e999}'])
+special = [
+    b"NaN",
+    b"1" * 5000,
+    b'{"a": 1e999}',
+    b'{"prompt": "\xed\xa0\x80"}',
+    '{"prompt": "x"}'.encode("utf-16"),
+]
+raw_bodies = st.binary(max_size=300) | deep | st.sampled_from(special)
 auth = st.sampled_from([{"authorization": f"Bearer {TOKEN}"}] * 12 + [{}, {"authorization": "Bearer x"},
                         {"authorization": "Basic abc"}, {"authorization": f"Bearer {TOKEN}x"}])  # fmt: skip
 sessions = st.none() | st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from prefill_router.cli import run
 from prefill_router.errors import ConfigError
 from prefill_router.serve.batcher import MicroBatcher
 from prefill_router.serve.cache import LruCache, TextHasher
-from prefill_router.serve.config import Profile, ServeConfig
+from prefill_router.serve.config import OVERRIDE_FIELDS, ClientRights, Profile, ServeConfig
 from prefill_router.serve.protocol import ApiError, Overrides, parse_overrides, routing_text
 
 TARGETS = ("small", "large")
@@ -73,13 +74,49 @@ def test_a_valid_config_loads_from_yaml(tmp_path: Path) -> None:
             "targets.large.timeout_s must be a positive number; got 0",
         ),
         ({"profiles": {"p": {"policy": "lambda", "knob": 3}}}, "profiles.p.knob: "),
+        ({"client_rights": {"pin": "yes"}}, "client_rights.pin must be true or false; got 'yes'"),
+        (
+            {"client_rights": {"overrides": ["colour"]}},
+            "client_rights.overrides must be a list of router fields among policy, knob, budget_usd, "
+            "allowed, max_cost_usd, session; got ['colour']",
+        ),
+        (
+            {"clients": {"batch": {"token_env": "PREFILL_ROUTER_TEST_UNSET"}}},
+            "clients.batch.token_env: the environment variable PREFILL_ROUTER_TEST_UNSET is not set",
+        ),
+        ({"clients": {"batch": {"pin": True}}}, "clients.batch must be a mapping with token_env"),
+        ({"drain_s": -1}, "drain_s must be a number >= 0; got -1"),
+        ({"max_prompts": 0}, "max_prompts must be an integer >= 1; got 0"),
+        ({"score_timeout_s": 0}, "score_timeout_s must be a positive number; got 0"),
+        ({"fallback": ["small\r\nx: 1"]}, "fallback: target name 'small\\r\\nx: 1' is not allowed"),
+        (
+            {"targets": {**GOOD["targets"], "large": {"base_url": "http://x\r\nhost: y"}}},
+            "targets.large.base_url must be an http(s) URL",
+        ),
     ],
 )
 def test_config_errors_name_the_field(change: dict[str, object], message: str) -> None:
-    with pytest.raises(
-        ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.").replace("?", r"\?")
-    ):
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
         ServeConfig.from_dict(GOOD | change, TARGETS)
+
+
+def test_the_limits_default_to_the_documented_values() -> None:
+    config = ServeConfig.from_dict(GOOD, TARGETS)
+    assert (config.max_body_bytes, config.max_prompts, config.max_queue) == (1_000_000, 128, 1024)
+    assert (config.score_timeout_s, config.deadline_s, config.drain_s) == (2.0, 120.0, 5.0)
+    assert config.client_rights == ClientRights(True, frozenset(OVERRIDE_FIELDS))
+    assert [c.name for c in config.all_clients()] == ["token-1"]
+
+
+def test_an_unset_api_key_env_is_found_before_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SMALL_KEY", raising=False)
+    config = ServeConfig.from_dict(GOOD, TARGETS)  # parsing does not need the key ...
+    with pytest.raises(
+        ConfigError, match=r"^targets\.small\.api_key_env: the environment variable SMALL_KEY"
+    ):
+        config.check_environment()  # ... starting does
+    monkeypatch.setenv("SMALL_KEY", "sk-test")
+    config.check_environment()
 
 
 def test_the_config_file_name_prefixes_its_errors(tmp_path: Path) -> None:
@@ -210,3 +247,34 @@ def test_importing_the_package_does_not_import_serve() -> None:
     code = "import prefill_router, prefill_router.serve.config, sys; print('fastapi' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_header_values_are_printable_ascii() -> None:
+    from prefill_router.serve.app import header_safe
+
+    assert header_safe("budget policy, mu=0: picked a") == "budget policy, mu=0: picked a"
+    assert header_safe("x\r\nset-cookie: a=b\x00é") == "x??set-cookie: a=b??"
+
+
+@pytest.mark.parametrize(
+    ("raw", "refused"),
+    [
+        (b'{"prompt": "a \\ud800 b"}', True),  # an escape (valid JSON)
+        (b'{"prompt": "a \xed\xa0\x80 b"}', True),  # CESU-8 bytes: json.loads decodes them with surrogatepass
+        ('{"prompt": "a \ud800"}'.encode("utf-16-le", "surrogatepass"), True),  # a UTF-16 body
+        (b'{"prompt": "\\ud83d\\ude00 a pair is one character"}', False),
+        ('{"prompt": "😀 é"}'.encode(), False),
+        ('{"prompt": "😀 é"}'.encode("utf-16"), False),
+    ],
+)
+def test_lone_surrogates_are_refused_however_they_are_sent(raw: bytes, refused: bool) -> None:
+    import json
+
+    from prefill_router.serve.protocol import check_unicode
+
+    body = json.loads(raw)
+    if not refused:
+        check_unicode(raw, body)
+        return
+    with pytest.raises(ApiError, match=r"^prompt holds a lone UTF-16 surrogate \(\\ud800\) at character 2"):
+        check_unicode(raw, body)

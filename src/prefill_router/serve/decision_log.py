@@ -3,7 +3,7 @@
 Requests hand their record to a bounded queue and return at once; one daemon thread writes the
 lines through :class:`logging.handlers.RotatingFileHandler` (``FILE``, then ``FILE.1`` ...
 ``FILE.<backups>``). A disk that stalls or a full queue never slows a request: lines that find
-the queue full are dropped and counted.
+the queue full, or that cannot be written, are dropped and counted.
 
 Example::
 
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 _QUEUE_LINES = 10_000  # lines waiting for the writer before new ones are dropped
+log = logging.getLogger("prefill_router.serve")
 
 
 class DecisionLog:
@@ -65,18 +66,41 @@ class DecisionLog:
             self._lines.put(None, timeout=timeout_s)
         self._thread.join(timeout_s)
 
+    def _dropped(self) -> None:
+        if self._on_drop is not None:
+            self._on_drop()
+
     def _run(self) -> None:
         # Opened here, in the writer thread: even opening the file (a FIFO, a hung NFS mount) can block.
-        handler = logging.handlers.RotatingFileHandler(
-            self.path, maxBytes=self.max_bytes, backupCount=self.backups, encoding="utf-8"
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler: _RotatingLines | None = None
+        try:
+            handler = _RotatingLines(self.path, self.max_bytes, self.backups, on_error=self._dropped)
+        except OSError as exc:
+            log.error("the decision log %s cannot be opened (%s); its lines are dropped", self.path, exc)
         while True:
             line = self._lines.get()
             try:
                 if line is None:
-                    handler.close()
+                    if handler is not None:
+                        with contextlib.suppress(OSError):
+                            handler.close()
                     return
-                handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+                if handler is None:
+                    self._dropped()
+                else:
+                    handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
             finally:
                 self._lines.task_done()
+
+
+class _RotatingLines(logging.handlers.RotatingFileHandler):
+    """Lines to a size-rotated file; a line that cannot be written (disk full, a closed pipe) is
+    reported to ``on_error`` instead of printed with a traceback."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int, *, on_error: Callable[[], None]) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self._on_error = on_error
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        self._on_error()

@@ -29,7 +29,8 @@ _OVERRIDE_KEYS = OVERRIDE_FIELDS
 MAX_NAME_CHARS = 256  # a ``model`` or ``router.allowed`` name longer than this is refused unread
 MAX_ALLOWED = 256  # names in ``router.allowed``
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how a lone surrogate reaches us in JSON
+# How a lone surrogate reaches json.loads: as an escape, or as raw bytes it decodes with surrogatepass
+_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 class ApiError(Exception):
@@ -136,17 +137,26 @@ def check_model(model: Any) -> str:
     return model
 
 
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def check_unicode(raw: bytes, body: Any) -> None:
     """Refuse a body whose strings hold a lone UTF-16 surrogate (e.g. ``"\\ud800"``, valid JSON).
 
     Such a string cannot be encoded as UTF-8: the tokenizer, the cost estimate and the upstream
-    call would all fail on it. Only bodies whose bytes hold a ``\\uD8..`` - ``\\uDF..`` escape
-    are walked (iteratively, so any nesting depth is fine).
+    call would all fail on it. It gets there as a ``\\uD800``-``\\uDFFF`` escape, or as bytes
+    ``json.loads`` decodes with ``surrogatepass`` (CESU-8, UTF-16); only such bodies are walked
+    (iteratively, so any nesting depth is fine).
 
     Raises:
         ApiError: 400 naming the first such string by its path in the body.
     """
-    if not _SURROGATE_ESCAPE.search(raw):
+    if not _SURROGATE_BYTES.search(raw) and _is_utf8(raw):
         return
     stack: list[tuple[str, Any]] = [("", body)]
     while stack:
