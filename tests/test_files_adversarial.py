@@ -231,6 +231,7 @@ def test_a_router_naming_an_unknown_local_encoder_is_refused(
         lazy.predict_proba(["math question"])
     assert run(["route", str(router), "math question"]) == 3
     assert "If you trust this router, allow local encoders" in " ".join(capsys.readouterr().err.split())
+    assert run(["serve", str(router), "--upstream", "http://127.0.0.1:9/v1"]) == 3  # refused before starting
     trusted = Router.load(router, allow_local_encoders=True)
     assert trusted.predict_proba(["math question"]).shape == (1, 3)
     monkeypatch.setenv("PREFILL_ROUTER_ALLOW_LOCAL_ENCODERS", "1")
