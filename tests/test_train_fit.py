@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -449,3 +450,15 @@ def test_the_probe_cache_makes_a_refit_skip_the_probes(
     # other labels are another key: the probes run again
     fit_router(dataset.select(targets=list(NAMES[:2])), feats, SYNTHETIC, settings, probe_cache=cache)
     assert len(calls) == 2
+
+
+def test_add_target_on_a_trunk_with_huge_outputs_does_not_overflow(two_target_router: Router) -> None:
+    """Trunk outputs in the thousands give the new head logits far past float32's exp range (88.7)."""
+    dataset, feats = planted()
+    loud = copy.copy(two_target_router)
+    e = loud.ensemble
+    loud.ensemble = replace(e, w2=e.w2 * 1e3, b2=e.b2 * 1e3)
+    new, report = add_target(loud, dataset, "qwen-72b", feats, FAST)  # warnings are errors here
+    p = new.predict_proba_features(planted(seed=7)[1])[:, 2]
+    assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+    assert report.val_auc["qwen-72b"] > 0.85

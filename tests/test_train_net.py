@@ -211,3 +211,27 @@ def test_with_head_adds_a_column_and_keeps_the_others(members: list[TrainedMembe
     assert np.array_equal(wider.probabilities(x)[:, :3], ensemble.probabilities(x))
     new_column = 1 / (1 + np.exp(-(np.einsum("snh,sho->sno", ensemble.trunk(x), w) + b[:, None])))
     np.testing.assert_allclose(wider.probabilities(x)[:, 3], new_column.mean(axis=0)[:, 0], atol=1e-6)
+
+
+# ------------------------------------------------------------- batched training
+def test_members_trained_together_equal_members_trained_alone() -> None:
+    """The batched ensemble is separate runs: each member's own dropout masks and early stop.
+
+    Patience 3 makes the members stop at different epochs, so a member that went on training (or
+    drew its dropout masks from a shared generator) would end with other weights (0.01 apart).
+    What is left is float32 rounding: vectorised kernels (exp, log) round the last bit of an element
+    differently at different positions of a (1, B, M) and an (S, B, M) tensor.
+    """
+    from prefill_router.train.net import train_nets
+
+    x, y = xy(n=240, m=3, seed=5)
+    settings = NetSettings(max_epochs=40, patience=3, batch_size=64)
+    seeds = [0, 1, 2, 3]
+    together = train_nets(x[:180], y[:180], x[180:], y[180:], settings, seeds)
+    alone = [train_net(x[:180], y[:180], x[180:], y[180:], settings, seed=s) for s in seeds]
+    assert len({m.epochs for m in alone}) > 1  # the members really stop at different epochs
+    for batched, single in zip(together, alone, strict=True):
+        assert (batched.epochs, batched.best_epoch) == (single.epochs, single.best_epoch)
+        assert batched.val_loss == pytest.approx(single.val_loss, abs=1e-6)
+        for name in TrunkEnsemble.ARRAYS:
+            np.testing.assert_allclose(batched.weights[name], single.weights[name], rtol=0, atol=1e-6)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
 from prefill_router._json import finite_or_none
 from prefill_router.data.costs import input_tokens, output_token_estimates
@@ -283,7 +284,7 @@ def add_target(
     w = np.stack([h[0] for h in heads])
     b = np.stack([h[1] for h in heads])
     logits = np.einsum("snh,sho->sno", hidden[:, val_rows], w) + b[:, None]
-    p_val = (1.0 / (1.0 + np.exp(-logits))).mean(axis=0)
+    p_val = expit(logits).mean(axis=0)  # overflow-free, however large the logits
     temperature = fit_temperature(p_val[:, 0], y[val_rows, 0])
     blocks = _shared_blocks(router)
     new = router.with_target(
