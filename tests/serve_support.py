@@ -27,6 +27,10 @@ UPSTREAM_IDS = {"math-model": "up-math", "poem-model": "up-poem", "code-model": 
 
 #: What the fake puts in its refusals: a fragment of "the key", which must never reach a client.
 KEY_FRAGMENT = "sk-live-7f3a...9Qz"
+#: The body of the fake's 400 (mode ``reject``): a client error, passed through as it is.
+REJECTION = (
+    b'{"error": {"message": "bad request: max_tokens must be positive", "type": "invalid_request_error"}}'
+)
 
 
 @dataclass
@@ -43,9 +47,18 @@ class FakeBehaviour:
     fail_share: float = 0.1
     stall_share: float = 0.1
     calls: list[tuple[str, bool]] = field(default_factory=list)  # (model, stream)
+    received: list[Received] = field(default_factory=list)  # every request: headers and body
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     active_streams: int = 0  # response bodies being sent now (a leak keeps this above zero)
     seen_keys: list[str] = field(default_factory=list)  # Authorization headers received
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the fake upstream received it."""
+
+    headers: dict[str, str]  # lower-case names
+    body: dict[str, Any]  # the parsed JSON body
 
 
 _REFUSALS = {"unauthorized": 401, "forbidden": 403, "rate_limited": 429}
@@ -130,6 +143,7 @@ def fake_upstream(behaviour: FakeBehaviour) -> FastAPI:
         body = await request.json()
         model, stream = str(body.get("model")), bool(body.get("stream"))
         behaviour.calls.append((model, stream))
+        behaviour.received.append(Received({k.lower(): v for k, v in request.headers.items()}, body))
         behaviour.seen_keys.append(request.headers.get("authorization", ""))
         mode = behaviour.modes.get(model, "ok")
         misbehaving = _misbehave(mode, model, stream, behaviour)
@@ -143,7 +157,7 @@ def fake_upstream(behaviour: FakeBehaviour) -> FastAPI:
         if mode == "fail":
             return Response(b'{"error": {"message": "upstream broke"}}', 500, media_type="application/json")
         if mode == "reject":
-            return Response(b'{"error": {"message": "bad request"}}', 400, media_type="application/json")
+            return Response(REJECTION, 400, media_type="application/json")
         if mode == "stall":
             await asyncio.sleep(behaviour.stall_s)
         if stream:

@@ -85,6 +85,7 @@ def proxy(router: Router, upstream: str, log_path: Path) -> Iterator[str]:
 def client(proxy: str, behaviour: FakeBehaviour) -> Iterator[httpx.Client]:
     behaviour.modes.clear()
     behaviour.calls.clear()
+    behaviour.received.clear()
     with httpx.Client(base_url=proxy, headers=AUTH, timeout=10) as c:
         yield c
 
@@ -464,3 +465,133 @@ def test_the_official_openai_client_works(proxy: str) -> None:
     assert [m.id for m in api.models.list()][:2] == ["router", "router-cheap"]
     with pytest.raises(openai.NotFoundError, match="unknown model"):
         api.chat.completions.create(model="gpt-nothing", messages=[{"role": "user", "content": CODE}])
+
+
+# ========================================== the contract with upstreams and clients
+@pytest.fixture
+def keyed_proxy(
+    router: Router, upstream: str, behaviour: FakeBehaviour, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A proxy configured from a serve.yaml: client tokens and one upstream key from the environment."""
+    import yaml
+
+    from prefill_router.serve.config import ServeConfig
+
+    monkeypatch.setenv("ROUTER_TOKENS", "team-a-token, team-b-token")
+    monkeypatch.setenv("MATH_UPSTREAM_KEY", "sk-upstream-math")
+    targets = {n: {"base_url": f"{upstream}/v1", "model": UPSTREAM_IDS[n], "timeout_s": 5} for n in TARGETS}
+    targets["math-model"]["api_key_env"] = "MATH_UPSTREAM_KEY"
+    document = {"targets": targets, "fallback": list(FALLBACK), "client_tokens_env": "ROUTER_TOKENS"}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(document))
+    config = ServeConfig.load(tmp_path / "serve.yaml", router.targets)
+    behaviour.modes.clear()
+    with running_proxy(router, config) as url:
+        behaviour.received.clear()
+        yield url
+
+
+def test_client_tokens_come_from_client_tokens_env(keyed_proxy: str) -> None:
+    body = {"prompt": MATH}
+    for token in ("team-a-token", "team-b-token"):
+        ok = httpx.post(f"{keyed_proxy}/v1/route", json=body, headers={"authorization": f"Bearer {token}"})
+        assert ok.status_code == 200, ok.text
+    other = httpx.post(f"{keyed_proxy}/v1/route", json=body, headers={"authorization": f"Bearer {TOKEN}"})
+    assert other.status_code == 401 and other.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_upstreams_get_their_own_key_and_never_the_clients_token(
+    keyed_proxy: str, behaviour: FakeBehaviour
+) -> None:
+    client_auth = {"authorization": "Bearer team-a-token"}
+    for target in ("math-model", "code-model"):
+        body = {"model": target, "messages": [{"role": "user", "content": CODE}]}
+        answered = httpx.post(f"{keyed_proxy}/v1/chat/completions", json=body, headers=client_auth)
+        assert answered.status_code == 200, answered.text
+    to_math, to_code = behaviour.received
+    assert to_math.headers["authorization"] == "Bearer sk-upstream-math"  # from api_key_env
+    assert "authorization" not in to_code.headers  # no key configured: none sent, not the client's
+    assert all("team-a-token" not in json.dumps(r.headers) for r in behaviour.received)
+
+
+def test_the_router_field_is_removed_and_the_rest_forwarded_as_sent(
+    client: httpx.Client, behaviour: FakeBehaviour
+) -> None:
+    sent = {
+        "model": "router", "messages": [{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": MATH}],
+        "temperature": 0.25, "max_tokens": 17, "stop": ["\n\n"], "user": "u-contract",
+        "router": {"allowed": ["code-model"], "session": False},
+    }  # fmt: skip
+    response = client.post("/v1/chat/completions", json=sent)
+    assert response.status_code == 200, response.text
+    (received,) = behaviour.received
+    expected = {k: v for k, v in sent.items() if k != "router"} | {"model": UPSTREAM_IDS["code-model"]}
+    assert received.body == expected
+    assert received.headers["content-type"] == "application/json"
+
+
+def test_an_upstream_4xx_passes_through_without_a_fallback(
+    client: httpx.Client, behaviour: FakeBehaviour
+) -> None:
+    from tests.serve_support import REJECTION
+
+    behaviour.modes["up-code"] = "reject"
+    response = chat(client, router={"allowed": ["code-model", "math-model"], "policy": "lambda", "knob": 1.0})
+    assert response.status_code == 400
+    assert response.content == REJECTION  # the upstream's body as it is: the client's own mistake
+    assert response.headers["x-router-target"] == "code-model"
+    assert "x-router-fallback-from" not in response.headers
+    assert [model for model, _ in behaviour.calls] == ["up-code"]  # no second target was tried
+
+
+def test_the_cache_header_says_miss_then_hit(client: httpx.Client) -> None:
+    text = "poem question: a prompt only the cache header test sends"
+    first, second = chat(client, text=text), chat(client, text=text)
+    assert (first.headers["x-router-cache"], second.headers["x-router-cache"]) == ("miss", "hit")
+    assert first.headers["x-router-target"] == second.headers["x-router-target"]
+
+
+def test_a_budget_override_routes_as_the_router_does_for_that_budget(
+    client: httpx.Client, router: Router
+) -> None:
+    from prefill_router.policy import Budget
+
+    costs = router.costs([CODE])[0]
+    tight, loose = float(costs.min()) * 1.01, float(costs.max()) * 10
+    chosen = {}
+    for budget in (tight, loose):
+        response = chat(client, router={"budget_usd": budget, "session": False})
+        assert response.status_code == 200, response.text
+        expected = router.route(CODE, budget=Budget(usd_per_request=budget))
+        assert response.headers["x-router-target"] == expected.target
+        chosen[budget] = expected.target
+    assert chosen[tight] != chosen[loose]  # the override changed the decision
+    below = chat(client, router={"budget_usd": float(costs.min()) * 1e-3})
+    assert below.status_code == 400 and below.json()["error"]["param"] == "router.budget_usd"
+
+
+def test_a_failed_target_is_named_whole_even_with_a_colon(upstream: str, behaviour: FakeBehaviour) -> None:
+    """``llama3:8b`` fails first: the header and the decision log name it, not ``llama3``."""
+    import asyncio
+
+    from prefill_router.serve.metrics import Metrics
+    from prefill_router.serve.upstream import forward, new_client
+
+    behaviour.modes.clear()
+    behaviour.modes["up-math"] = "fail"
+    chain = [
+        UpstreamTarget("llama3:8b", f"{upstream}/v1", "up-math", None, 5.0),
+        UpstreamTarget("qwen2.5:7b-instruct", f"{upstream}/v1", "up-code", None, 5.0),
+    ]
+
+    async def send() -> Any:
+        async with new_client() as http:
+            return await forward(
+                http, chain, {"messages": [{"role": "user", "content": MATH}]}, stream=False, headers={},
+                metrics=Metrics(),
+            )  # fmt: skip
+
+    forwarded = asyncio.run(send())
+    assert (forwarded.target, forwarded.failed) == ("qwen2.5:7b-instruct", ["llama3:8b"])
+    assert forwarded.response.headers["x-router-fallback-from"] == "llama3:8b"
+    assert forwarded.response.headers["x-router-target"] == "qwen2.5:7b-instruct"

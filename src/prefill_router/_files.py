@@ -74,14 +74,31 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool = True) -> Iterato
 
 
 def default_file_mode() -> int:
-    """The mode a new file gets from ``open()`` under the current umask (0o644 usually)."""
+    """The mode a new file gets from ``open()`` under the process umask (0o644 usually)."""
     return 0o666 & ~_current_umask()
 
 
 def _current_umask() -> int:
-    mask = os.umask(0)
+    return _UMASK
+
+
+def _read_umask() -> int:
+    """The process umask. Setting it is the only portable way to read it, and the umask is
+    process-wide: a thread creating a file meanwhile would get the temporary mask. So it is read
+    once, at import, from ``/proc/self/status`` where Linux offers it (no change at all), else by
+    setting a restrictive mask for an instant (a file created meanwhile is private, not public)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii", errors="replace").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def read_text(path: Path, *, what: str = "file") -> str:

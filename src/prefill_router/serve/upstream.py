@@ -70,7 +70,8 @@ async def forward(
         ApiError: 502 (504 after a timeout) when no target answered; the message lists each
             failure, never an upstream's body.
     """
-    failures: list[str] = []
+    failures: list[str] = []  # one line per failed attempt, for the error message
+    failed: list[str] = []  # the targets that failed before one answered, by name
     give_up_at = time.monotonic() + deadline_s
     for target in chain:
         remaining = give_up_at - time.monotonic()
@@ -83,6 +84,7 @@ async def forward(
                 response = await client.send(_request(client, target, body), stream=stream)
         except _NOT_SENT as exc:
             failures.append(f"{target.name}: {type(exc).__name__}")
+            failed.append(target.name)
             metrics.upstream_requests.labels(target.name, "connect_error").inc()
             continue
         except (httpx.TimeoutException, TimeoutError) as exc:
@@ -106,6 +108,7 @@ async def forward(
             await response.aclose()
             what = f"HTTP {status}" if status >= 500 else f"HTTP {status}: it {_REFUSALS[status]}"
             failures.append(f"{target.name}: {what}")
+            failed.append(target.name)
             outcome = "5xx" if status >= 500 else {401: "auth", 403: "auth", 429: "rate_limited"}[status]
             metrics.upstream_requests.labels(target.name, outcome).inc()
             continue
@@ -115,18 +118,17 @@ async def forward(
             metrics.upstream_requests.labels(target.name, "bad_response").inc()
             raise _fail(failures, 502)
         metrics.upstream_requests.labels(target.name, "ok").inc()
-        return _answer(response, target.name, failures, headers, stream, metrics, on_stream_end)
+        return _answer(response, target.name, failed, headers, stream, metrics, on_stream_end)
     raise _fail(failures, 502)
 
 
 def _answer(
-    response: httpx.Response, name: str, failures: list[str], headers: Mapping[str, str], stream: bool,
+    response: httpx.Response, name: str, failed: list[str], headers: Mapping[str, str], stream: bool,
     metrics: Metrics, on_stream_end: StreamEnd | None,
 ) -> Forwarded:  # fmt: skip
     out = {k: v for k, v in response.headers.items() if k.lower() in _PASSED_HEADERS} | dict(headers)
     out["x-router-target"] = name
-    failed = [f.split(":")[0] for f in failures]
-    if failed:
+    if failed:  # names, never recovered from the messages: a name may hold ':' (llama3:8b)
         out["x-router-fallback-from"] = ",".join(failed)
     if stream:
         relay = _relay(response, name, metrics, on_stream_end)
