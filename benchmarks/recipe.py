@@ -42,6 +42,14 @@ from prefill_router.evaluate.run import FeatureSet, Predictions, cross_validated
 from prefill_router.train import EncoderIdentity, LayerFeatures, NetSettings, ProbeCache, TrainSettings
 
 SMOL, MINILM, GEMMA = "smollm2-135m", "minilm-l6", "gemma3-270m"
+#: A pool like the one where a higher AUC did not give a better curve: one strong, dear model
+#: (gemini-1.5-pro-002, $1.25 / $5 per M tokens, the best single) and ten open ones 2-25x cheaper.
+DOMINANT = (
+    "gemini-1.5-pro-002", "Meta-Llama-3_1-70B-Instruct", "Mixtral-8x7B-Instruct-v0.1", "Yi-34B",
+    "Qwen1.5-72B-Chat", "Meta-Llama-3_1-8B-Instruct", "Mistral-7B-Instruct-v0.2", "gemma-7b",
+    "Phi-3-mini-4k-instruct", "mathstral-7B", "Llama-2-13b-hf",
+)  # fmt: skip
+DATASETS = ("llmrouter", "mmlu-pro", "routellm", "mmlu-pro-dominant")
 BASELINES = ("knn-embed", "trunk-embed")
 
 
@@ -87,6 +95,9 @@ VARIANTS = [
     Variant("gemma", "Gemma-3-270M alone (mean)", encoders=((GEMMA, "bfloat16"),)),
     Variant("fuse-gemma", "SmolLM2 + Gemma-3-270M blocks per target", encoders=SMOL_GEMMA),
     Variant("both+minilm", "SmolLM2 mean+last + MiniLM", encoders=SMOL_MINILM, settings={"pooling": "both"}),
+    Variant("aux-tasks", "default + auxiliary task heads", settings={"aux_tasks": True}),
+    Variant("both+aux", "mean + last + auxiliary tasks", settings={"pooling": "both", "aux_tasks": True}),
+    Variant("auto+minilm", "auto pooling + MiniLM", encoders=SMOL_MINILM, settings={"pooling": "auto"}),
 ]  # fmt: skip
 BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -220,9 +231,17 @@ def markdown_table(blob: dict) -> str:
     return "\n".join(lines)
 
 
+def load_dataset(name: str) -> RoutingDataset:
+    """One of :data:`DATASETS`; ``mmlu-pro-dominant`` is MMLU-Pro restricted to :data:`DOMINANT`."""
+    work = Path(default_cache_dir()) / "datasets"
+    if name == "mmlu-pro-dominant":
+        return load("mmlu-pro", work).select(targets=list(DOMINANT))
+    return load(name, work)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=["llmrouter", "mmlu-pro", "routellm"])
+    parser.add_argument("dataset", choices=DATASETS)
     parser.add_argument("--variants", default="all", help="comma-separated names (default: all)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
@@ -241,7 +260,7 @@ def main() -> None:
     if "default" not in names:
         names.insert(0, "default")
     args.work.mkdir(parents=True, exist_ok=True)
-    dataset = load(args.dataset, Path(default_cache_dir()) / "datasets")
+    dataset = load_dataset(args.dataset)
     features = Features(dataset, FeatureStore(default_cache_dir()))
     previous = json.loads(out_path.read_text()) if out_path.exists() else {}
     blob: dict[str, Any] = {

@@ -68,6 +68,9 @@ class TrainSettings:
     val_share: float = 0.15
     net: NetSettings = field(default_factory=NetSettings)
     init: str = "random"  # random | pretrained (the trunk shipped in the package) | a trunk folder
+    # Train the trunk to also tell the data's tasks apart (one auxiliary head per task, dropped
+    # after training): a clean signal that shapes the trunk when correctness labels are noisy.
+    aux_tasks: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str) and self.layers not in STRATEGIES:
@@ -211,7 +214,11 @@ def fit_router(
         seeds = [settings.seed + i for i in range(settings.seeds)]
         probe = (x[fit_rows], labels[fit_rows], x[val_rows], labels[val_rows])
         initial = initial_from_trunk(trunk, dataset.target_names, settings.net, seeds, probe)
-    members = _train_members(x, labels, fit_rows, val_rows, settings, notify, initial)
+    targets = labels
+    if settings.aux_tasks and initial is None:
+        targets = np.concatenate([labels, task_targets(dataset.tasks, fit_rows)], axis=1)
+    members = _train_members(x, targets, fit_rows, val_rows, settings, notify, initial)
+    members = [_routing_heads(m, labels.shape[1]) for m in members]
     losses = [m.val_loss for m in members]
     kept = sorted(np.argsort(losses, kind="stable")[: settings.keep].tolist())
     ensemble = TrunkEnsemble.stack([members[i] for i in kept])
@@ -434,6 +441,30 @@ class _Probe:
             score = float(np.nanmean(scores)) if np.isfinite(scores).any() else -np.inf
             picked[name] = (layers, score)
         return picked, _probe_summary(report, self.features.layers, {k: v[0] for k, v in picked.items()})
+
+
+def task_targets(tasks: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(N, T) one-hot of each row's task among the tasks seen in ``rows`` (NaN where a row has no task
+    or one not seen there): the auxiliary targets of ``aux_tasks``."""
+    names = sorted({str(t) for t in tasks[rows] if t is not None})
+    out = np.full((len(tasks), len(names)), np.nan)
+    index = {name: i for i, name in enumerate(names)}
+    for row, task in enumerate(tasks):
+        if task is not None and str(task) in index:
+            out[row] = 0.0
+            out[row, index[str(task)]] = 1.0
+    return out
+
+
+def _routing_heads(member: TrainedMember, n_targets: int) -> TrainedMember:
+    """The member without the auxiliary heads (the first ``n_targets`` heads are the targets)."""
+    if member.weights["w3"].shape[1] == n_targets:
+        return member
+    weights = member.weights | {
+        "w3": member.weights["w3"][:, :n_targets],
+        "b3": member.weights["b3"][:n_targets],
+    }
+    return replace(member, weights=weights)
 
 
 def _check_trunk_encoders(trunk: Router, identities: Sequence[EncoderIdentity]) -> None:

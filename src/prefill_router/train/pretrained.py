@@ -153,7 +153,7 @@ def pooled_dataset(parts: Sequence[tuple[str, RoutingDataset]]) -> RoutingDatase
 def pretrain_trunk(
     parts: Sequence[tuple[str, RoutingDataset, Sequence[LayerFeatures]]],
     encoders: Sequence[EncoderIdentity],
-    blocks: Sequence[BlockChoice],
+    blocks: Sequence[BlockChoice] | None = None,
     settings: TrainSettings | None = None,
     *,
     on_progress: ProgressCallback | None = None,
@@ -164,7 +164,8 @@ def pretrain_trunk(
         parts: (dataset name, its rows, its features: one LayerFeatures per encoder) per dataset.
         encoders: the identities of the encoders the features came from (the same for every part).
         blocks: the fixed blocks every head reads, (encoder index, pooling, layers) each; a router
-            started from this trunk reads exactly these.
+            started from this trunk reads exactly these. None: per encoder and pooling, the layer
+            with the highest mean out-of-fold J_lda over every head (:func:`trunk_blocks`).
         settings: the training recipe (``layers``, ``pooling`` and ``init`` are not used).
 
     Returns:
@@ -182,7 +183,35 @@ def pretrain_trunk(
         )
         for i in range(len(encoders))
     ]
-    trunk, _ = fit_router(pooled, stacked, list(encoders), settings, on_progress, blocks=blocks)
+    chosen = list(blocks) if blocks is not None else trunk_blocks(pooled, stacked, settings)
+    trunk, _ = fit_router(pooled, stacked, list(encoders), settings, on_progress, blocks=chosen)
     trunk.calibration_x = trunk.calibration_tokens = None
     trunk.info["pretrained"] = {"datasets": pooled.provenance["pooled"], "heads": len(pooled.target_names)}
     return trunk
+
+
+def trunk_blocks(
+    pooled: RoutingDataset, features: Sequence[LayerFeatures], settings: TrainSettings, max_rows: int = 8000
+) -> list[BlockChoice]:
+    """Per encoder and pooling, the layer whose out-of-fold J_lda (relative to each head's best
+    layer), averaged over every head, is the highest: the fixed blocks of a trunk (probed on at most
+    ``max_rows`` rows, a seeded sample)."""
+    from prefill_router.probe import ProbeSettings, probe_layers
+
+    rng = np.random.default_rng(settings.seed)
+    n = pooled.n_prompts
+    rows = np.sort(rng.choice(n, max_rows, replace=False)) if n > max_rows else np.arange(n)
+    out: list[BlockChoice] = []
+    for index, feats in enumerate(features):
+        for p, pooling in enumerate(feats.poolings):
+            values = np.asarray(feats.values[rows, p], dtype=np.float32)
+            probe = ProbeSettings(pca_k=settings.pca_k, seed=settings.seed, cv_auc=False)
+            report = probe_layers(values, pooled.labels[rows], pooled.target_names, feats.layers, probe)
+            table = np.array(
+                [[lp.fisher_j_lda for lp in t.layers] for t in report.targets.values() if t.layers]
+            )  # (heads, probed layers)
+            probed = [lp.layer for lp in next(t for t in report.targets.values() if t.layers).layers]
+            # each head's J_lda relative to its own best layer, so no head outweighs the others
+            relative = table / np.nanmax(table, axis=1, keepdims=True)
+            out.append((index, pooling, (int(probed[int(np.nanargmax(np.nanmean(relative, axis=0)))]),)))
+    return out
