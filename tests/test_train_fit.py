@@ -462,3 +462,27 @@ def test_add_target_on_a_trunk_with_huge_outputs_does_not_overflow(two_target_ro
     p = new.predict_proba_features(planted(seed=7)[1])[:, 2]
     assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
     assert report.val_auc["qwen-72b"] > 0.85
+
+
+def test_task_targets_are_one_hot_over_the_tasks_seen_in_the_rows() -> None:
+    from prefill_router.train.fit import task_targets
+
+    tasks = np.array(["math", "code", None, "math", "poem"], dtype=object)
+    out = task_targets(tasks, np.array([0, 1, 2, 3]))  # "poem" is not among these rows
+    assert out.shape == (5, 2)  # code, math
+    assert out[:2].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    assert np.isnan(out[2]).all() and np.isnan(out[4]).all()
+
+
+def test_auxiliary_task_heads_train_the_trunk_and_are_dropped() -> None:
+    dataset, feats = planted(n=400)
+    tasks = np.where(feats.values[:, 0, 1, 0] > 0, "high", "low")  # a task the features can tell
+    dataset = RoutingDataset(
+        dataset.prompt_ids, dataset.prompts, tasks, dataset.splits, dataset.labels, dataset.targets
+    )
+    plain, _ = fit_router(dataset, feats, SYNTHETIC, FAST)
+    aux, _ = fit_router(dataset, feats, SYNTHETIC, replace(FAST, aux_tasks=True))
+    assert aux.targets == plain.targets and aux.ensemble.n_targets == 3  # the task heads are gone
+    assert aux.info["settings"]["aux_tasks"] is True
+    assert not np.array_equal(aux.ensemble.w1, plain.ensemble.w1)  # they did shape the trunk
+    assert min(held_out_auc(aux)) > 0.85
