@@ -47,3 +47,15 @@ def test_errors_carry_distinct_exit_codes() -> None:
 
     classes = (PrefillRouterError, DataError, ConfigError, MissingDependencyError, EncodeError)
     assert [cls.exit_code for cls in classes] == [1, 2, 3, 4, 5]
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    """One version: pyproject.toml's, read from the package metadata (never restated in code)."""
+    import tomllib
+    from importlib import metadata
+
+    from tests.conftest import ROOT
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert prefill_router.__version__ == metadata.version("prefill-router") == declared
+    assert f'"{declared}"' not in (ROOT / "src" / "prefill_router" / "__init__.py").read_text()

@@ -225,6 +225,19 @@ def test_a_job_refuses_to_assemble_before_every_chunk_is_stored(tmp_path: Path) 
     assert [c.index for c in resumed.missing()] == [1, 2] and resumed.reused == 1
 
 
+def test_asking_for_the_missing_chunks_twice_counts_a_reused_chunk_once(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path)
+    store.get_or_compute(KEY, PROMPTS[:4], FakeEncoder(), chunk_size=4)  # chunk 0 on disk
+    job = FeatureJob(store, KEY, PROMPTS, chunk_size=4)
+    assert [c.index for c in job.missing()] == [1, 2]
+    assert [c.index for c in job.missing()] == [1, 2]  # a second look (a retry, a progress bar)
+    for chunk in job.missing():
+        job.commit(chunk, FakeEncoder()(job.prompts_of(chunk)))
+    assert job.missing() == []  # the chunks it committed are not "reused"
+    stored = job.finish()
+    assert (stored.reused_chunks, stored.computed_chunks) == (1, 2)
+
+
 def test_same_texts_in_another_order_is_another_view(tmp_path: Path) -> None:
     run(tmp_path)
     reordered = PROMPTS[4:8] + PROMPTS[:4] + PROMPTS[8:]

@@ -99,3 +99,34 @@ def test_agreement_shares_are_never_negative() -> None:
     """1 - 1/3 - 2/3 is -1e-16 in floating point; the disagree share is counted instead."""
     zones = agreement_zones(np.array([[1.0], [0.0], [0.0]]))
     assert zones == {"all_correct": 1 / 3, "disagree": 0.0, "all_wrong": 2 / 3}
+
+
+def test_data_info_and_evaluate_name_the_same_most_expensive_target() -> None:
+    """Two targets at one price (LLMRouter prices three at $0.9/M): both name the more accurate one."""
+    from prefill_router.evaluate.metrics import Yardstick
+
+    prompts = ["What is 2+2?", "Name a colour.", "Prove Fermat.", "Say hi"]
+    labels = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 1, 0]], dtype=float)  # c: 0.75, a: 0.5
+    targets = (TargetInfo("a", 0.9, 0.9), TargetInfo("b", 0.1, 0.1), TargetInfo("c", 0.9, 0.9))
+    ds = RoutingDataset(list("pqrs"), prompts, [None] * 4, [None] * 4, labels, targets)
+    yard = Yardstick.of(ds.labels, cost_matrix(ds), ds.target_names)
+    assert summarise(ds).most_expensive["name"] == yard.max_cost_target == "c"  # type: ignore[index]
+
+
+def test_the_shared_definitions_are_defined_once() -> None:
+    """One LABEL_THRESHOLD, one bootstrap, one 'most expensive' rule (the first review found three,
+    two and two): every other module imports them."""
+    import re
+
+    from tests.conftest import ROOT
+
+    sources = {p: p.read_text() for p in (ROOT / "src" / "prefill_router").rglob("*.py")}
+    patterns = {
+        "LABEL_THRESHOLD": r"^LABEL_THRESHOLD\s*=",
+        "the row resampling": r"default_rng\(seed\)\.integers|rng\.integers\(0, n",
+        "a percentile interval": r"np\.(percentile|quantile)\([^)]*(tail|level|0\.025)",
+        "the cost tie rule": r"1 - 1e-9|COST_TIE_RTOL\s*=",
+    }
+    for what, pattern in patterns.items():
+        defining = sorted(p.name for p, text in sources.items() if re.search(pattern, text, re.M))
+        assert len(defining) == 1, f"{what} is defined in {defining}"

@@ -3,6 +3,8 @@
 Importing this package is cheap: it never loads torch, transformers, FastAPI or Ray.
 """
 
+from importlib import metadata
+
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.errors import (
     ConfigError,
@@ -14,7 +16,10 @@ from prefill_router.errors import (
 )
 from prefill_router.train.router import Router
 
-__version__ = "0.1.0"
+try:
+    __version__: str = metadata.version("prefill-router")  # pyproject.toml's, as installed
+except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConfigError",

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prefill_router._json import finite_or_none
+from prefill_router.data.dataset import LABEL_THRESHOLD
 from prefill_router.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class ProbeSettings:
     folds: int = 5  # stratified k-fold for J_lda and CV-AUC
     shrinkage: float = 0.1  # α as a share of the mean eigenvalue of S_W/N
     l2_c: float = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's C)
-    label_threshold: float = 0.5  # graded labels count as correct at or above this
+    label_threshold: float = LABEL_THRESHOLD  # graded labels count as correct at or above this
     seed: int = 0
     newton_steps: int = 12  # Newton iterations of the batched logistic regression
     cv_auc: bool = True  # False skips the logistic CV-AUC (the fisher strategy does not need it)

@@ -42,6 +42,10 @@ METADATA_KEY = b"prefill_router"
 BUNDLED_NAME = "bundled"
 _BUNDLED_FILE = "llmrouter.parquet"
 
+#: A label counts as correct at or above this: graded labels for AUC, class counts and agreement
+#: zones. The one definition; training, probes, baselines, metrics and summaries import it.
+LABEL_THRESHOLD = 0.5
+
 LABEL_PREFIX = "label:"
 COST_PREFIX = "cost_usd:"
 OUTPUT_TOKENS_PREFIX = "output_tokens:"
@@ -225,11 +229,6 @@ class RoutingDataset:
             costs_usd=cut(self.costs_usd),
             output_tokens=cut(self.output_tokens),
         )
-
-    def with_splits(self, splits: Sequence[str | None] | np.ndarray, note: str) -> RoutingDataset:
-        """A copy with new split names; ``note`` is recorded in the provenance."""
-        provenance = {**self.provenance, "split": note}
-        return replace(self, splits=_object_array(splits), provenance=provenance)
 
     def with_targets(self, targets: Sequence[TargetInfo]) -> RoutingDataset:
         """A copy with new target metadata (same names, same order), e.g. after repricing."""

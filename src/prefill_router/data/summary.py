@@ -8,12 +8,9 @@ from typing import Any
 import numpy as np
 
 from prefill_router._json import finite_or_none
-from prefill_router.data.costs import cost_matrix
-from prefill_router.data.dataset import RoutingDataset
+from prefill_router.data.costs import cost_matrix, most_expensive
+from prefill_router.data.dataset import LABEL_THRESHOLD, RoutingDataset
 from prefill_router.data.splits import duplicated_across_splits
-
-CORRECT_THRESHOLD = 0.5
-"""A graded label counts as correct for the agreement zones when it is at least this."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +73,7 @@ def summarise(dataset: RoutingDataset) -> DatasetSummary:
     oracle_cost = _oracle_cost(y, c)
     expensive: dict[str, Any] | None = None
     if mean_cost is not None and mean_cost.max() > 0:
-        top = np.flatnonzero(mean_cost >= mean_cost.max() * (1 - 1e-9))
-        k = int(top[np.argmax(single[top])])  # among equally priced top targets, the most accurate
+        k = most_expensive(mean_cost, single)
         expensive = {"name": dataset.targets[k].name, "mean_cost_usd": float(mean_cost[k])}
     savings = (
         None if expensive is None or oracle_cost is None else 1.0 - oracle_cost / expensive["mean_cost_usd"]
@@ -105,11 +101,12 @@ def summarise(dataset: RoutingDataset) -> DatasetSummary:
 def agreement_zones(labels: np.ndarray) -> dict[str, float]:
     """Shares of rows where every target is correct, where they disagree, and where all are wrong.
 
-    Graded labels count as correct at :data:`CORRECT_THRESHOLD` or above; rows must be complete.
+    Graded labels count as correct at :data:`~prefill_router.data.dataset.LABEL_THRESHOLD` or above;
+    rows must be complete.
     """
     if labels.size == 0:
         return {"all_correct": float("nan"), "disagree": float("nan"), "all_wrong": float("nan")}
-    correct = labels >= CORRECT_THRESHOLD
+    correct = labels >= LABEL_THRESHOLD
     all_correct, all_wrong = correct.all(axis=1), (~correct).all(axis=1)
     return {
         "all_correct": float(all_correct.mean()),

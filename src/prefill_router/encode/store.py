@@ -337,9 +337,10 @@ class Chunk:
 class FeatureJob:
     """The chunks of one prompt list under one key: which are stored, committing new ones, the view.
 
-    :meth:`FeatureStore.get_or_compute` runs a job chunk by chunk; :mod:`prefill_router.scale`
-    computes a job's missing chunks on Ray workers and commits each result here, in the driver, so
-    the store always has one writer and a distributed run leaves exactly the files a local one does.
+    :meth:`FeatureStore.get_or_compute` runs a job chunk by chunk;
+    :func:`prefill_router.encode.distributed.extract_features_ray` computes a job's missing chunks
+    on Ray workers and commits each result here, in the driver, so the store always has one writer
+    and a distributed run leaves exactly the files a local one does.
 
     Example::
 
@@ -370,7 +371,7 @@ class FeatureJob:
         )
         self.hidden: int | None = None  # set by the first stored chunk; every later one must agree
         self.computed = 0  # chunks committed by this job
-        self.reused = 0  # chunks found on disk
+        self.reused = 0  # chunks found on disk (each counted once, however often it is looked up)
         self._manifests: dict[int, dict[str, Any]] = {}
 
     def prompts_of(self, chunk: Chunk) -> list[str]:
@@ -387,8 +388,9 @@ class FeatureJob:
         manifest = _load_chunk_manifest(npy, self._expected(chunk), self.hidden)
         if manifest is None:
             return False
+        if chunk.index not in self._manifests:  # not committed by this job, nor found before
+            self.reused += 1
         self._accept(chunk, manifest)
-        self.reused += 1
         return True
 
     def missing(self) -> list[Chunk]:

@@ -17,12 +17,11 @@ evaluation itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
-from prefill_router.data.dataset import RoutingDataset
+from prefill_router.data.dataset import LABEL_THRESHOLD, RoutingDataset
 from prefill_router.errors import ConfigError
 from prefill_router.train import EncoderIdentity, LayerFeatures, TrainSettings, fit_router
 
@@ -30,7 +29,6 @@ LEARNED = ("knn-embed", "trunk-embed", "logreg-embed", "layer0", "random")
 #: MiniLM layer read for sentence embeddings (its last block, mean-pooled, as sentence-transformers does).
 EMBED_ENCODER = "minilm-l6"
 KNN_KS = (5, 10, 20, 50, 100, 200)
-LABEL_THRESHOLD = 0.5
 
 
 def parse_baselines(spec: str) -> tuple[str, ...]:
@@ -135,7 +133,3 @@ def _mean_auc(p: np.ndarray, y: np.ndarray) -> float:
         if 0 < truth.sum() < truth.size:
             values.append(roc_auc_score(truth, p[seen, j]))
     return float(np.mean(values)) if values else 0.5
-
-
-#: Called with a baseline's name before it is fitted (for progress display).
-BaselineCallback = Callable[[str], None]

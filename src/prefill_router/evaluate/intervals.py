@@ -1,7 +1,8 @@
 """95% bootstrap intervals for the routing metrics, and paired differences between two routers.
 
 Rows are resampled with replacement; every resample recomputes the yardstick (oracle, best single,
-most expensive) so an interval covers the uncertainty of the denominator too.
+most expensive) so an interval covers the uncertainty of the denominator too. The resampling and
+the percentile interval are :mod:`prefill_router._bootstrap`'s, shared with the policy stage.
 """
 
 # ruff: noqa: N803, N806 — Y, C, P are DESIGN's names for the label, cost and probability matrices.
@@ -12,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from prefill_router.errors import ConfigError, DataError
+from prefill_router._bootstrap import bootstrap_rows
+from prefill_router._bootstrap import percentile_interval as interval
+from prefill_router.data.dataset import LABEL_THRESHOLD
+from prefill_router.errors import DataError
 from prefill_router.evaluate.metrics import (
     ACCURACY_MARGINS,
     AUC_BOOT,
-    LABEL_THRESHOLD,
     Yardstick,
     _choice,
     _curve,
@@ -24,42 +27,18 @@ from prefill_router.evaluate.metrics import (
     _scores,
 )
 
+__all__ = [
+    "auc_difference",
+    "bootstrap_rows",
+    "curve_difference",
+    "interval",
+    "paired_difference",
+    "routing_intervals",
+    "savings_intervals",
+]
+
 
 # -------------------------------------------------------------------- bootstrap
-def bootstrap_rows(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """(n_boot, n) row indices: ``n_boot`` resamples of ``n`` rows with replacement, fixed by ``seed``.
-
-    Raises:
-        DataError: n < 1.  ConfigError: n_boot < 1.
-    """
-    if n < 1:
-        raise DataError(f"bootstrap needs at least one row; got n={n}.")
-    if n_boot < 1:
-        raise ConfigError(f"The 'n_boot' parameter must be at least 1; got {n_boot} instead.")
-    out: np.ndarray = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    return out
-
-
-def interval(samples: np.ndarray, level: float = 0.95) -> list[float]:
-    """The central percentile interval ``[lo, hi]`` holding ``level`` of the finite samples.
-
-    Non-finite samples (a resample where a metric is undefined) are dropped; ``[nan, nan]`` if none
-    is left.
-
-    Raises:
-        ConfigError: level is not in (0, 1).
-    """
-    if not 0 < level < 1:
-        raise ConfigError(f"The 'level' parameter must be in (0, 1); got {level} instead.")
-    values = np.asarray(samples, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return [math.nan, math.nan]
-    tail = 50.0 * (1.0 - level)
-    lo, hi = np.percentile(values, [tail, 100.0 - tail])
-    return [float(lo), float(hi)]
-
-
 def _counts(resamples: np.ndarray, n: int) -> np.ndarray:
     """(B, n) how often each row appears in each resample."""
     rows = np.asarray(resamples)

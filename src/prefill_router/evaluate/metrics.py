@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from prefill_router._json import finite_or_none
+from prefill_router.data.costs import most_expensive as most_expensive_column
+from prefill_router.data.dataset import LABEL_THRESHOLD
 from prefill_router.errors import DataError
 from prefill_router.train.calibration import brier, expected_calibration_error
 
@@ -35,8 +37,6 @@ SAVINGS_LEVELS = (0.5, 0.7431)
 ACCURACY_MARGINS = (0.0, 0.01, 0.02)
 #: Resamples :func:`auc_difference` draws when given none (fewer than the routing bootstrap's 1000).
 AUC_BOOT = 200
-#: Graded labels count as correct at or above this for ROC-AUC (as in training and the probes).
-LABEL_THRESHOLD = 0.5
 # A point whose savings fall short of a level by float rounding only still qualifies for it.
 _SAVINGS_TOL = 1e-9
 
@@ -176,13 +176,25 @@ def best_single(Y: np.ndarray) -> tuple[int, float]:
     return _top_column("Y", Y)
 
 
-def most_expensive(C: np.ndarray) -> tuple[int, float]:
-    """(column, mean cost in USD per prompt) of the target with the highest mean cost (ties: lower).
+def most_expensive(C: np.ndarray, Y: np.ndarray | None = None) -> tuple[int, float]:
+    """(column, mean cost in USD per prompt) of the target with the highest mean cost.
+
+    Ties (mean costs within 1e-9, relative) go to the most accurate target when ``Y`` is given,
+    then to the lower column: :func:`prefill_router.data.costs.most_expensive`, as ``data info``.
 
     Raises:
-        DataError: C is not a matrix or holds NaN.
+        DataError: C (or Y) is not a matrix or holds NaN.
     """
-    return _top_column("C", C)
+    C = _matrix("C", C)
+    _require_complete("C", C)
+    means = _column_means(C)
+    accuracy = None
+    if Y is not None:
+        Y = _matrix("Y", Y)
+        _require_complete("Y", Y)
+        accuracy = _column_means(Y)
+    column = most_expensive_column(means, accuracy)
+    return column, float(means[column])
 
 
 def _top_column(name: str, matrix: np.ndarray) -> tuple[int, float]:
@@ -243,7 +255,7 @@ class Yardstick:
         names = _names(targets, Y.shape[1])
         accuracy, cost = oracle(Y, C)
         best, best_accuracy = best_single(Y)
-        top, top_cost = most_expensive(C)
+        top, top_cost = most_expensive(C, Y)
         best_cost = outcome(np.full(len(Y), best), Y, C)[1]
         return cls(accuracy, cost, names[best], best_accuracy, best_cost, names[top], top_cost)
 

@@ -9,12 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from prefill_router._bootstrap import check_level, percentile_interval, resampled_means
 from prefill_router._json import finite_or_none
 from prefill_router.errors import ConfigError, DataError, UnknownTargetError
 from prefill_router.policy.choice import _RTOL, _check_costs, _check_matrix, _choose, mu_grid
-
-#: Bootstrap resamples are drawn in chunks of about this many indices (memory bound).
-_BOOT_CHUNK = 1_000_000
 
 # ---------------------------------------------------------------------------------------------------
 # budgets
@@ -211,31 +209,17 @@ def format_usd(amount: float) -> str:
 # achieved cost and accuracy
 
 
-def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, K) means of (N, K) ``values`` over rows resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    n = len(values)
-    chunk = max(1, _BOOT_CHUNK // n)
-    out = [
-        values[rng.integers(0, n, size=(min(chunk, n_boot - i), n))].mean(axis=1)
-        for i in range(0, n_boot, chunk)
-    ]
-    return np.concatenate(out)
-
-
-def _check_boot(values: np.ndarray, n_boot: int, level: float) -> None:
+def _check_boot(values: np.ndarray, level: float) -> None:
     if len(values) == 0:
         raise DataError("cannot bootstrap the mean of zero rows")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ConfigError(f"The 'n_boot' parameter must be an int >= 1; got {n_boot!r} instead.")
-    if not 0 < level < 1:
-        raise ConfigError(f"The 'level' parameter must be in (0, 1); got {level!r} instead.")
+    check_level(level)
 
 
 def bootstrap_interval(
     values: np.ndarray, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (N,), resampling rows.
+    """Percentile bootstrap interval of the mean of ``values`` (N,), resampling rows
+    (:mod:`prefill_router._bootstrap`, as every interval of ``evaluate``).
 
     Raises:
         ConfigError: ``n_boot < 1`` or ``level`` outside (0, 1). DataError: no rows.
@@ -246,10 +230,9 @@ def bootstrap_interval(
         True
     """
     values = np.asarray(values, dtype=float)
-    _check_boot(values, n_boot, level)
-    means = _bootstrap_means(values[:, None], n_boot, seed)[:, 0]
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    _check_boot(values, level)
+    low, high = percentile_interval(resampled_means(values[:, None], n_boot, seed)[:, 0], level)
+    return low, high
 
 
 def achieved(
@@ -272,12 +255,11 @@ def achieved(
         raise DataError(f"choice must be ({len(c)},) ints; got {choice.dtype} of shape {choice.shape}")
     rows = np.arange(len(c))
     values = np.stack([y[rows, choice], c[rows, choice]], axis=1)  # (N, 2)
-    _check_boot(values, n_boot, 0.95)
-    means = _bootstrap_means(values, n_boot, seed)
-    low, high = np.quantile(means, [0.025, 0.975], axis=0)
+    _check_boot(values, 0.95)
+    means = resampled_means(values, n_boot, seed)
     return {
         "accuracy": float(values[:, 0].mean()),
-        "accuracy_ci": [float(low[0]), float(high[0])],
+        "accuracy_ci": percentile_interval(means[:, 0]),
         "cost": float(values[:, 1].mean()),
-        "cost_ci": [float(low[1]), float(high[1])],
+        "cost_ci": percentile_interval(means[:, 1]),
     }

@@ -16,11 +16,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
 
 from prefill_router._json import finite_or_none
 from prefill_router.data.costs import input_tokens, output_token_estimates
-from prefill_router.data.dataset import RoutingDataset
+from prefill_router.data.dataset import LABEL_THRESHOLD, RoutingDataset
 from prefill_router.data.splits import prompt_groups
 from prefill_router.errors import ConfigError, DataError, UnknownTargetError
 from prefill_router.probe import STRATEGIES, ProbeReport, ProbeSettings, probe_layers, select_layers
@@ -51,7 +50,6 @@ POOLING_CHOICES = ("mean", "last", "auto", "both")
 MIN_ROWS = 50
 #: Each target needs at least this many labelled rows of each class (correct / wrong).
 MIN_PER_CLASS = 5
-LABEL_THRESHOLD = 0.5  # graded labels count as correct at or above this (for AUC and class counts)
 
 
 @dataclass(frozen=True)
@@ -268,6 +266,8 @@ def add_target(
         UnknownTargetError: ``target`` is not in the dataset. ConfigError: it is already routed.
         DataError: too few labelled rows, or one class only.
     """
+    from scipy.special import expit
+
     settings = settings or TrainSettings()
     if target not in dataset.target_names:
         raise UnknownTargetError(target, dataset.target_names, source="data")
