@@ -56,6 +56,36 @@ def test_data_import_applies_a_price_file(fixtures: Path, tmp_path: Path) -> Non
     assert (target.input_usd_per_mtok, target.output_usd_per_mtok) == (1.5, 2.5)
 
 
+def test_routerbench_prices_are_fitted_shown_and_a_price_file_still_wins(
+    fixtures: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rb.parquet"
+    assert (
+        run(["data", "import", "routerbench", str(fixtures / "routerbench" / "sample.csv"), "-o", str(out)])
+        == 0
+    )
+    assert "prices fitted from the observed costs for 3 target(s)" in capsys.readouterr().out.replace(
+        "\n", ""
+    )
+    assert run(["data", "prices", str(out), "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"gpt-4-1106-preview", "claude-instant-v1", "meta/llama-2-70b-chat",
+                         "mistralai/mixtral-8x7b-chat"}  # fmt: skip
+    assert rows["gpt-4-1106-preview"]["source"] == "litellm 1.110.2 key gpt-4-1106-preview"
+    assert rows["claude-instant-v1"]["source"].startswith("fitted from 12 observed costs (residual ")
+    assert run(["data", "prices", str(out)]) == 0
+    assert "fitted from 11 observed costs" in capsys.readouterr().out  # the table, too
+    mine = tmp_path / "prices.yaml"
+    mine.write_text("claude-instant-v1: {input: 0.8, output: 2.4}\n")
+    priced = tmp_path / "priced.parquet"
+    args = ["data", "import", "routerbench", str(fixtures / "routerbench" / "sample.csv"), "-o", str(priced)]
+    assert run([*args, "--prices", str(mine)]) == 0
+    claude = RoutingDataset.load(priced).target("claude-instant-v1")
+    assert (claude.input_usd_per_mtok, claude.output_usd_per_mtok) == (0.8, 2.4)
+    assert claude.price_source == f"price file {mine}"
+    assert RoutingDataset.load(priced).target("meta/llama-2-70b-chat").price_source.startswith("fitted")  # type: ignore[union-attr]
+
+
 def test_data_info_json_has_the_contract_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["data", "info", "bundled", "--split", "test", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

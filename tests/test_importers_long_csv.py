@@ -119,6 +119,35 @@ def test_optional_columns_are_used(tmp_path: Path) -> None:
     assert ds.output_tokens is None
     assert "ignored 1 unknown column(s): comment" in result.notes
     assert result.notes[-1] == "splits from the 'split' column"
+    # no output lengths: each model's observed costs give it one blended rate
+    assert ds.target("small").price_source == (
+        "fitted from 1 observed costs as one blended rate (no output lengths) (residual 0.0%)"
+    )
+    assert ds.target("small").input_usd_per_mtok == ds.target("small").output_usd_per_mtok > 0
+
+
+def test_cost_usd_and_output_tokens_give_fitted_input_and_output_prices(tmp_path: Path) -> None:
+    """cost = input tokens x 0.5 + output tokens x 1.5 per million, tokens as the cost formula counts them."""
+    from prefill_router.data.tokens import estimate_tokens
+
+    lines = ["question,model,isCorrect,output_tokens,cost_usd"]
+    for i in range(12):
+        question = f"Question number {i}: " + "why? " * (3 * i + 1)
+        outputs = 40 + 17 * (i % 5)
+        cost = (estimate_tokens(question) * 0.5 + outputs * 1.5) / 1e6
+        lines += [
+            f"{question},listed,1,{outputs},{cost!r}",
+            f"{question},unlisted,{i % 2},{outputs},{cost!r}",
+        ]
+    src = write(tmp_path, "\n".join(lines) + "\n")
+    prices = PriceTable([PriceEntry("listed", 9.0, 9.0, source="contract")])
+    result = import_long_csv(src, prices=prices)
+    listed, unlisted = result.dataset.targets
+    assert (listed.input_usd_per_mtok, listed.price_source) == (9.0, "contract")  # a known price wins
+    assert unlisted.input_usd_per_mtok == pytest.approx(0.5)
+    assert unlisted.output_usd_per_mtok == pytest.approx(1.5)
+    assert unlisted.price_source == "fitted from 12 observed costs (residual 0.0%)"
+    assert any(n.startswith("prices fitted from the observed costs for 1 target(s)") for n in result.notes)
 
 
 def test_empty_label_is_not_evaluated(tmp_path: Path) -> None:

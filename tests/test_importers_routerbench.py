@@ -118,7 +118,8 @@ def test_notes_and_provenance(csv_path: Path) -> None:
     assert "1 of 48 label cells empty: left as not evaluated" in notes
     assert "costs are the observed '<model>|total_cost' values in USD" in notes
     assert "output tokens estimated from '<model>|model_response' (ceil(UTF-8 bytes / 4))" in notes
-    assert any(n.startswith("no price known for 4 target(s)") for n in notes)
+    assert any(n.startswith("prices fitted from the observed costs for 4 target(s)") for n in notes)
+    assert not any(n.startswith("no price known") for n in notes)
     assert PICKLE_NOTE not in notes
     provenance = result.dataset.provenance
     assert provenance["source"] == "routerbench"
@@ -140,8 +141,32 @@ def test_prices_come_from_the_table(csv_path: Path) -> None:
     result = import_routerbench(csv_path, prices=prices)
     gpt4 = result.dataset.target("gpt-4-1106-preview")
     assert (gpt4.input_usd_per_mtok, gpt4.output_usd_per_mtok, gpt4.price_source) == (10.0, 30.0, "test list")
+    claude = result.dataset.target("claude-instant-v1")  # no list price: fitted from its costs
+    assert claude.has_price and claude.price_source == "fitted from 12 observed costs (residual 1.8%)"
+    assert any(n.startswith("prices fitted from the observed costs for 3 target(s)") for n in result.notes)
+
+
+def test_prices_fitted_from_the_costs_are_close_to_the_list_prices(csv_path: Path) -> None:
+    """The fixture's costs are upstream's list prices times ~4-character tokens of the raw cells;
+    ours count the joined turns, so the fit absorbs that difference: close, not equal."""
+    from tests.fixtures.make_routerbench_fixture import PRICES
+
+    ds = import_routerbench(csv_path, prices=NO_PRICES).dataset
+    for target in ds.targets:
+        price_in, price_out = PRICES[target.name]
+        assert target.input_usd_per_mtok == pytest.approx(price_in, rel=0.08)
+        assert target.output_usd_per_mtok == pytest.approx(price_out, rel=0.15)
+        assert re.fullmatch(
+            r"fitted from 1[12] observed costs \(residual [0-2]\.\d%\)", str(target.price_source)
+        )
+
+
+def test_a_model_without_a_cost_column_stays_unpriced(table: pd.DataFrame, tmp_path: Path) -> None:
+    src = write(table.drop(columns=["claude-instant-v1|total_cost"]), tmp_path / "no_claude_costs.csv")
+    result = import_routerbench(src, prices=NO_PRICES)
     assert not result.dataset.target("claude-instant-v1").has_price
-    assert any(n.startswith("no price known for 3 target(s): claude-instant-v1,") for n in result.notes)
+    assert result.dataset.target("meta/llama-2-70b-chat").has_price
+    assert "no price known for 1 target(s): claude-instant-v1 (pass --prices FILE)" in result.notes
 
 
 def test_splits_come_from_assign_splits_with_the_seed(csv_path: Path) -> None:

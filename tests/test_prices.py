@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -17,6 +18,7 @@ from prefill_router.data.prices import (
     PriceEntry,
     PriceTable,
     builtin_prices,
+    fit_prices,
     load_price_file,
     normalise_model_name,
     price_table,
@@ -360,3 +362,61 @@ def test_committed_json_and_docs_agree() -> None:
     for model in document["models"]:
         assert f"| `{model['name']}` |" in docs
     assert yaml.safe_load(BUILTIN_JSON.read_text(encoding="utf-8")) == document  # plain JSON, no NaN
+
+
+# ------------------------------------------------------------ prices from costs
+def costs_at(price_in: float, price_out: float, tokens_in: np.ndarray, tokens_out: np.ndarray) -> np.ndarray:
+    """DESIGN §3's cost formula: what a provider bills for these token counts."""
+    return (tokens_in * price_in + tokens_out * price_out) / 1e6
+
+
+def test_fit_prices_recovers_the_prices_that_made_the_costs() -> None:
+    rng = np.random.default_rng(0)
+    tokens_in, tokens_out = rng.integers(20, 2000, 300).astype(float), rng.integers(1, 800, 300).astype(float)
+    fit = fit_prices(
+        tokens_in, tokens_out, costs_at(2.5, 10.0, tokens_in, tokens_out), default_output_tokens=256
+    )
+    assert fit is not None and not fit.blended
+    assert (fit.input_usd_per_mtok, fit.output_usd_per_mtok) == (pytest.approx(2.5), pytest.approx(10.0))
+    assert fit.n_costs == 300 and fit.residual < 1e-9
+    assert fit.source == "fitted from 300 observed costs (residual 0.0%)"
+
+
+def test_fit_prices_tolerates_noise_and_missing_cells() -> None:
+    rng = np.random.default_rng(1)
+    tokens_in, tokens_out = rng.integers(20, 2000, 500).astype(float), rng.integers(1, 800, 500).astype(float)
+    costs = costs_at(0.6, 0.6, tokens_in, tokens_out) * rng.normal(1, 0.03, 500)  # rounding, retries
+    costs[::7], tokens_out[::5] = np.nan, np.nan  # not evaluated; reply lost
+    fit = fit_prices(tokens_in, tokens_out, costs, default_output_tokens=256)
+    assert fit is not None and fit.n_costs == int((~np.isnan(costs) & ~np.isnan(tokens_out)).sum())
+    assert fit.input_usd_per_mtok == pytest.approx(0.6, rel=0.05)
+    assert fit.output_usd_per_mtok == pytest.approx(0.6, rel=0.05)
+    assert 0.01 < fit.residual < 0.05
+
+
+def test_prices_are_never_negative() -> None:
+    """Costs that fall with the output length would want a negative output price: it is 0 instead."""
+    tokens_in, tokens_out = np.array([100.0, 200, 300, 400]), np.array([400.0, 300, 200, 100])
+    fit = fit_prices(tokens_in, tokens_out, tokens_in * 1e-6 - tokens_out * 1e-7, default_output_tokens=256)
+    assert fit is not None and fit.output_usd_per_mtok == 0.0 and fit.input_usd_per_mtok > 0
+
+
+@pytest.mark.parametrize("lengths", [None, np.array([np.nan, np.nan, np.nan]), np.array([10.0, 20.0, 30.0])])
+def test_one_blended_rate_when_output_lengths_cannot_tell_the_prices_apart(
+    lengths: np.ndarray | None,
+) -> None:
+    """No output lengths, or lengths proportional to the prompts (one ratio): one rate for both,
+    fitted with the output length the cost formula assumes where none is known."""
+    tokens_in = np.array([100.0, 200.0, 300.0])
+    out = np.full(3, 256.0) if lengths is None or np.isnan(lengths).all() else lengths
+    costs = costs_at(1.5, 1.5, tokens_in, out)
+    fit = fit_prices(tokens_in, lengths, costs, default_output_tokens=256)
+    assert fit is not None and fit.blended
+    assert fit.input_usd_per_mtok == fit.output_usd_per_mtok == pytest.approx(1.5)
+    assert (
+        fit.source == "fitted from 3 observed costs as one blended rate (no output lengths) (residual 0.0%)"
+    )
+
+
+def test_no_observed_cost_fits_nothing() -> None:
+    assert fit_prices(np.array([10.0]), None, np.array([np.nan]), default_output_tokens=256) is None

@@ -111,33 +111,55 @@ def data_info(
 
 @data_app.command("prices")
 def data_prices(
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="A routing dataset (or 'bundled'): show its targets' prices instead of the table."
+        ),
+    ] = None,
     prices: Annotated[Path | None, typer.Option(help="A price file layered over the built-in table.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Show the price table (built-in, or with your file over it) and where each price came from."""
-    from prefill_router.data.prices import price_table
-
-    table = price_table(prices)
-    rows: list[dict[str, Any]] = [
-        {
-            "name": e.name,
-            "input_usd_per_mtok": e.input_usd_per_mtok,
-            "output_usd_per_mtok": e.output_usd_per_mtok,
-            "source": e.source,
-            "derived": e.derived,
-        }
-        for e in table.entries
-    ]
+    """Show the price table (built-in, or with your file over it), or the prices a dataset's targets
+    carry (with --prices, as that file would reprice them), and where each price came from."""
+    rows = _price_rows(data, prices)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    out = Table("target", "$/M in", "$/M out", "source", title=f"{len(rows)} prices")
+    title = f"{len(rows)} prices" + (f" of the targets of {data}" if data is not None else "")
+    out = Table("target", "$/M in", "$/M out", "source", title=title)
     for row in rows:
-        source = row["source"] + (" [yellow](derived)[/]" if row["derived"] else "")
+        if row["input_usd_per_mtok"] is None or row["output_usd_per_mtok"] is None:
+            out.add_row(row["name"], "-", "-", "[red]no price[/] (pass --prices FILE to data import)")
+            continue
+        source = (row["source"] or "-") + (" [yellow](derived)[/]" if row["derived"] else "")
         out.add_row(
             row["name"], f"{row['input_usd_per_mtok']:.3g}", f"{row['output_usd_per_mtok']:.3g}", source
         )
     console.print(out)
+
+
+def _price_rows(data: str | None, prices: Path | None) -> list[dict[str, Any]]:
+    """One row per price: the table's entries, or the dataset's targets (repriced by ``prices``)."""
+    from prefill_router.data.prices import load_price_file, price_table
+
+    if data is None:
+        return [
+            {"name": e.name, "input_usd_per_mtok": e.input_usd_per_mtok,
+             "output_usd_per_mtok": e.output_usd_per_mtok, "source": e.source, "derived": e.derived}
+            for e in price_table(prices).entries
+        ]  # fmt: skip
+    from prefill_router.data.dataset import RoutingDataset
+    from prefill_router.data.importers import reprice
+
+    dataset = RoutingDataset.load(data)
+    if prices is not None:
+        dataset = reprice(dataset, load_price_file(prices))
+    return [
+        {"name": t.name, "input_usd_per_mtok": t.input_usd_per_mtok,
+         "output_usd_per_mtok": t.output_usd_per_mtok, "source": t.price_source, "derived": t.price_derived}
+        for t in dataset.targets
+    ]  # fmt: skip
 
 
 def _print_summary(summary: Any, title: str) -> None:

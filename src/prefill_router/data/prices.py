@@ -8,6 +8,10 @@ Names are matched leniently, because the datasets spell one model several ways
 (``mistralai/Mixtral-8x7B-Instruct-v0.1``, ``Mixtral-8x7B-Instruct-v0.1``): a lookup tries the
 exact name, then the normalised name (:func:`normalise_model_name`), then each entry's aliases.
 
+A dataset whose source records what each call cost (RouterBench's ``<model>|total_cost``, a long
+CSV's ``cost_usd``) needs no table for its targets: :func:`fit_prices` recovers a target's input and
+output price from its observed costs by non-negative least squares.
+
 Example::
 
     table = price_table("my_prices.yaml")  # built-in prices, overridden by the file
@@ -27,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from prefill_router._files import read_text
@@ -261,6 +266,83 @@ def price_table(path: str | Path | None = None) -> PriceTable:
     return load_price_file(path).merged_over(builtin_prices())
 
 
+# ------------------------------------------------------------ prices from costs
+@dataclass(frozen=True)
+class FittedPrice:
+    """A target's prices recovered from its observed costs (USD per million tokens).
+
+    Attributes:
+        input_usd_per_mtok, output_usd_per_mtok: the fitted prices (equal when ``blended``).
+        n_costs: how many observed costs the fit used.
+        residual: root-mean-square error of the fitted costs, as a share of the mean observed cost.
+        blended: one rate for input and output tokens together (the output lengths were unknown).
+    """
+
+    input_usd_per_mtok: float
+    output_usd_per_mtok: float
+    n_costs: int
+    residual: float
+    blended: bool
+
+    @property
+    def source(self) -> str:
+        """The provenance recorded with the price: ``fitted from 1,200 observed costs (residual 2.1%)``."""
+        how = " as one blended rate (no output lengths)" if self.blended else ""
+        return f"fitted from {self.n_costs:,} observed costs{how} (residual {self.residual:.1%})"
+
+
+def fit_prices(
+    input_tokens: np.ndarray, output_tokens: np.ndarray | None, costs_usd: np.ndarray, *,
+    default_output_tokens: float,
+) -> FittedPrice | None:  # fmt: skip
+    """Input and output prices that best explain one target's observed costs (DESIGN §3's formula).
+
+    Solves ``cost_i ≈ in_i x input_price + out_i x output_price`` (prices per million tokens) by
+    non-negative least squares (:func:`scipy.optimize.nnls`) over the rows with an observed cost
+    and an observed output length. With fewer than two such rows, or output lengths that cannot
+    tell the two prices apart (every row the same ratio), it fits one blended rate ``r`` with
+    ``cost_i ≈ (in_i + out_i) x r``, where a missing ``out_i`` is ``default_output_tokens``: the
+    length the cost formula itself assumes, so the router's estimates reproduce these costs.
+
+    Args:
+        input_tokens: (N,) estimated prompt tokens. output_tokens: (N,) observed output lengths
+            (NaN = unknown) or None. costs_usd: (N,) observed USD (NaN = unknown).
+        default_output_tokens: the output length used where none is observed.
+
+    Returns:
+        The fitted prices, or None when no row has an observed cost.
+
+    Example::
+
+        >>> fit = fit_prices(np.array([100.0, 300]), np.array([50.0, 10]), np.array([2e-4, 3.2e-4]),
+        ...                  default_output_tokens=256)
+        >>> round(fit.input_usd_per_mtok, 6), round(fit.output_usd_per_mtok, 6)
+        (1.0, 2.0)
+    """
+    from scipy.optimize import nnls
+
+    tokens_in = np.asarray(input_tokens, dtype=np.float64)
+    costs = np.asarray(costs_usd, dtype=np.float64)
+    outs = np.full(len(costs), np.nan) if output_tokens is None else np.asarray(output_tokens, np.float64)
+    seen = ~np.isnan(costs)
+    if not seen.any():
+        return None
+    both = seen & ~np.isnan(outs)
+    design = np.column_stack([tokens_in[both], outs[both]]) / 1e6  # USD = tokens / 1e6 x price
+    if both.sum() >= 2 and np.linalg.matrix_rank(design) == 2:
+        (price_in, price_out), _ = nnls(design, costs[both])
+        fitted, observed, blended = design @ np.array([price_in, price_out]), costs[both], False
+    else:
+        total = (tokens_in[seen] + np.where(np.isnan(outs[seen]), default_output_tokens, outs[seen])) / 1e6
+        (rate,), _ = nnls(total[:, None], costs[seen])
+        price_in = price_out = rate
+        fitted, observed, blended = total * rate, costs[seen], True
+    scale = float(observed.mean())
+    rms = float(np.sqrt(np.mean((fitted - observed) ** 2)))
+    residual = rms / scale if scale > 0 else 0.0
+    return FittedPrice(float(price_in), float(price_out), len(observed), residual, blended)
+
+
 # ---------------------------------------------------------------------- helpers
 def _parse(text: str, path: Path) -> Any:
     """Parse ``text`` as JSON for a ``.json`` file, as YAML otherwise, naming the line of an error."""
@@ -354,9 +436,11 @@ def _looks_numeric(text: str) -> bool:
 
 
 __all__ = [
+    "FittedPrice",
     "PriceEntry",
     "PriceTable",
     "builtin_prices",
+    "fit_prices",
     "load_price_file",
     "normalise_model_name",
     "price_table",

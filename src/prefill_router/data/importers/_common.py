@@ -13,8 +13,9 @@ from typing import Any, BinaryIO, Literal, overload
 import numpy as np
 import pandas as pd
 
+from prefill_router.data.costs import DEFAULT_OUTPUT_TOKENS, input_tokens
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
-from prefill_router.data.prices import PriceTable
+from prefill_router.data.prices import PriceTable, fit_prices
 from prefill_router.errors import DataError
 
 
@@ -185,6 +186,49 @@ def make_targets(
         if problem is not None:
             raise DataError(f"{problem}; rename the model in the source")
     return tuple(overrides.get(name) or prices.target_info(name) for name in names)
+
+
+def price_from_costs(
+    targets: Sequence[TargetInfo],
+    prompts: Sequence[str],
+    costs_usd: np.ndarray | None,
+    output_tokens: np.ndarray | None,
+) -> tuple[tuple[TargetInfo, ...], list[str]]:
+    """Targets without a price, with prices fitted from their observed costs where they have any.
+
+    A priced target (the price table's, a user's price file) keeps its price. Each fitted price
+    records its source ("fitted from N observed costs (residual x%)", see
+    :func:`~prefill_router.data.prices.fit_prices`); the note lists them for the import summary.
+
+    Args:
+        targets: the targets in column order. prompts: (N,) prompt texts (their estimated tokens
+            are the input lengths). costs_usd, output_tokens: (N, M) observed values or None.
+    """
+    if costs_usd is None or all(t.has_price for t in targets):
+        return tuple(targets), []
+    tokens_in = input_tokens(prompts)
+    out: list[TargetInfo] = []
+    fitted: list[str] = []
+    for j, target in enumerate(targets):
+        lengths = None if output_tokens is None else output_tokens[:, j]
+        fit = None
+        if not target.has_price:
+            fit = fit_prices(tokens_in, lengths, costs_usd[:, j], default_output_tokens=DEFAULT_OUTPUT_TOKENS)
+        if fit is None:
+            out.append(target)
+            continue
+        out.append(TargetInfo(target.name, fit.input_usd_per_mtok, fit.output_usd_per_mtok, fit.source))
+        fitted.append(
+            f"{target.name} {fit.input_usd_per_mtok:.3g}/{fit.output_usd_per_mtok:.3g} "
+            f"(residual {fit.residual:.1%}{', blended' if fit.blended else ''})"
+        )
+    notes = []
+    if fitted:
+        notes.append(
+            f"prices fitted from the observed costs for {len(fitted)} target(s), USD per M tokens in/out: "
+            f"{'; '.join(fitted)} (a --prices file overrides them)"
+        )
+    return tuple(out), notes
 
 
 def unpriced_note(targets: Sequence[TargetInfo]) -> list[str]:

@@ -36,6 +36,7 @@ from prefill_router.data.importers._common import (
     make_targets,
     nonnegative_numbers,
     parse_label,
+    price_from_costs,
     read_csv,
     require_columns,
     unpriced_note,
@@ -262,8 +263,12 @@ def _assemble(
     n_empty = int(np.isnan(labels).sum()) - n_absent
     if n_empty:
         notes.append(f"{n_empty} empty {LABEL} cell(s): left as not evaluated")
-    targets = make_targets([str(m) for m in models], prices)
-    notes += unpriced_note(targets)
+    costs = matrix("cost_usd") if "cost_usd" in rows.columns else None
+    output_tokens = matrix("output_tokens") if "output_tokens" in rows.columns else None
+    targets, fitted = price_from_costs(
+        make_targets([str(m) for m in models], prices), prompts, costs, output_tokens
+    )
+    notes += fitted + unpriced_note(targets)
     notes.append(split_note)
 
     dataset = RoutingDataset(
@@ -273,8 +278,8 @@ def _assemble(
         splits=np.array(splits, dtype=object),
         labels=labels,
         targets=targets,
-        costs_usd=matrix("cost_usd") if "cost_usd" in rows.columns else None,
-        output_tokens=matrix("output_tokens") if "output_tokens" in rows.columns else None,
+        costs_usd=costs,
+        output_tokens=output_tokens,
         provenance={"source": SOURCE_NAME, "files": [src.name], "notes": list(notes)},
     )
     return ImportResult(dataset=dataset, notes=notes)

@@ -42,6 +42,7 @@ from prefill_router.data.importers._common import (
     make_targets,
     nonnegative_numbers,
     parse_label,
+    price_from_costs,
     read_csv,
     require_columns,
     unpriced_note,
@@ -135,8 +136,8 @@ def import_routerbench(
         notes.append("costs are the observed '<model>|total_cost' values in USD")
     if output_tokens is not None:
         notes.append("output tokens estimated from '<model>|model_response' (ceil(UTF-8 bytes / 4))")
-    targets = make_targets(models, prices)
-    notes += unpriced_note(targets)
+    targets, fitted = price_from_costs(make_targets(models, prices), prompts, costs, output_tokens)
+    notes += fitted + unpriced_note(targets)
     notes.append(
         f"no split in the source: assigned a grouped, task-stratified 80/20 split (seed {split_seed})"
     )
