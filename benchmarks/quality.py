@@ -1,12 +1,13 @@
 """Routing quality on the real datasets: ours vs every baseline, under grouped K-fold CV.
 
     .venv/bin/python benchmarks/quality.py llmrouter            # bundled LLMRouter: CV + its own split
-    .venv/bin/python benchmarks/quality.py mmlu-pro --limit 3000
-    .venv/bin/python benchmarks/quality.py routellm --limit 3000
+    .venv/bin/python benchmarks/quality.py mmlu-pro             # all 12,032 prompts
+    .venv/bin/python benchmarks/quality.py routellm             # all 15,344 prompts
+    .venv/bin/python benchmarks/quality.py mmlu-pro --limit 3000   # a seeded sample, for a quick look
 
 Every prompt is scored out of fold (folds grouped by normalised prompt text); the router is refit
-per fold with the default recipe (SmolLM2 bfloat16, fisher layers, PCA-128, 10 seeds keep 5) and
-the baselines are trained on the same rows. ``--limit N`` takes a seeded random sample of N prompts
+per fold with the default recipe (``TrainSettings()`` on ``DEFAULT_ENCODERS``) and the baselines
+are trained on the same rows. ``--limit N`` takes a seeded random sample of N prompts
 (stated in the results). Writes ``benchmarks/results/quality_<dataset>.json``.
 """
 
@@ -27,7 +28,8 @@ from prefill_router.encode import Encoder, FeatureStore, default_cache_dir
 from prefill_router.evaluate import baselines as bl
 from prefill_router.evaluate.report import LABELS, ORDER
 from prefill_router.evaluate.run import cross_validated, eval_costs, feature_set, predict_rows, score
-from prefill_router.train import TrainSettings
+from prefill_router.train import ProbeCache, TrainSettings
+from prefill_router.train.fit import DEFAULT_ENCODERS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -102,23 +104,24 @@ def main() -> None:
         dataset = dataset.take(rows)
     names = bl.parse_baselines(args.baselines)
     settings = TrainSettings(seed=args.seed)
-    encoder = Encoder("smollm2-135m")
+    encoders = [Encoder(name) for name in DEFAULT_ENCODERS]
     store = FeatureStore(default_cache_dir())
     print(f"{args.dataset}: {dataset.n_prompts} of {n_all} prompts; encoding (cached)...", flush=True)
     features = feature_set(
-        encoder, dataset.prompts.tolist(), store, need_embed=any(n.endswith("-embed") for n in names)
+        encoders, dataset.prompts.tolist(), store, need_embed=any(n.endswith("-embed") for n in names)
     )
+    probes = ProbeCache(Path(default_cache_dir()) / "probes")
     out = {
         "dataset": args.dataset,
         "n_prompts": dataset.n_prompts,
         "n_available": n_all,
         "sampled": bool(args.limit and args.limit < n_all),
         "settings": settings.to_json(),
-        "encoder": encoder.name,
+        "encoders": list(DEFAULT_ENCODERS),
     }
     step = lambda text: print(f"  {text}", flush=True)  # noqa: E731
     predictions = cross_validated(
-        dataset, features, names, settings, args.folds, seed=args.seed, on_step=step
+        dataset, features, names, settings, args.folds, seed=args.seed, on_step=step, probe_cache=probes
     )
     cv = score(dataset, predictions, eval_costs(dataset, dataset), seed=args.seed)
     cv["setup"] = {
@@ -133,8 +136,9 @@ def main() -> None:
             np.flatnonzero(dataset.splits == "test"),
         )
         test, split = predict_rows(
-            None, dataset, features, train_rows, test_rows, names, settings, seed=args.seed, on_step=step
-        )
+            None, dataset, features, train_rows, test_rows, names, settings, seed=args.seed, on_step=step,
+            probe_cache=probes,
+        )  # fmt: skip
         out["split"] = score(test, split, eval_costs(dataset, test), seed=args.seed)
         out["split"]["setup"] = {
             "where": "LLMRouter's own split (cleaned test: 381 prompts)",

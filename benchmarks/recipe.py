@@ -98,6 +98,9 @@ VARIANTS = [
     Variant("aux-tasks", "default + auxiliary task heads", settings={"aux_tasks": True}),
     Variant("both+aux", "mean + last + auxiliary tasks", settings={"pooling": "both", "aux_tasks": True}),
     Variant("auto+minilm", "auto pooling + MiniLM", encoders=SMOL_MINILM, settings={"pooling": "auto"}),
+    Variant("both-pca64", "mean + last blocks, PCA-64", settings={"pooling": "both", "pca_k": 64}),
+    Variant("both+minilm-pca64", "mean + last + MiniLM, PCA-64", encoders=SMOL_MINILM,
+            settings={"pooling": "both", "pca_k": 64}),
 ]  # fmt: skip
 BY_NAME = {v.name: v for v in VARIANTS}
 
