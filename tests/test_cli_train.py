@@ -140,7 +140,8 @@ def test_fit_layer_out_of_the_features_exit_3(
     data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run([*fit_args(data, tiny_llama_dir, tmp_path / "r", cache), "--layers", "9"]) == 3
-    assert "layer 9 is not in the features (layers [0, 1, 2, 3, 4])" in one_line(capsys.readouterr().err)
+    # found once the encoder is loaded, before its features are extracted
+    assert one_line(capsys.readouterr().err) == "error: layer 9 is out of range: this encoder has layers 0..4"
 
 
 def test_fit_keep_more_than_seeds_exit_3(

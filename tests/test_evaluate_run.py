@@ -466,8 +466,9 @@ def test_equal_prompts_share_a_fold(cv: tuple[Predictions, list[str]]) -> None:
     predictions, _ = cv
     for name in ("prefill", "knn-embed"):
         p = predictions.probabilities[name]
-        # equal features and equal normalised text: the same fold model scored both rows
-        np.testing.assert_allclose(p[200:], p[:40], rtol=1e-6, atol=1e-9, err_msg=name)
+        # equal features and equal normalised text: the same fold model scored both rows (float32
+        # matrix products may round a row differently at another position: ~1e-8)
+        np.testing.assert_allclose(p[200:], p[:40], rtol=1e-6, atol=1e-6, err_msg=name)
         # equal features but different texts may fall in other folds, whose models differ
         differs = np.abs(p[160:200] - p[40:80]).max(axis=1) > 1e-4
         assert differs.sum() >= 10, name

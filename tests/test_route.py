@@ -267,7 +267,13 @@ def test_route_picks_the_most_likely_code_model_for_code(
     router = tiny[0]
     decision = router.route(PROMPTS[2], policy="lambda", knob=1.0)
     assert decision.target == "code-model", decision.probabilities  # the planted signal is learned
-    assert router.route(PROMPTS[1], policy="lambda", knob=1.0).target == "poem-model"
+    # on the held-out rows of each topic, its own target is the likeliest on average (a single
+    # off-format prompt such as PROMPTS[1] is a coin toss for a router fitted on 140 rows)
+    test = topics().select(split="test")
+    p = router.predict_proba(test.prompts.tolist())
+    for topic, target in (("math", "math-model"), ("poem", "poem-model"), ("code", "code-model")):
+        mean = p[test.tasks == topic].mean(axis=0)
+        assert TARGETS[int(np.argmax(mean))] == target, (topic, mean)
 
 
 def test_route_with_a_budget_solves_mu_on_the_calibration_rows(
@@ -528,7 +534,7 @@ def test_evaluate_command_with_one_fold_is_refused(
     tiny: tuple[Router, Path, Path, LayerFeatures], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, path, data, _ = tiny
-    assert run(["evaluate", str(path), str(data), "--cv", "1", "--baselines", "none"]) != 0
+    assert run(["evaluate", str(path), str(data), "--cv", "1", "--baselines", "none"]) == 3
     assert "The 'folds' parameter must be between 2" in one_line(capsys.readouterr().err)
 
 
@@ -536,7 +542,7 @@ def test_evaluate_command_with_zero_folds_is_refused(
     tiny: tuple[Router, Path, Path, LayerFeatures], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, path, data, _ = tiny
-    assert run(["evaluate", str(path), str(data), "--cv", "0", "--baselines", "none"]) != 0
+    assert run(["evaluate", str(path), str(data), "--cv", "0", "--baselines", "none"]) == 3
     assert "The 'folds' parameter must be between 2" in one_line(capsys.readouterr().err)
 
 
@@ -544,6 +550,9 @@ def test_evaluate_command_with_more_folds_than_prompts_is_one_line(
     tiny: tuple[Router, Path, Path, LayerFeatures], capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, path, data, _ = tiny
-    assert run(["evaluate", str(path), str(data), "--cv", "500", "--baselines", "none"]) in (2, 3)
+    assert run(["evaluate", str(path), str(data), "--cv", "500", "--baselines", "none"]) == 3
     err = one_line(capsys.readouterr().err)
-    assert err.startswith("error: ") and "500" in err
+    assert err == (
+        "error: The 'folds' parameter must be between 2 and the number of distinct prompts (200); "
+        "got 500 instead."
+    )

@@ -63,6 +63,12 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> list[float]
     return [float(lo), float(hi)]
 
 
+def check_n_boot(n_boot: int) -> None:
+    """Raise ConfigError unless ``n_boot`` is an int >= 1."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
+        raise ConfigError(f"The 'n_boot' parameter must be at least 1; got {n_boot} instead.")
+
+
 def check_level(level: float) -> None:
     """Raise ConfigError unless ``level`` is in (0, 1)."""
     if not 0 < level < 1:
@@ -73,8 +79,7 @@ def _resamples(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
     """The (k, n) chunks of row indices that together make the ``n_boot`` resamples."""
     if n < 1:
         raise DataError(f"bootstrap needs at least one row; got n={n}.")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
-        raise ConfigError(f"The 'n_boot' parameter must be at least 1; got {n_boot} instead.")
+    check_n_boot(n_boot)
     rng = np.random.default_rng(seed)
     chunk = max(1, CHUNK_INDICES // n)
     for start in range(0, int(n_boot), chunk):

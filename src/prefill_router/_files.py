@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from prefill_router.errors import DataError
+from prefill_router.errors import ConfigError, DataError
 
 
 @contextlib.contextmanager
@@ -71,6 +71,32 @@ def atomic_dir(path: str | os.PathLike[str], *, replace: bool = True) -> Iterato
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike[str], *, what: str = "output file") -> Path:
+    """``path`` as a Path, if a file can be written there; checked before any long work starts.
+
+    The nearest existing folder on the way to ``path`` must be a writable folder (the missing
+    ones are created on writing), and ``path`` itself must not be a folder.
+
+    Raises:
+        ConfigError: ``path`` is a folder, a parent is a file, or the folder is not writable.
+
+    Example::
+
+        check_writable("reports/eval.json", what="--json file")
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{what} {target} is a folder; give a file name")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write the {what} {target}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write the {what} {target}: no permission to write in {parent}")
+    return target
 
 
 def default_file_mode() -> int:

@@ -51,6 +51,18 @@ class ProbeSettings:
     newton_steps: int = 12  # Newton iterations of the batched logistic regression
     cv_auc: bool = True  # False skips the logistic CV-AUC (the fisher strategy does not need it)
 
+    def __post_init__(self) -> None:
+        # checked on construction, so a bad option fails before any feature is extracted
+        for name, low in (("pca_k", 1), ("folds", 2), ("newton_steps", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"The '{name}' parameter must be an int >= {low}; got {value!r} instead.")
+        for name in ("shrinkage", "l2_c"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name == "l2_c" and value == 0):
+                expected = "a finite number >= 0" if name == "shrinkage" else "a finite number > 0"
+                raise ConfigError(f"The '{name}' parameter must be {expected}; got {value!r} instead.")
+
 
 @dataclass(frozen=True)
 class LayerProbe:

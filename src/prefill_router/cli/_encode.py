@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from prefill_router._files import atomic_path
+from prefill_router._files import atomic_path, check_writable
 from prefill_router._ray import plan_workers
 from prefill_router.cli._app import (
     CacheOption,
@@ -25,7 +25,7 @@ from prefill_router.cli._app import (
     layer_text,
     ray_or_none,
 )
-from prefill_router.errors import ConfigError
+from prefill_router.errors import ConfigError, DataError
 
 
 # ------------------------------------------------------------------------- encode
@@ -70,6 +70,8 @@ def encode(
     from prefill_router.encode import Encoder, FeatureStore, default_cache_dir, export_npz, extract_features
 
     session = ray_or_none(ray_address)  # before any work: a missing extra fails at once
+    if export is not None:
+        check_writable(export, what="--export file")
     dataset = RoutingDataset.load(data)
     if split is not None:
         dataset = dataset.select(split=split)
@@ -152,21 +154,33 @@ def probe(
         extract_features,
         parse_poolings,
     )
+    from prefill_router.encode.models import check_encoder_exists
     from prefill_router.probe import ProbeSettings, probe_layers
 
+    # Everything that can fail without features fails here, before minutes of encoding.
     pooling_name = parse_poolings(pooling)
     if len(pooling_name) != 1:
         raise ConfigError("probe takes one pooling at a time: --pooling mean or --pooling last")
+    settings = ProbeSettings(pca_k=pca_k, folds=folds, shrinkage=shrinkage)
+    for path, what in ((json_out, "--json file"), (plot, "--plot file")):
+        if path is not None:
+            check_writable(path, what=what)
     dataset = RoutingDataset.load(data)
     train = dataset.select(split="train") if "train" in dataset.split_names() else dataset
     if targets:
         train = train.select(targets=[t.strip() for t in targets.split(",")])
     if limit is not None:
         train = train.take(range(min(limit, train.n_prompts)))
-    settings = ProbeSettings(pca_k=pca_k, folds=folds, shrinkage=shrinkage)
+    if train.n_prompts < folds:
+        raise DataError(
+            f"{folds}-fold probes need at least {folds} training prompts; got {train.n_prompts}", source=data
+        )
+    names = encoder or ["smollm2-135m"]
+    for name in names:  # every encoder known and installed before the first one encodes
+        check_encoder_exists(name)
     store = FeatureStore(cache or default_cache_dir())
     reports = {}
-    for name in encoder or ["smollm2-135m"]:
+    for name in names:
         with console.status(f"loading encoder {name} ({dtype})"):
             model = Encoder(name, dtype=dtype, max_tokens=max_tokens, cache_dir=cache)
         with encode_progress(train.n_prompts) as advance:

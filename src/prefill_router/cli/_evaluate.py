@@ -7,13 +7,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 from rich.table import Table
 
-from prefill_router._files import atomic_path
+from prefill_router._files import atomic_path, check_writable
 from prefill_router.cli._app import CacheOption, DatasetArg, RouterArg, app, console, encode_progress
-from prefill_router.errors import DataError
 
 if TYPE_CHECKING:
     from prefill_router.data.dataset import RoutingDataset
@@ -51,18 +49,24 @@ def evaluate(
         budget_adherence,
         cross_validated,
         eval_costs,
+        plan_evaluation,
         predict_rows,
         score,
     )
     from prefill_router.train import ProbeCache, Router, TrainSettings
 
     started = time.perf_counter()
+    # Everything that can fail without features fails here, before minutes of encoding.
     names = bl.parse_baselines(baselines)
+    if json_out is not None:
+        check_writable(json_out, what="--json file")
+    if report is not None:
+        check_writable(report / "report.html", what="report")
     router = Router.load(router_path, cache_dir=cache)
     dataset = RoutingDataset.load(data)
     if limit is not None:
         dataset = dataset.take(range(min(limit, dataset.n_prompts)))
-    _check_targets(router, dataset, data)
+    plan = plan_evaluation(router, dataset, split=split, cv=cv, baselines=names, n_boot=bootstrap, seed=seed)
     features = _feature_set(router, dataset, need_embed=any(n.endswith("-embed") for n in names), cache=cache)
     settings = TrainSettings.from_json(router.info.get("settings") or {})
     with console.status("evaluating") as status:
@@ -86,12 +90,14 @@ def evaluate(
             )
             where = f"grouped {cv}-fold CV over {dataset.n_prompts} prompts of {data}"
         else:
-            train_rows, eval_rows = _split_rows(dataset, split, data)
+            assert plan.train_rows is not None and plan.eval_rows is not None  # a split's plan
             evaluation, predictions = predict_rows(
-                router, dataset, features, train_rows, eval_rows, names, settings, seed=seed, on_step=step
-            )
+                router, dataset, features, plan.train_rows, plan.eval_rows, names, settings, seed=seed,
+                on_step=step,
+            )  # fmt: skip
             where = (
-                f"split {split!r} of {data} ({len(eval_rows)} prompts; baselines fit on {len(train_rows)})"
+                f"split {split!r} of {data} ({len(plan.eval_rows)} prompts; "
+                f"baselines fit on {len(plan.train_rows)})"
             )
         costs = eval_costs(dataset, evaluation)
         result = score(evaluation, predictions, costs, n_boot=bootstrap, seed=seed)
@@ -185,35 +191,6 @@ def print_headline(result: dict[str, Any], where: str) -> None:
 
 
 # ----------------------------------------------------------------------- helpers
-def _check_targets(router: Router, dataset: RoutingDataset, data: str) -> None:
-    if sorted(router.targets) != sorted(dataset.target_names):
-        extra = sorted(set(dataset.target_names) - set(router.targets))
-        missing = sorted(set(router.targets) - set(dataset.target_names))
-        raise DataError(
-            f"the data's targets differ from the router's (only in the data: {', '.join(extra) or 'none'}; "
-            f"only in the router: {', '.join(missing) or 'none'}); evaluate on data with the router's "
-            "targets, or refit",
-            source=data,
-        )
-
-
-def _split_rows(dataset: RoutingDataset, split: str, data: str) -> tuple[np.ndarray, np.ndarray]:
-    names = dataset.split_names()
-    if split not in names:
-        raise DataError(
-            f"no split {split!r}; the splits are {', '.join(names) or 'none'} (or use --cv K)", source=data
-        )
-    if "train" not in names:
-        raise DataError(
-            "the baselines train on the 'train' split, which this dataset lacks (use --cv K)", source=data
-        )
-    eval_rows = np.flatnonzero(dataset.splits == split)
-    labelled = ~np.isnan(dataset.labels[eval_rows]).all(axis=1)
-    if not labelled.any():
-        raise DataError(f"split {split!r} has no labelled rows", source=data)
-    return np.flatnonzero(dataset.splits == "train"), eval_rows
-
-
 def _feature_set(
     router: Router, dataset: RoutingDataset, *, need_embed: bool, cache: Path | None
 ) -> FeatureSet:

@@ -53,10 +53,12 @@ def route(
     cache: CacheOption = None,
 ) -> None:
     """One routing decision: the chosen target, every probability and cost, and why."""
+    from prefill_router.data.costs import check_priced
     from prefill_router.train import Router
 
     policy, knob, spend = _policy_options(budget, lambda_, tolerance)
     router = Router.load(router_path, cache_dir=cache)
+    check_priced(router.target_info, source=str(router_path))  # before the encoder loads
     allowed = _allowed(allow)
     with console.status(f"loading encoder {', '.join(e.name for e in router.encoders)}"):
         router.loaded_encoders()  # load now, so the spinner covers it
@@ -140,14 +142,26 @@ def route_batch(
     cache: CacheOption = None,
 ) -> None:
     """Route every prompt of a file offline: prompt id, chosen target, its cost and every probability."""
-    from prefill_router.data.prompt_files import count_rows, iter_prompt_file
+    from prefill_router._files import check_writable
+    from prefill_router.data.costs import check_priced
+    from prefill_router.data.prompt_files import (
+        check_prompt_file,
+        count_rows,
+        iter_prompt_file,
+        prompt_format,
+    )
     from prefill_router.route_batch import BatchPolicy, DecisionWriter, route_prompts, route_prompts_ray
     from prefill_router.train import Router
 
+    # Everything that can fail without features fails here, before an encoder or Ray starts.
     policy, knob, spend = _policy_options(budget, lambda_, tolerance)
     session = ray_or_none(ray_address)  # before any work: a missing extra fails at once
     started = time.perf_counter()
+    check_prompt_file(prompts, prompt_column, id_column)
+    prompt_format(output)  # a decisions file of a known kind
+    check_writable(output, what="decisions file")
     router = Router.load(router_path, cache_dir=cache)
+    check_priced(router.target_info, source=str(router_path))
     if spend is not None:
         knob = router.solve_budget(spend).mu
     choice = BatchPolicy(policy, 0.0 if knob is None else knob, _allowed(allow), max_cost).check(

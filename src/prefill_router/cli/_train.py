@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from prefill_router._files import atomic_path
+from prefill_router._files import atomic_path, check_writable
 from prefill_router.cli._app import (
     CacheOption,
     DatasetArg,
@@ -65,6 +65,10 @@ def fit(
     seed: Annotated[
         int, typer.Option(help="First seed; everything is deterministic given it.")
     ] = DEFAULTS.seed,
+    val_share: Annotated[
+        float,
+        typer.Option(help="Share of training prompts held out (grouped) for early stopping and calibration."),
+    ] = DEFAULTS.val_share,
     init: Annotated[
         str,
         typer.Option(
@@ -86,14 +90,19 @@ def fit(
     from prefill_router.train import check_destination, fit_router
 
     started = time.perf_counter()
+    # Everything that can fail without features fails here, before minutes of encoding.
     settings = TrainSettings(
         layers=_parse_layer_option(layers), n_layers=n_layers, pooling=pooling, pca_k=pca,
-        seeds=seeds, keep=keep, seed=seed, init=init,
+        seeds=seeds, keep=keep, seed=seed, val_share=val_share, init=init,
     )  # fmt: skip
     check_destination(output)
+    if json_out is not None:
+        check_writable(json_out, what="--json file")
     encoders = _fit_encoders(encoder, dtype, init)
     train = _training_rows(data, split, limit, targets)
+    _check_fit_rows(train, data)
     models = [_load_encoder(name, dtype=kind, max_tokens=max_tokens, cache=cache) for name, kind in encoders]
+    _check_layers(settings, models[0])
     features = [_features(model, train, cache) for model in models]
     fit_started = time.perf_counter()
     with _fit_progress() as notify:
@@ -134,11 +143,13 @@ def add_target_command(
     cache: CacheOption = None,
 ) -> None:
     """Add a target to a router without retraining: one new head on the frozen trunk."""
-    from prefill_router.train import Router, add_target, check_destination
+    from prefill_router.data.costs import check_priced
+    from prefill_router.train import Router, add_target, check_destination, check_new_target
 
     check_destination(output or router_path)
     router = Router.load(router_path, cache_dir=cache)
     train = _training_rows(data, split, limit, None)
+    check_priced(check_new_target(router, train, target).targets, source=data)  # before any encoding
     with console.status(f"loading encoders {', '.join(e.name for e in router.encoders)}"):
         models = router.loaded_encoders()
     features = [_features(model, train, cache) for model in models]
@@ -207,7 +218,12 @@ def inspect(
 def _fit_encoders(names: list[str] | None, dtype: str, init: str) -> list[tuple[str, str]]:
     """(name, dtype) of each encoder a fit reads: the options', or a pretrained trunk's own."""
     if init == "random":
-        return [(name, dtype) for name in dict.fromkeys(names or DEFAULT_ENCODERS)]
+        from prefill_router.encode.models import check_encoder_exists
+
+        chosen = list(dict.fromkeys(names or DEFAULT_ENCODERS))
+        for name in chosen:  # every encoder known and installed before the first one loads
+            check_encoder_exists(name)
+        return [(name, dtype) for name in chosen]
     from prefill_router.train.pretrained import load_trunk
 
     trunk = load_trunk(init)
@@ -218,6 +234,26 @@ def _fit_encoders(names: list[str] | None, dtype: str, init: str) -> list[tuple[
             f"got --encoder {' --encoder '.join(names)}. Leave --encoder out with --init."
         )
     return theirs
+
+
+def _check_fit_rows(train: RoutingDataset, data: str) -> None:
+    """The training rows can fit a router, and every target has a price (a router weighs cost)."""
+    from prefill_router.data.costs import check_priced
+    from prefill_router.train import check_training_data
+
+    check_priced(train.targets, source=data)
+    try:
+        check_training_data(train)
+    except DataError as exc:
+        raise DataError(str(exc), source=data) from exc
+
+
+def _check_layers(settings: TrainSettings, first: Encoder) -> None:
+    """An explicit --layers list must name layers of the (first) encoder."""
+    if not isinstance(settings.layers, str):
+        from prefill_router.encode import parse_layers
+
+        parse_layers(list(settings.layers), first.n_layers)
 
 
 def _parse_layer_option(value: str) -> str | tuple[int, ...]:

@@ -14,6 +14,7 @@ import numpy as np
 
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.data.tokens import estimate_tokens
+from prefill_router.errors import DataError
 
 DEFAULT_OUTPUT_TOKENS = 256.0
 """Output length assumed for a target with no observed output lengths (a typical short answer)."""
@@ -22,6 +23,24 @@ TOKENS_PER_MILLION = 1e6
 #: Mean costs this close (relative) count as a tie for "most expensive": equal prices summed in
 #: another order differ in the last bits.
 COST_TIE_RTOL = 1e-9
+
+
+def check_priced(targets: Sequence[TargetInfo], *, source: str | None = None) -> None:
+    """Raise unless every target has an input and an output price (every routing decision weighs
+    cost, so a router needs them all); called before long work (encoding, training) starts.
+
+    Raises:
+        DataError: naming the targets without a price and the ways to give them one.
+    """
+    unpriced = [t.name for t in targets if not t.has_price]
+    if unpriced:
+        raise DataError(
+            f"{len(unpriced)} target(s) without a price: {', '.join(unpriced)}. Routing weighs each "
+            "target's cost: import the data again with --prices FILE (YAML, USD per million tokens, "
+            "e.g. 'my-model: {input: 0.5, output: 1.5}'; importers fit prices from observed costs "
+            "where the source has them), or leave these targets out (--targets)",
+            source=source,
+        )
 
 
 def output_token_estimates(dataset: RoutingDataset, *, split: str | None = "train") -> np.ndarray:

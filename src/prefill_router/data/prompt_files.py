@@ -8,7 +8,7 @@ The same rules serve the local reader here and Ray Data's readers in :mod:`prefi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ __all__ = [
     "PromptColumns",
     "PromptFile",
     "as_text",
+    "check_prompt_file",
     "count_rows",
     "iter_prompt_file",
     "prompt_format",
@@ -151,6 +152,23 @@ def iter_prompt_file(
         raise DataError("no prompts to route: the input holds no rows", source=str(path))
 
 
+def check_prompt_file(path: str | Path, prompt_column: str = "prompt", id_column: str | None = None) -> None:
+    """Check what can be checked before routing starts: the file (or every shard) exists, has a
+    known suffix, can be read, and has the prompt column (and the id column, if one is named).
+    Reads one batch of each file; duplicate ids and empty prompts are found while routing.
+
+    Raises:
+        DataError: as :func:`iter_prompt_file` would, on its first batch of each file.
+    """
+    kind, files = prompt_sources(path)
+    for file in files:
+        batches = _read_batches(file, kind, 1)
+        first = next(batches, None)
+        batches.close()
+        if first is not None:
+            resolve_columns(first.column_names, str(file), prompt_column, id_column)
+
+
 def count_rows(path: str | Path) -> int | None:
     """Rows of a prompt file or folder when that is cheap to know (Parquet metadata, JSON Lines'
     lines); ``None`` for CSV (quoted fields may span lines) or an unreadable file."""
@@ -171,7 +189,7 @@ def count_rows(path: str | Path) -> int | None:
     return None
 
 
-def _read_batches(path: Path, kind: str, batch_size: int) -> Iterator[pa.Table]:
+def _read_batches(path: Path, kind: str, batch_size: int) -> Generator[pa.Table, None, None]:
     import pyarrow.csv
     import pyarrow.json
     import pyarrow.parquet

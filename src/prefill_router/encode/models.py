@@ -122,16 +122,33 @@ def resolve_encoder(
         if not (model_dir / "config.json").is_file():
             convert_gguf(gguf, model_dir)
         return ResolvedEncoder(spec.name, model_dir, digest, spec.license, spec.storage)
+    check_encoder_exists(name_or_path)
+    path = Path(name_or_path).expanduser()
+    resolved = ResolvedEncoder(str(path), path, weights_hash(path, cache), "see the model's own licence")
+    if remember:
+        _remember_local(path, cache)
+    return resolved
+
+
+def check_encoder_exists(name_or_path: str) -> None:
+    """Raise what :func:`resolve_encoder` would for a name it cannot resolve, without hashing or
+    converting anything: a quick check of every encoder a command names, before any of them runs.
+
+    Raises:
+        MissingDependencyError: a registered encoder whose package is not installed.
+        EncodeError: a path that is not a Hugging Face model directory.
+        ConfigError: neither a registered name nor an existing path.
+    """
+    if name_or_path in ENCODERS:
+        _package_dir(ENCODERS[name_or_path])
+        return
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path.is_dir() and (path / "config.json").is_file()):
             raise EncodeError(
                 f"{path} is not a Hugging Face model directory (expected a folder with config.json)"
             )
-        resolved = ResolvedEncoder(str(path), path, weights_hash(path, cache), "see the model's own licence")
-        if remember:
-            _remember_local(path, cache)
-        return resolved
+        return
     close = difflib.get_close_matches(name_or_path, ENCODERS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ConfigError(

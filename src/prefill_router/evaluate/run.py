@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from prefill_router._bootstrap import check_n_boot
 from prefill_router._json import finite_or_none
-from prefill_router.data.costs import cost_matrix, output_token_estimates
+from prefill_router.data.costs import check_priced, cost_matrix, output_token_estimates
 from prefill_router.data.dataset import RoutingDataset
 from prefill_router.data.splits import prompt_groups
 from prefill_router.errors import ConfigError, DataError
@@ -43,7 +44,14 @@ from prefill_router.evaluate.metrics import (
     target_quality,
 )
 from prefill_router.policy import Curve, choose, policy_curve
-from prefill_router.train import EncoderIdentity, LayerFeatures, Router, TrainSettings, fit_router
+from prefill_router.train import (
+    EncoderIdentity,
+    LayerFeatures,
+    Router,
+    TrainSettings,
+    check_training_data,
+    fit_router,
+)
 from prefill_router.train.probe_cache import ProbeCache
 
 if TYPE_CHECKING:
@@ -51,6 +59,8 @@ if TYPE_CHECKING:
 
 SAVINGS_LEVELS = (0.5, 0.7431)
 ROUTER_KEY = "prefill"
+#: The baselines that fit a SharedTrunkNet on the training rows (so need what a router fit needs).
+_REFITTING = ("trunk-embed", "layer0")
 
 
 @dataclass
@@ -205,22 +215,9 @@ def cross_validated(
 
     ``probe_cache`` keeps each fold's layer probes, so a second run (another recipe, another
     baseline set) skips them."""
-    from sklearn.model_selection import GroupKFold
-
-    groups = prompt_groups(dataset.prompts)
-    n_groups = len(np.unique(groups))
-    if not 2 <= folds <= n_groups:
-        raise ConfigError(
-            f"The 'folds' parameter must be between 2 and the number of distinct prompts ({n_groups}); "
-            f"got {folds} instead."
-        )
     step = on_step or (lambda _: None)
     result = Predictions()
-    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fold, (train_rows, test_rows) in enumerate(
-        splitter.split(np.zeros(dataset.n_prompts), groups=groups)
-    ):
-        train_rows, test_rows = np.sort(train_rows), np.sort(test_rows)
+    for fold, (train_rows, test_rows) in enumerate(cv_folds(dataset, folds, seed)):
 
         def fold_step(text: str, fold: int = fold) -> None:
             step(f"fold {fold + 1}/{folds}: {text}")
@@ -234,6 +231,130 @@ def cross_validated(
             result.probabilities.setdefault(name, np.full(dataset.labels.shape, np.nan))[test_rows] = p
         result.knn_k += part.knn_k
     return result
+
+
+def cv_folds(dataset: RoutingDataset, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(training rows, test rows) of each fold of the grouped K-fold :func:`cross_validated` runs:
+    equal normalised prompts share a fold; rows sorted.
+
+    Raises:
+        ConfigError: ``folds`` below 2 or above the number of distinct prompts.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    groups = prompt_groups(dataset.prompts)
+    n_groups = len(np.unique(groups))
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= n_groups:
+        raise ConfigError(
+            f"The 'folds' parameter must be between 2 and the number of distinct prompts ({n_groups}); "
+            f"got {folds} instead."
+        )
+    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [
+        (np.sort(train), np.sort(test))
+        for train, test in splitter.split(np.zeros(dataset.n_prompts), groups=groups)
+    ]
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """The rows an evaluation uses: a split's (``train_rows``, ``eval_rows``), or the CV ``folds``."""
+
+    train_rows: np.ndarray | None = None
+    eval_rows: np.ndarray | None = None
+    folds: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+
+def plan_evaluation(
+    router: Router,
+    dataset: RoutingDataset,
+    *,
+    split: str = "test",
+    cv: int | None = None,
+    baselines: Sequence[str] = (),
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> EvaluationPlan:
+    """The rows of an evaluation, after every check it can fail without features: run it before
+    encoding anything, so a bad option or dataset fails in seconds, not after the encoder's minutes.
+
+    Checks: the router's targets are the data's; the split exists beside a ``train`` split and
+    has labelled rows (or the folds are in range); every training set that a model is fitted on
+    (each fold's router, the refitting baselines) can be fitted; some evaluation rows are complete
+    (every target labelled and costed); the router has every price (split mode solves budgets on
+    its validation rows); ``n_boot`` >= 1.
+
+    Raises:
+        DataError: the data cannot be evaluated this way (the message says why and what to do).
+        ConfigError: a bad option value (folds, n_boot).
+    """
+    source = dataset.provenance.get("path")
+    check_n_boot(n_boot)
+    _check_router_targets(router.targets, dataset.target_names, source)
+    if cv is not None:
+        folds = cv_folds(dataset, cv, seed)
+        for k, (train_rows, _) in enumerate(folds):
+            _check_fit_rows(dataset, train_rows, f"fold {k + 1} of {cv}'s training rows")
+        _check_some_complete(dataset, dataset, f"the {dataset.n_prompts} rows")
+        return EvaluationPlan(folds=folds)
+    train_rows, eval_rows = split_rows(dataset, split)
+    if any(name in _REFITTING for name in baselines):
+        _check_fit_rows(dataset, train_rows, "the 'train' split (the baselines fit on it)")
+    _check_some_complete(dataset, dataset.take(eval_rows), f"split {split!r}")
+    check_priced(router.target_info, source="router")
+    return EvaluationPlan(train_rows=train_rows, eval_rows=eval_rows)
+
+
+def split_rows(dataset: RoutingDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the ``train`` rows the baselines fit on, the rows of ``split`` to evaluate).
+
+    Raises:
+        DataError: no such split, no ``train`` split, or no labelled row in ``split``.
+    """
+    source, names = dataset.provenance.get("path"), dataset.split_names()
+    if split not in names:
+        raise DataError(
+            f"no split {split!r}; the splits are {', '.join(names) or 'none'} (or use --cv K)", source=source
+        )
+    if "train" not in names:
+        raise DataError(
+            "the baselines train on the 'train' split, which this dataset lacks (use --cv K)", source=source
+        )
+    eval_rows = np.flatnonzero(dataset.splits == split)
+    labelled = ~np.isnan(dataset.labels[eval_rows]).all(axis=1)
+    if not labelled.any():
+        raise DataError(f"split {split!r} has no labelled rows", source=source)
+    return np.flatnonzero(dataset.splits == "train"), eval_rows
+
+
+def _check_router_targets(router: Sequence[str], data: Sequence[str], source: str | None) -> None:
+    if sorted(router) != sorted(data):
+        extra = sorted(set(data) - set(router))
+        missing = sorted(set(router) - set(data))
+        raise DataError(
+            f"the data's targets differ from the router's (only in the data: {', '.join(extra) or 'none'}; "
+            f"only in the router: {', '.join(missing) or 'none'}); evaluate on data with the router's "
+            "targets, or refit",
+            source=source,
+        )
+
+
+def _check_fit_rows(dataset: RoutingDataset, rows: np.ndarray, what: str) -> None:
+    try:
+        check_training_data(dataset.take(rows))
+    except DataError as exc:
+        raise DataError(f"{what}: {exc}", source=dataset.provenance.get("path")) from exc
+
+
+def _check_some_complete(dataset: RoutingDataset, evaluation: RoutingDataset, what: str) -> None:
+    costs = eval_costs(dataset, evaluation)
+    complete = ~np.isnan(evaluation.labels).any(axis=1) & np.isfinite(costs).all(axis=1)
+    if not complete.any():
+        raise DataError(
+            f"no row of {what} has every target labelled and costed (an observed cost or a price); "
+            "nothing to route",
+            source=dataset.provenance.get("path"),
+        )
 
 
 def score(

@@ -10,6 +10,8 @@ from prefill_router.train.fit import (
     ProgressCallback,
     TrainSettings,
     add_target,
+    check_new_target,
+    check_training_data,
     fit_router,
     validation_split,
 )
@@ -34,6 +36,8 @@ __all__ = [
     "add_target",
     "apply_temperature",
     "check_destination",
+    "check_new_target",
+    "check_training_data",
     "expected_calibration_error",
     "fit_router",
     "fit_temperature",

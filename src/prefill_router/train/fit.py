@@ -87,6 +87,10 @@ class TrainSettings:
             )
         if not 0 < self.val_share < 0.5:
             raise ConfigError(f"The 'val_share' parameter must be in (0, 0.5); got {self.val_share} instead.")
+        for name in ("n_layers", "pca_k"):  # checked here, before any encoding, not deep in the fit
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"The '{name}' parameter must be an int >= 1; got {value!r} instead.")
 
     @classmethod
     def from_json(cls, blob: dict[str, Any]) -> TrainSettings:
@@ -173,7 +177,7 @@ def fit_router(
     if len(identities) != len(by_encoder):
         raise ConfigError(f"features of {len(by_encoder)} encoders but {len(identities)} encoder identities")
     for feats in by_encoder:
-        _check_training_data(dataset, feats)
+        check_training_data(dataset, feats)
     seconds: dict[str, float] = {}
     fit_rows, val_rows = validation_split(dataset.prompts, settings.val_share, settings.seed)
     labels = dataset.labels
@@ -269,14 +273,8 @@ def add_target(
     from scipy.special import expit
 
     settings = settings or TrainSettings()
-    if target not in dataset.target_names:
-        raise UnknownTargetError(target, dataset.target_names, source="data")
-    if target in router.targets:
-        raise ConfigError(f"target {target!r} is already in the router; fit a new router to retrain it")
-    column = dataset.target_names.index(target)
-    labelled = np.flatnonzero(~np.isnan(dataset.labels[:, column]))
-    one = dataset.take(labelled, [column])
-    _check_training_data(one, None)
+    one = check_new_target(router, dataset, target)
+    labelled = np.flatnonzero(~np.isnan(dataset.labels[:, dataset.target_index(target)]))
     fit_rows, val_rows = validation_split(one.prompts, settings.val_share, settings.seed)
     started = time.perf_counter()
     x = router.transform.transform(
@@ -542,7 +540,32 @@ def _train_members(
     return members
 
 
-def _check_training_data(dataset: RoutingDataset, features: LayerFeatures | None) -> None:
+def check_new_target(router: Router, dataset: RoutingDataset, target: str) -> RoutingDataset:
+    """The rows of ``dataset`` labelled for ``target`` (its column alone), if :func:`add_target`
+    can train a head for it; needs no features, so it runs before any encoding.
+
+    Raises:
+        UnknownTargetError: ``target`` is not in the dataset. ConfigError: it is already routed.
+        DataError: too few labelled rows, or too few of one class.
+    """
+    if target not in dataset.target_names:
+        raise UnknownTargetError(target, dataset.target_names, source="data")
+    if target in router.targets:
+        raise ConfigError(f"target {target!r} is already in the router; fit a new router to retrain it")
+    column = dataset.target_names.index(target)
+    one = dataset.take(np.flatnonzero(~np.isnan(dataset.labels[:, column])), [column])
+    check_training_data(one)
+    return one
+
+
+def check_training_data(dataset: RoutingDataset, features: LayerFeatures | None = None) -> None:
+    """Raise unless ``dataset`` (training rows) can fit a router: at least :data:`MIN_ROWS` rows,
+    and every target with :data:`MIN_PER_CLASS` correct and wrong labels; needs no features, so it
+    runs before any encoding (with ``features``, their row count is checked too).
+
+    Raises:
+        DataError: naming the first problem.
+    """
     if dataset.n_prompts < MIN_ROWS:
         raise DataError(f"fitting needs at least {MIN_ROWS} training rows; got {dataset.n_prompts}")
     if features is not None and len(features.values) != dataset.n_prompts:
