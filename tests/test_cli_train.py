@@ -22,10 +22,11 @@ SMALL = ["--seeds", "2", "--keep", "1", "--pca", "8"]  # the defaults train 10 n
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_core() -> Iterator[None]:
-    """Pin the tests to one core: the encoder sets torch's threads to the cores it may use, and tiny
-    nets train far faster on one thread (a shared machine's cores thrash OpenMP)."""
+    """Pin the tests to one core and one torch thread (torch sizes its pool from the cores only at
+    start-up): tiny nets train far faster on one thread (a shared machine's cores thrash OpenMP)."""
     cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, {min(cores)})
+    torch.set_num_threads(1)
     yield
     os.sched_setaffinity(0, cores)
     torch.set_num_threads(threads)
@@ -353,3 +354,45 @@ def test_fit_init_from_a_trunk_folder(
     wrong = [*args[: -len(SMALL)], "--encoder", "smollm2-135m", *SMALL]
     assert run(wrong) == 3
     assert "reads the encoders it was trained on" in one_line(capsys.readouterr().err)
+
+
+# ------------------------------------------------------------ RouterBench without prices
+def test_a_routerbench_file_fits_and_evaluates_with_no_price_file(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RouterBench's layout (a cost observed per prompt and model, no list price for any model): the
+    import fits the prices, so fit and evaluate run end to end with no price file (issue 16)."""
+    import pandas as pd
+
+    from prefill_router.data.tokens import estimate_tokens
+
+    topics = RoutingDataset.load(data)
+    models = {"acme/mathy-7b": (0.4, 1.2), "acme/poet-3b": (0.05, 0.25), "acme/coder-70b": (2.5, 9.0)}
+    rng = np.random.default_rng(1)
+    table: dict[str, object] = {"sample_id": topics.prompt_ids, "eval_name": topics.tasks}
+    table["prompt"] = [f"[{p!r}]" for p in topics.prompts]  # as upstream stores them: a list of turns
+    for j, (model, (price_in, price_out)) in enumerate(models.items()):
+        replies = ["x" * int(n) for n in rng.integers(4, 400, topics.n_prompts)]
+        table[model] = topics.labels[:, j]
+        table[f"{model}|model_response"] = [f"[{r!r}]" for r in replies]
+        table[f"{model}|total_cost"] = [
+            (estimate_tokens(p) * price_in + estimate_tokens(r) * price_out) / 1e6
+            for p, r in zip(topics.prompts, replies, strict=True)
+        ]
+    source, imported = tmp_path / "routerbench.csv", tmp_path / "rb.parquet"
+    pd.DataFrame(table).to_csv(source, index=False)
+    assert run(["data", "import", "routerbench", str(source), "-o", str(imported)]) == 0
+    for target in RoutingDataset.load(imported).targets:
+        price_in, price_out = models[target.name]
+        assert (target.input_usd_per_mtok, target.output_usd_per_mtok) == (
+            pytest.approx(price_in),
+            pytest.approx(price_out),
+        )
+    router = tmp_path / "router"
+    assert run([*fit_args(imported, tiny_llama_dir, router, cache), "--layers", "1"]) == 0
+    report = tmp_path / "eval.json"
+    evaluate = ["evaluate", str(router), str(imported), "--baselines", "none", "--bootstrap", "50"]
+    assert run([*evaluate, "--cache", cache, "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["prefill"]["auc_mean"] > 0.5 and len(result["budgets"]) == 3
+    capsys.readouterr()

@@ -33,8 +33,8 @@ PROMPTS = ("math question: blue square number", "poem question: sky colour", "co
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_core() -> Iterator[None]:
-    """Pin the tests to one core: the encoder sets torch's threads to the cores it may use, and tiny
-    nets train far faster on one thread (a shared machine's cores thrash OpenMP)."""
+    """Pin the tests to one core and one torch thread (torch sizes its pool from the cores only at
+    start-up): tiny nets train far faster on one thread (a shared machine's cores thrash OpenMP)."""
     cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, {min(cores)})
     torch.set_num_threads(1)
