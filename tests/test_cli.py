@@ -86,6 +86,25 @@ def test_routerbench_prices_are_fitted_shown_and_a_price_file_still_wins(
     assert RoutingDataset.load(priced).target("meta/llama-2-70b-chat").price_source.startswith("fitted")  # type: ignore[union-attr]
 
 
+def test_data_import_split_seed_and_keep_contaminated(fixtures: Path, tmp_path: Path) -> None:
+    def imported(kind: str, source: str, *options: str) -> RoutingDataset:
+        out = tmp_path / f"{kind}{'-'.join(options)}.parquet"
+        assert run(["data", "import", kind, str(fixtures / source), "-o", str(out), *options]) == 0
+        return RoutingDataset.load(out)
+
+    csv = "long_csv/sample.csv"  # no split column: one is assigned with the seed
+    first, again = (
+        imported("long-csv", csv, "--split-seed", "1"),
+        imported("long-csv", csv, "--split-seed", "1"),
+    )
+    assert first.splits.tolist() == again.splits.tolist()
+    others = [imported("long-csv", csv, "--split-seed", str(seed)).splits.tolist() for seed in (2, 3, 4)]
+    assert any(splits != first.splits.tolist() for splits in others)
+    clean, kept = imported("routellm", "routellm"), imported("routellm", "routellm", "--keep-contaminated")
+    assert kept.n_prompts > clean.n_prompts  # upstream's contaminated prompts come back
+    assert set(clean.prompt_ids) < set(kept.prompt_ids)
+
+
 def test_data_info_json_has_the_contract_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["data", "info", "bundled", "--split", "test", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -177,6 +196,37 @@ def test_encode_limit_and_bad_layers(
     assert "features 2 x 1 x 5 x 32" in capsys.readouterr().out
     assert run([*args, "--layers", "9"]) == 3
     assert "layer 9 is out of range: this encoder has layers 0..4" in capsys.readouterr().err
+
+
+def test_encode_options_split_max_tokens_view_token_budget_and_device(
+    tiny_dataset: Path, tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+    import torch
+
+    args = ["encode", str(tiny_dataset), "--encoder", str(tiny_llama_dir), "--cache", str(tmp_path / "c")]
+
+    def encode(name: str, *options: str) -> tuple[dict[str, np.ndarray], str]:
+        assert run([*args, *options, "--export", str(tmp_path / f"{name}.npz")]) == 0
+        with np.load(tmp_path / f"{name}.npz") as exported:
+            return dict(exported), " ".join(capsys.readouterr().out.split())
+
+    default, out = encode("default")
+    assert "chat view" in out and "0 prompts truncated to 256 tokens" in out
+    test_rows, _ = encode("test", "--split", "test")
+    assert test_rows["prompt_id"].tolist() == ["c", "d"]  # the rows of split 'test' only
+    np.testing.assert_array_equal(test_rows["mean"], default["mean"][2:])
+    short, out = encode("short", "--max-tokens", "26")  # the chat view adds 24 tokens
+    assert "104 tokens; 4 prompts truncated to 26 tokens" in out
+    assert not np.allclose(short["mean"], default["mean"])
+    raw, out = encode("raw", "--view", "raw")
+    assert "raw view" in out and not np.allclose(raw["mean"], default["mean"])
+    batched, _ = encode("batched", "--token-budget", "8", "--device", "cpu")  # one prompt per batch
+    np.testing.assert_allclose(batched["mean"], default["mean"], rtol=1e-2, atol=1e-2)  # bfloat16 batches
+    if not torch.cuda.is_available():
+        assert run([*args, "--device", "cuda"]) == 3
+        err = " ".join(capsys.readouterr().err.split())
+        assert "device cuda needs a CUDA GPU and a CUDA build of torch" in err
 
 
 def test_encode_unknown_encoder_exits_3(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:

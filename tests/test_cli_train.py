@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,6 +97,28 @@ def test_fit_writes_a_router_and_a_json_report(
         "val_share": 0.15, "init": "random",
     }  # fmt: skip
     assert [t.output_usd_per_mtok for t in router.target_info] == [1.5, 0.3, 15.0]
+
+
+def test_fit_n_layers_val_share_and_seed_take_effect(
+    data: Path, tiny_llama_dir: Path, cache: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fit(name: str, *options: str) -> tuple[Router, dict[str, Any]]:
+        output, report = tmp_path / name, tmp_path / f"{name}.json"
+        assert run([*fit_args(data, tiny_llama_dir, output, cache), *options, "--json", str(report)]) == 0
+        return Router.load(output), json.loads(report.read_text())
+
+    two, blob = fit("two", "--layers", "fisher", "--n-layers", "2", "--val-share", "0.3")
+    assert all(len(block.layers) == 2 for block in two.transform.blocks)  # the top 2 layers by J_lda
+    assert all(len(layers) == 2 for layers in blob["layer_choice"].values())
+    assert (blob["n_fit"], blob["n_val"]) == (168, 72)  # 30% of 240 distinct prompts held out
+    assert two.info["settings"]["val_share"] == 0.3 and two.info["settings"]["n_layers"] == 2
+    seed3, _ = fit("seed3", "--layers", "1", "--seed", "3")
+    again, _ = fit("seed3-again", "--layers", "1", "--seed", "3")
+    seed0, _ = fit("seed0", "--layers", "1")
+    assert seed3.info["settings"]["seed"] == 3
+    assert np.array_equal(seed3.ensemble.w1, again.ensemble.w1)  # deterministic for a seed
+    assert not np.array_equal(seed3.ensemble.w1, seed0.ensemble.w1)  # another seed, another router
+    capsys.readouterr()
 
 
 def test_fit_with_fisher_limit_and_targets(

@@ -405,6 +405,22 @@ def test_route_command_allowed_targets(
     assert set(p) == set(TARGETS)
 
 
+def test_route_command_max_cost(
+    tiny: tuple[Router, Path, Path, LayerFeatures], capsys: pytest.CaptureFixture[str]
+) -> None:
+    free = route_json(tiny[1], capsys, "--lambda", "1")
+    costs = free["costs_usd"]
+    cap = sorted(costs.values())[1] * 1.0001  # the two cheaper targets fit under it
+    capped = route_json(tiny[1], capsys, "--lambda", "1", "--max-cost", str(cap))
+    fitting = [t for t in TARGETS if costs[t] <= cap]
+    assert len(fitting) == 2 and capped["target"] == max(fitting, key=capped["probabilities"].get)
+    nothing = route_json(tiny[1], capsys, "--lambda", "1", "--max-cost", "1e-12")
+    assert nothing["target"] == min(TARGETS, key=costs.get)  # none fits: the cheapest, and it says so
+    assert nothing["reason"].endswith(
+        "no allowed target costs at most $0.000000000001, so the cheapest allowed one was used"
+    )
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

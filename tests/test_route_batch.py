@@ -269,6 +269,29 @@ def test_route_batch_refuses_bad_options_before_writing(
     assert not out.exists()
 
 
+def test_route_batch_reads_the_named_prompt_and_id_columns(
+    router_path: Path, router: Router, cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = texts(4)
+    src = tmp_path / "prompts.csv"
+    rows = [
+        {"prompt": "a decoy", "text": text, "uid": f"u-{i}", "id": f"x{i}"} for i, text in enumerate(prompts)
+    ]
+    pd.DataFrame(rows).to_csv(src, index=False)
+    out = tmp_path / "d.jsonl"
+    args = ["route-batch", str(router_path), str(src), "-o", str(out), "--lambda", "1", "--cache", str(cache)]
+    assert run([*args, "--prompt-column", "text", "--id-column", "uid"]) == 0
+    decisions = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [d["prompt_id"] for d in decisions] == ["u-0", "u-1", "u-2", "u-3"]  # not 'id', not rows
+    assert [d["target"] for d in decisions] == [
+        router.route(t, policy="lambda", knob=1).target for t in prompts
+    ]
+    scored = np.array([[d[f"p_{t}"] for t in router.targets] for d in decisions])
+    np.testing.assert_allclose(scored, router.predict_proba(prompts), atol=1e-6)  # the texts, not the decoy
+    assert not np.allclose(scored, router.predict_proba(["a decoy"] * 4), atol=1e-3)
+    capsys.readouterr()
+
+
 def test_route_batch_refuses_an_unknown_output_type(router_path: Path, tmp_path: Path) -> None:
     args = [
         "route-batch",

@@ -152,6 +152,11 @@ class Encoder:
         self.resolved: ResolvedEncoder = resolve_encoder(name, Path(cache_dir) if cache_dir else None)
         self.dtype = dtype
         self.storage: str = storage or self.resolved.storage
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                f"device cuda needs a CUDA GPU and a CUDA build of torch; this torch ({torch.__version__}) "
+                "sees none. Use --device cpu, or auto (CUDA when present)"
+            )
         self.device = (
             "cuda"
             if device == "auto" and torch.cuda.is_available()
