@@ -519,6 +519,29 @@ def test_budgets_solved_on_validation_rows_hold_on_the_evaluation_rows(
     assert rows[0]["achieved"]["cost"] <= rows[1]["achieved"]["cost"]
 
 
+def test_a_budget_below_the_cheapest_routing_is_left_out_not_an_error(
+    data: tuple[RoutingDataset, FeatureSet], router: Router
+) -> None:
+    """Shares of the dearest target's cost below what the cheapest routing spends (two targets at
+    $0.1 and $0.2: any share under one half) have no μ; `evaluate` must still finish."""
+    import copy
+
+    from prefill_router.evaluate.run import budget_adherence
+
+    dataset, features = data
+    train, test, f_train, f_test = halves(dataset, features)
+    predictions = predict_split(router, train, test, f_train, f_test, (), SETTINGS)
+    costs = eval_costs(dataset, test)
+    narrow = copy.copy(router)  # every target priced within a factor of 1.5 of the others
+    prices = [1.0 + 0.25 * j for j in range(len(router.target_info))]
+    narrow.target_info = tuple(
+        replace(t, input_usd_per_mtok=price, output_usd_per_mtok=price)
+        for t, price in zip(router.target_info, prices, strict=True)
+    )
+    rows = budget_adherence(narrow, test, predictions, costs, (0.25, 0.5, 0.75), n_boot=50)
+    assert [r["share_of_max"] for r in rows] == [0.75]  # 1.0 / 1.5 of the dearest is the floor
+
+
 def test_a_router_without_calibration_rows_has_no_budget_rows(
     data: tuple[RoutingDataset, FeatureSet], router: Router
 ) -> None:

@@ -416,6 +416,8 @@ def budget_adherence(
     Each budget is a share of the most expensive target's mean cost on the calibration rows, in
     USD per request; the result gives μ, the budget, and the achieved cost and accuracy on the
     evaluation rows with 95% bootstrap intervals: does the solver keep its promise out of sample?
+    A share below what the cheapest routing spends (targets priced close together) has no μ and
+    is left out, rather than failing an evaluation at its very end.
     """
     from prefill_router.policy import Budget, achieved
 
@@ -425,7 +427,10 @@ def budget_adherence(
     p, y, c = predictions.probabilities[ROUTER_KEY][complete], evaluation.labels[complete], costs[complete]
     rows = []
     for share in shares:
-        solution = router.solve_budget(Budget(share_of_max=share))
+        try:
+            solution = router.solve_budget(Budget(share_of_max=share))
+        except ConfigError:  # below the cheapest routing: no μ meets it
+            continue
         outcome_ = achieved(choose(p, c, "budget", solution.mu), y, c, n_boot=n_boot, seed=seed)
         rows.append({"share_of_max": share, **solution.to_json(), "achieved": outcome_})
     return rows
