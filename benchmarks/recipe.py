@@ -101,6 +101,11 @@ VARIANTS = [
     Variant("both-pca64", "mean + last blocks, PCA-64", settings={"pooling": "both", "pca_k": 64}),
     Variant("both+minilm-pca64", "mean + last + MiniLM, PCA-64", encoders=SMOL_MINILM,
             settings={"pooling": "both", "pca_k": 64}),
+    Variant("pairwise", "default + a pairwise ranking term (weight 1)", settings={"net": {"pairwise": 1.0}}),
+    Variant("both+aux+pair", "mean + last + auxiliary tasks + pairwise ranking",
+            settings={"pooling": "both", "aux_tasks": True, "net": {"pairwise": 1.0}}),
+    Variant("both+minilm+aux", "mean + last + MiniLM + auxiliary tasks", encoders=SMOL_MINILM,
+            settings={"pooling": "both", "aux_tasks": True}),
 ]  # fmt: skip
 BY_NAME = {v.name: v for v in VARIANTS}
 

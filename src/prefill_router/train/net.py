@@ -34,6 +34,11 @@ class NetSettings:
     batch_size: int = 512
     max_epochs: int = 150
     patience: int = 15  # epochs without a better validation loss before stopping
+    # Weight of a pairwise ranking term added to the training loss: for every prompt and every pair
+    # of targets where one is right and the other wrong, -log sigmoid(z_right - z_wrong). It trains
+    # the heads to order targets within a prompt, which is what the policy compares; 0 = BCE only.
+    # Early stopping and member selection still use the validation BCE.
+    pairwise: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,10 @@ def train_nets(
         for rows in torch.split(perm, settings.batch_size, dim=1):
             optimiser.zero_grad()
             logits = _stacked_forward(params, xf[rows], settings.dropout, masks=masks)  # (S, B, M)
-            torch.autograd.backward(_member_bce(logits, yf[rows]).sum())
+            loss = _member_bce(logits, yf[rows])
+            if settings.pairwise:
+                loss = loss + settings.pairwise * _member_pairwise(logits, yf[rows])
+            torch.autograd.backward(loss.sum())
             optimiser.step()
         with torch.no_grad():
             loss = _member_bce(_stacked_forward(params, xv.expand(s, -1, -1), settings.dropout), yv)
@@ -229,6 +237,24 @@ def _member_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     target = torch.where(observed, labels, torch.zeros_like(labels))
     losses = binary_cross_entropy_with_logits(logits, target, reduction="none") * observed
     return losses.sum((1, 2)) / observed.sum((1, 2)).clamp(min=1)
+
+
+def _member_pairwise(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(S,) mean pairwise ranking loss of each member over the pairs of targets one prompt ranks.
+
+    For targets m, k of one prompt with labels y_m > y_k (both observed), the loss is
+    ``(y_m - y_k) * softplus(z_k - z_m)`` = -log sigmoid(z_m - z_k) for binary labels.
+    """
+    import torch
+    from torch.nn.functional import softplus
+
+    labels = labels.expand_as(logits)  # (S, B, M)
+    observed = ~torch.isnan(labels)
+    y = labels.nan_to_num(0.0)
+    gap = (y[..., :, None] - y[..., None, :]).clamp(min=0)  # (S, B, M, M): how much m beats k
+    gap = gap * (observed[..., :, None] & observed[..., None, :])
+    losses = softplus(logits[..., None, :] - logits[..., :, None]) * gap
+    return losses.sum((1, 2, 3)) / (gap > 0).sum((1, 2, 3)).clamp(min=1)
 
 
 #: L2 strengths tried for a new head; the one with the lowest validation loss wins.
