@@ -55,8 +55,9 @@ def markdown_table(result: dict) -> str:
     """The README table of one evaluation: ours vs each baseline, with the paired AUC difference."""
     lines = [
         "| router | mean AUC | Δ AUC ours − it (95% CI) | argmax gap captured (95% CI) | cost savings | "
-        "gap @ ≥50% savings | gap @ ≥74.31% savings | AIQ |",
-        "|---|---|---|---|---|---|---|---|",
+        "gap @ ≥50% savings | gap @ ≥74.31% savings | AIQ | savings at best single's accuracy | "
+        "savings within 1 pt (calls to best) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     paired = result.get("paired", {})
 
@@ -71,10 +72,13 @@ def markdown_table(result: dict) -> str:
         auc = "–" if r["auc_mean"] is None else f"{r['auc_mean']:.3f}"
         name = f"**{LABELS[key]}**" if key == "prefill" else LABELS.get(key, key)
         at = r["gap_captured_at_savings"]
+        best = r.get("savings_at_best_accuracy") or {}
+        within = (r.get("savings_within") or {}).get("1") or {}
+        to_best = "" if within.get("share_to_best") is None else f" ({pct(within['share_to_best'])})"
         lines.append(
             f"| {name} | {auc} | {delta} | {pct(argmax['gap_captured'])} [{pct(ci[0])}, {pct(ci[1])}] | "
             f"{pct(argmax['cost_savings'])} | {pct(at.get('0.5'))} | {pct(at.get('0.7431'))} | "
-            f"{r['aiq']:.3f} |"
+            f"{r['aiq']:.3f} | {pct(best.get('savings'))} | {pct(within.get('savings'))}{to_best} |"
         )
     return "\n".join(lines)
 

@@ -1,16 +1,16 @@
 """The recipe study: which routing recipe to ship, decided under grouped 5-fold CV on all prompts.
 
     .venv/bin/python benchmarks/recipe.py llmrouter                 # every variant, all 5,989 prompts
-    .venv/bin/python benchmarks/recipe.py mmlu-pro --variants default,pool-auto
+    .venv/bin/python benchmarks/recipe.py mmlu-pro --variants pool-both,both+aux
     .venv/bin/python benchmarks/recipe.py routellm --table          # print the README table of saved results
 
 Each variant is a full router recipe (encoders, poolings, layers, PCA, net, ensemble) refit per
 fold of a grouped 5-fold split of the whole dataset (folds grouped by normalised prompt text), so
 every prompt is scored out of fold; kNN on MiniLM embeddings (the paper's baseline) and the same
-net on MiniLM (trunk-embed) are scored on the same folds. Each variant is compared with today's
-default on the same prompts: mean AUC and AIQ with paired bootstrap 95% intervals, argmax gap
-captured, gap captured at 50% / 74.31% savings, and the savings against the best single target at
-its accuracy and within 1 / 2 points of it.
+net on MiniLM (trunk-embed) are scored on the same folds. Each variant is compared with the v1
+recipe (the default before this study; :data:`V1`) on the same prompts: mean AUC and AIQ with
+paired bootstrap 95% intervals, argmax gap captured, gap captured at 50% / 74.31% savings, and the
+savings against the best single target at its accuracy and within 1 / 2 points of it.
 
 Out-of-fold probabilities are cached per variant (``--work``, default the user cache), and the fit's
 layer probes per fold, so an interrupted study resumes and a new variant costs only its own fits.
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import RESULTS, load
@@ -38,7 +39,7 @@ from prefill_router.data.dataset import RoutingDataset
 from prefill_router.encode import Encoder, FeatureStore, default_cache_dir, extract_features
 from prefill_router.errors import PrefillRouterError
 from prefill_router.evaluate import baselines as bl
-from prefill_router.evaluate.run import FeatureSet, Predictions, cross_validated, eval_costs, score
+from prefill_router.evaluate.run import FeatureSet, Predictions, cross_validated, cv_folds, eval_costs, score
 from prefill_router.train import EncoderIdentity, LayerFeatures, NetSettings, ProbeCache, TrainSettings
 
 SMOL, MINILM, GEMMA = "smollm2-135m", "minilm-l6", "gemma3-270m"
@@ -63,8 +64,9 @@ class Variant:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def train_settings(self, seed: int) -> TrainSettings:
-        """The TrainSettings of this variant (today's defaults where it says nothing)."""
-        blob = dict(self.settings)
+        """The TrainSettings of this variant: the v1 recipe (:data:`V1`) where it says nothing, so a
+        variant means the same whatever today's defaults are."""
+        blob = V1 | dict(self.settings)
         net = blob.pop("net", {})
         return TrainSettings(seed=seed, **blob, net=replace(NetSettings(), **net))
 
@@ -74,10 +76,16 @@ class Variant:
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: The v1 recipe's settings that this study changes (the defaults before it); every other setting is
+#: TrainSettings' default.
+V1: dict[str, Any] = {"pooling": "mean", "aux_tasks": False}
+#: The recipe shipped as the default after this study (bold in the tables).
+CHOSEN = "both+aux"
+
 SMOL_MINILM = ((SMOL, "bfloat16"), (MINILM, "bfloat16"))
 SMOL_GEMMA = ((SMOL, "bfloat16"), (GEMMA, "bfloat16"))
 VARIANTS = [
-    Variant("default", "today's default: SmolLM2 mean, fisher n=1, PCA-128, 256-128 trunk, keep 5 of 10"),
+    Variant("v1", "the v1 default: SmolLM2 mean, fisher n=1, PCA-128, 256-128 trunk, keep 5 of 10"),
     Variant("pool-last", "last-token pooling", settings={"pooling": "last"}),
     Variant("pool-auto", "per target, the pooling with the higher J_lda", settings={"pooling": "auto"}),
     Variant("pool-both", "per target, a mean and a last-token block", settings={"pooling": "both"}),
@@ -95,19 +103,23 @@ VARIANTS = [
     Variant("gemma", "Gemma-3-270M alone (mean)", encoders=((GEMMA, "bfloat16"),)),
     Variant("fuse-gemma", "SmolLM2 + Gemma-3-270M blocks per target", encoders=SMOL_GEMMA),
     Variant("both+minilm", "SmolLM2 mean+last + MiniLM", encoders=SMOL_MINILM, settings={"pooling": "both"}),
-    Variant("aux-tasks", "default + auxiliary task heads", settings={"aux_tasks": True}),
+    Variant("aux-tasks", "v1 + auxiliary task heads", settings={"aux_tasks": True}),
     Variant("both+aux", "mean + last + auxiliary tasks", settings={"pooling": "both", "aux_tasks": True}),
     Variant("auto+minilm", "auto pooling + MiniLM", encoders=SMOL_MINILM, settings={"pooling": "auto"}),
     Variant("both-pca64", "mean + last blocks, PCA-64", settings={"pooling": "both", "pca_k": 64}),
     Variant("both+minilm-pca64", "mean + last + MiniLM, PCA-64", encoders=SMOL_MINILM,
             settings={"pooling": "both", "pca_k": 64}),
-    Variant("pairwise", "default + a pairwise ranking term (weight 1)", settings={"net": {"pairwise": 1.0}}),
+    Variant("pairwise", "v1 + a pairwise ranking term (weight 1)", settings={"net": {"pairwise": 1.0}}),
     Variant("both+aux+pair", "mean + last + auxiliary tasks + pairwise ranking",
             settings={"pooling": "both", "aux_tasks": True, "net": {"pairwise": 1.0}}),
     Variant("both+minilm+aux", "mean + last + MiniLM + auxiliary tasks", encoders=SMOL_MINILM,
             settings={"pooling": "both", "aux_tasks": True}),
 ]  # fmt: skip
 BY_NAME = {v.name: v for v in VARIANTS}
+#: Post-hoc decision rules applied to a recipe's out-of-fold probabilities, to test whether the
+#: policy's argmax over many noisy probabilities chases estimation noise: shrink each target's
+#: probabilities toward its base rate (on the fold's training rows), or blend them with kNN's.
+DECISION_RULES = {"shrink-0.7": ("shrink", 0.7), "knn-blend-0.3": ("knn", 0.3)}
 
 
 class Features:
@@ -150,7 +162,7 @@ def run_variant(
     predictions = cross_validated(
         dataset, feature_set, (), variant.train_settings(args.seed), args.folds, seed=args.seed,
         on_step=lambda text: print(f"    {variant.name}: {text}", flush=True),
-        probe_cache=ProbeCache(work / "probes"),
+        probe_cache=ProbeCache(Path(default_cache_dir()) / "probes"),
     )  # fmt: skip
     seconds = time.perf_counter() - started
     p = predictions.probabilities["prefill"]
@@ -159,7 +171,9 @@ def run_variant(
 
 
 def run_baselines(dataset: RoutingDataset, features: Features, args: argparse.Namespace, work: Path) -> dict:
-    path = work / f"{args.dataset}-baselines-s{args.seed}-f{args.folds}.npz"
+    settings = TrainSettings(seed=args.seed, **V1)
+    tag = hashlib.sha256(json.dumps(settings.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+    path = work / f"{args.dataset}-baselines-{tag}-f{args.folds}.npz"
     if path.exists():
         cached = np.load(path)
         return {name: cached[name] for name in BASELINES}
@@ -167,17 +181,37 @@ def run_baselines(dataset: RoutingDataset, features: Features, args: argparse.Na
     embed = features.embed()
     feature_set = FeatureSet([smol], embed, [identity], bl.embed_identity(bl.EMBED_ENCODER, "recipe-study"))
     predictions = cross_validated(
-        dataset, feature_set, BASELINES, TrainSettings(seed=args.seed), args.folds, seed=args.seed,
+        dataset, feature_set, BASELINES, settings, args.folds, seed=args.seed,
         on_step=lambda text: print(f"    baselines: {text}", flush=True) if "baseline" in text else None,
-        probe_cache=ProbeCache(work / "probes"),
+        probe_cache=ProbeCache(Path(default_cache_dir()) / "probes"),
     )  # fmt: skip
     out = {name: predictions.probabilities[name] for name in BASELINES}
     np.savez(path, **out)
     return out
 
 
+def decision_variants(
+    dataset: RoutingDataset, probabilities: dict[str, np.ndarray], knn: np.ndarray, args: argparse.Namespace
+) -> dict[str, np.ndarray]:
+    """Each :data:`DECISION_RULES` rule applied to v1's and the chosen recipe's probabilities."""
+    base_rate = np.empty_like(knn)
+    for train_rows, test_rows in cv_folds(dataset, args.folds, args.seed):
+        base_rate[test_rows] = np.nanmean(dataset.labels[train_rows], axis=0)
+    out = {}
+    for base in ("v1", CHOSEN):
+        if base not in probabilities:
+            continue
+        p = probabilities[base]
+        for rule, (kind, weight) in DECISION_RULES.items():
+            if kind == "shrink":
+                out[f"{base}:{rule}"] = base_rate + weight * (p - base_rate)
+            else:
+                out[f"{base}:{rule}"] = (1 - weight) * p + weight * knn
+    return out
+
+
 def flipped(difference: dict | None) -> dict | None:
-    """A paired difference "default − variant" as "variant − default"."""
+    """A paired difference "v1 − variant" as "variant − v1"."""
     if not difference or difference.get("mean") is None:
         return difference
     lo, hi = difference["ci"]
@@ -188,14 +222,14 @@ def flipped(difference: dict | None) -> dict | None:
 
 
 def summary(result: dict, key: str) -> dict[str, Any]:
-    """The figures of one router in the study's JSON; differences are this router minus the default."""
+    """The figures of one router in the study's JSON; differences are this router minus v1."""
     r = result[key]
     paired = result.get("paired", {}).get(key, {})
     return {
         "auc_mean": r["auc_mean"],
-        "delta_auc_vs_default": flipped(paired.get("auc_mean")),
-        "delta_aiq_vs_default": flipped(paired.get("aiq")),
-        "delta_argmax_accuracy_vs_default": flipped(paired.get("argmax_accuracy")),
+        "delta_auc_vs_v1": flipped(paired.get("auc_mean")),
+        "delta_aiq_vs_v1": flipped(paired.get("aiq")),
+        "delta_argmax_accuracy_vs_v1": flipped(paired.get("argmax_accuracy")),
         "argmax": {k: r["argmax"][k] for k in ("accuracy", "gap_captured", "cost_savings")}
         | {"gap_captured_ci": r["argmax"]["ci"]["gap_captured"]},
         "aiq": r["aiq"],
@@ -207,7 +241,7 @@ def summary(result: dict, key: str) -> dict[str, Any]:
 
 
 def markdown_table(blob: dict) -> str:
-    """The README table: one row per variant (and the baselines), default first."""
+    """The README table: one row per variant (and the baselines), v1 first."""
 
     def pct(value: float | None) -> str:
         return "–" if value is None else f"{value:.1%}"
@@ -219,7 +253,7 @@ def markdown_table(blob: dict) -> str:
         return f"{d['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
     lines = [
-        "| recipe | mean AUC | Δ AUC vs default (95% CI) | AIQ | Δ AIQ vs default (95% CI) | argmax gap | "
+        "| recipe | mean AUC | Δ AUC vs v1 (95% CI) | AIQ | Δ AIQ vs v1 (95% CI) | argmax gap | "
         "gap @ ≥50% savings | savings at best single's accuracy | within 1 pt | within 2 pt |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -231,8 +265,8 @@ def markdown_table(blob: dict) -> str:
         within = row["savings_within"]
         bold = f"**{name}**" if name == blob.get("chosen") else name
         lines.append(
-            f"| {bold} | {row['auc_mean']:.4f} | {diff(row['delta_auc_vs_default'])} | {row['aiq']:.4f} | "
-            f"{diff(row['delta_aiq_vs_default'], 4)} | {pct(row['argmax']['gap_captured'])} | "
+            f"| {bold} | {row['auc_mean']:.4f} | {diff(row['delta_auc_vs_v1'])} | {row['aiq']:.4f} | "
+            f"{diff(row['delta_aiq_vs_v1'], 4)} | {pct(row['argmax']['gap_captured'])} | "
             f"{pct(row['gap_captured_at_savings'].get('0.5'))} | {pct(at['savings'])} | "
             f"{pct(within['1']['savings'])} | {pct(within['2']['savings'])} |"
         )
@@ -255,18 +289,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=Path(default_cache_dir()) / "recipe")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--table", action="store_true", help="only print the README table of saved results")
     args = parser.parse_args()
     out_path = RESULTS / f"recipe_{args.dataset}.json"
     if args.table:
         print(markdown_table(json.loads(out_path.read_text())))
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = [v.name for v in VARIANTS] if args.variants == "all" else args.variants.split(",")
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(BY_NAME)}")
-    if "default" not in names:
-        names.insert(0, "default")
+    if "v1" not in names:
+        names.insert(0, "v1")
     args.work.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(args.dataset)
     features = Features(dataset, FeatureStore(default_cache_dir()))
@@ -274,7 +311,7 @@ def main() -> None:
     blob: dict[str, Any] = {
         "dataset": args.dataset, "n_prompts": dataset.n_prompts, "folds": args.folds, "seed": args.seed,
         "where": f"grouped {args.folds}-fold CV over all {dataset.n_prompts} prompts",
-        "variants": {}, "seconds": {},
+        "chosen": CHOSEN, "variants": {}, "seconds": {},
     }  # fmt: skip
     probabilities: dict[str, np.ndarray] = {}
     for name in names:
@@ -288,7 +325,8 @@ def main() -> None:
             print(f"  skipped: {exc}", flush=True)
             blob["variants"][name] = {"skipped": str(exc), "description": variant.description}
     baselines = run_baselines(dataset, features, args, args.work)
-    ordered = {"prefill": probabilities.pop("default"), **probabilities, **baselines}
+    decisions = decision_variants(dataset, probabilities, baselines["knn-embed"], args)
+    ordered = {"prefill": probabilities.pop("v1"), **probabilities, **decisions, **baselines}
     result = score(
         dataset,
         Predictions(probabilities=ordered),
@@ -299,8 +337,12 @@ def main() -> None:
     for name in names:
         if name in blob["variants"]:
             continue
-        key = "prefill" if name == "default" else name
+        key = "prefill" if name == "v1" else name
         blob["variants"][name] = {"description": BY_NAME[name].description} | summary(result, key)
+    for name in decisions:
+        base, rule = name.split(":")
+        description = f"decision rule on {base}: {rule} ({DECISION_RULES[rule][0]})"
+        blob["variants"][name] = {"description": description} | summary(result, name)
     for name in BASELINES:
         blob["variants"][name] = {"description": f"baseline: {name}"} | summary(result, name)
     blob["yardstick"] = {k: result[k] for k in ("oracle", "best_single", "most_expensive")}

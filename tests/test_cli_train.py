@@ -81,7 +81,7 @@ def test_fit_writes_a_router_and_a_json_report(
     assert run(args) == 0
     out = one_line(capsys.readouterr().out)
     assert "mean validation AUC" in out and "240 training rows of" in out
-    assert f"router {output} (3 targets, blocks mean:L1, 1 nets)" in out
+    assert f"router {output} (3 targets, blocks mean:L1, last:L1, 1 nets)" in out
     blob = json.loads(report.read_text())
     assert set(blob["val_auc"]) == set(TARGETS)
     assert all(blob["val_auc"][t] > 0.7 for t in TARGETS), blob["val_auc"]  # each target follows a topic word
@@ -93,8 +93,8 @@ def test_fit_writes_a_router_and_a_json_report(
     assert router.encoder_identity.name == str(tiny_llama_dir) and router.encoder_identity.dtype == "bfloat16"
     settings = {k: v for k, v in router.info["settings"].items() if k != "net"}
     assert settings == {
-        "layers": [1], "n_layers": 1, "pooling": "mean", "pca_k": 8, "seeds": 2, "keep": 1, "seed": 0,
-        "val_share": 0.15, "init": "random", "aux_tasks": False,
+        "layers": [1], "n_layers": 1, "pooling": "both", "pca_k": 8, "seeds": 2, "keep": 1, "seed": 0,
+        "val_share": 0.15, "init": "random", "aux_tasks": True,
     }  # fmt: skip
     assert [t.output_usd_per_mtok for t in router.target_info] == [1.5, 0.3, 15.0]
 
@@ -109,7 +109,9 @@ def test_fit_n_layers_val_share_and_seed_take_effect(
 
     two, blob = fit("two", "--layers", "fisher", "--n-layers", "2", "--val-share", "0.3")
     assert all(len(block.layers) == 2 for block in two.transform.blocks)  # the top 2 layers by J_lda
-    assert all(len(layers) == 2 for layers in blob["layer_choice"].values())
+    assert all(
+        len(blocks) == 2 and all(b.count("+") == 1 for b in blocks) for blocks in blob["blocks"].values()
+    )
     assert (blob["n_fit"], blob["n_val"]) == (168, 72)  # 30% of 240 distinct prompts held out
     assert two.info["settings"]["val_share"] == 0.3 and two.info["settings"]["n_layers"] == 2
     seed3, _ = fit("seed3", "--layers", "1", "--seed", "3")
@@ -130,7 +132,12 @@ def test_fit_with_fisher_limit_and_targets(
     blob = json.loads(report.read_text())
     assert set(blob["val_auc"]) == {"code-model", "math-model"}
     assert blob["n_fit"] + blob["n_val"] == 100
-    assert all(len(layers) == 1 and 0 <= layers[0] <= 4 for layers in blob["layer_choice"].values())
+    # the default pooling "both": each target reads its best mean-pooled and its best last-token layer
+    assert all(
+        1 <= len(layers) <= 2 and 0 <= min(layers) <= max(layers) <= 4
+        for layers in blob["layer_choice"].values()
+    )
+    assert all([b.split(":")[0] for b in blocks] == ["mean", "last"] for blocks in blob["blocks"].values())
     assert Router.load(output).targets == ("code-model", "math-model")
 
 
@@ -138,7 +145,7 @@ def test_fit_explicit_layers_list(data: Path, tiny_llama_dir: Path, cache: str, 
     output = tmp_path / "router"
     assert run([*fit_args(data, tiny_llama_dir, output, cache), "--layers", "3,1", "--limit", "80"]) == 0
     router = Router.load(output)
-    assert [b.name for b in router.transform.blocks] == ["mean:L1+L3"]
+    assert [b.name for b in router.transform.blocks] == ["mean:L1+L3", "last:L1+L3"]
 
 
 def test_fit_unknown_split_is_one_line(
@@ -212,9 +219,9 @@ def test_inspect_shows_encoder_targets_and_the_encoder_check(
     assert f"encoder: {tiny_llama_dir} (sha256" in out
     assert "installed encoders match" in out
     assert all(target in out for target in TARGETS[:2]) and TARGETS[2] not in out
-    assert "format version 2" in out and "blocks: mean:L1 (32 -> 8)" in out
+    assert "format version 2" in out and "blocks: mean:L1 (32 -> 8), last:L1 (32 -> 8)" in out
     assert "max_tokens 256), runs layers 1" in out
-    assert "net: 8 -> 256 -> 128 -> 2 (SharedTrunkNet), ensemble of 1" in out
+    assert "net: 16 -> 256 -> 128 -> 2 (SharedTrunkNet), ensemble of 1" in out
 
 
 def test_inspect_reports_an_encoder_mismatch_without_failing(

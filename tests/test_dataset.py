@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from prefill_router import DataError, RoutingDataset, TargetInfo, UnknownTargetError
 from prefill_router.data import dataset as dataset_module
+from prefill_router.data.dataset import TARGET_NAME
 
 
 def make(labels: list[list[float]], **overrides: object) -> RoutingDataset:
@@ -39,7 +40,7 @@ text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size
 def datasets(draw: st.DrawFn) -> RoutingDataset:
     n = draw(st.integers(1, 8))
     m = draw(st.integers(1, 4))
-    names = draw(st.lists(text, min_size=m, max_size=m, unique=True))
+    names = draw(st.lists(st.from_regex(TARGET_NAME, fullmatch=True), min_size=m, max_size=m, unique=True))
     ids = draw(st.lists(text, min_size=n, max_size=n, unique=True))
     labels = np.array(draw(st.lists(st.lists(label_value, min_size=m, max_size=m), min_size=n, max_size=n)))
     optional = st.one_of(st.none(), text)
@@ -176,6 +177,20 @@ def test_load_newer_format_version(small_dataset: RoutingDataset, tmp_path: Path
     )
     with pytest.raises(DataError, match="format version 99 is newer"):
         RoutingDataset.load(tmp_path / "new.parquet")
+
+
+@pytest.mark.parametrize("name", ["evil\r\nx-router-target: gpt-4", "modèle", "a b", "x" * 129])
+def test_load_refuses_a_target_name_a_header_or_log_line_cannot_carry(
+    name: str, small_dataset: RoutingDataset, tmp_path: Path
+) -> None:
+    table = small_dataset.to_arrow()
+    meta = json.loads(table.schema.metadata[b"prefill_router"])
+    meta["targets"][0]["name"] = name
+    pq.write_table(
+        table.replace_schema_metadata({b"prefill_router": json.dumps(meta)}), tmp_path / "bad.parquet"
+    )
+    with pytest.raises(DataError, match=r"bad\.parquet.*target name .* is not allowed"):
+        RoutingDataset.load(tmp_path / "bad.parquet")
 
 
 def test_load_missing_label_column(small_dataset: RoutingDataset, tmp_path: Path) -> None:

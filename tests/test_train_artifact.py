@@ -394,7 +394,7 @@ def test_a_loaded_router_scores_prompts_as_it_saw_them_in_training(
     router, prompts, feats = tiny_router
     router.save(tmp_path / "router")
     loaded = Router.load(tmp_path / "router")  # checks the installed encoder's weights hash
-    assert loaded.transform.layers == (1, 3) and loaded.transform.poolings == ("mean",)
+    assert loaded.transform.layers == (1, 3) and set(loaded.transform.poolings) == {"mean", "last"}
     p = loaded.predict_proba(prompts[:20])
     assert p.shape == (20, 2)
     expected = router.predict_proba_features(
@@ -412,6 +412,18 @@ def test_predict_proba_rejects_empty_prompts(tiny_router: tuple[Router, list[str
         router.predict_proba([prompts[0], " \n\t"])
     with pytest.raises(DataError, match=r"^prompt 1 is a int, not a string$"):
         router.predict_proba([prompts[0], 7])  # type: ignore[list-item]
+
+
+def test_a_router_naming_a_target_a_header_cannot_carry_is_refused(
+    tiny_router: tuple[Router, list[str], LayerFeatures], tmp_path: Path
+) -> None:
+    router, _, _ = tiny_router
+    router.save(tmp_path / "router")
+    meta, arrays = read_artifact(tmp_path / "router")
+    meta["targets"][0]["name"] = "gpt-4\r\nx-router-target: evil"
+    write_artifact(tmp_path / "router", meta, arrays)  # both files agree: only the name check can tell
+    with pytest.raises(DataError, match=r"router\.json: target name .* is not allowed"):
+        Router.load(tmp_path / "router")
 
 
 def test_loading_with_another_encoder_hash_is_an_encode_error(

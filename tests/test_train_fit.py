@@ -482,7 +482,7 @@ def test_auxiliary_task_heads_train_the_trunk_and_are_dropped() -> None:
     dataset = RoutingDataset(
         dataset.prompt_ids, dataset.prompts, tasks, dataset.splits, dataset.labels, dataset.targets
     )
-    plain, _ = fit_router(dataset, feats, SYNTHETIC, FAST)
+    plain, _ = fit_router(dataset, feats, SYNTHETIC, replace(FAST, aux_tasks=False))
     aux, _ = fit_router(dataset, feats, SYNTHETIC, replace(FAST, aux_tasks=True))
     assert aux.targets == plain.targets and aux.ensemble.n_targets == 3  # the task heads are gone
     assert aux.info["settings"]["aux_tasks"] is True

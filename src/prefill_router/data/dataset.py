@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -50,6 +51,26 @@ LABEL_PREFIX = "label:"
 COST_PREFIX = "cost_usd:"
 OUTPUT_TOKENS_PREFIX = "output_tokens:"
 BASE_COLUMNS = ("prompt_id", "prompt", "task", "split")
+
+
+#: What a target name may be: it travels in HTTP headers (``x-router-target``), log lines and
+#: file names, so CR/LF, other control characters, spaces and non-ASCII letters are refused.
+TARGET_NAME = re.compile(r"[\w.:/@+-]{1,128}", re.ASCII)
+
+
+def target_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a target name, in words, or ``None`` when it can.
+
+    Example:
+        >>> target_name_problem("meta/llama-2-70b-chat") is None
+        True
+        >>> target_name_problem("a b")
+        "target name 'a b' is not allowed: use 1-128 ASCII letters, digits and _ . : / @ + -"
+    """
+    if isinstance(name, str) and TARGET_NAME.fullmatch(name):
+        return None
+    shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:77] + "...")
+    return f"target name {shown} is not allowed: use 1-128 ASCII letters, digits and _ . : / @ + -"
 
 
 @dataclass(frozen=True)
@@ -403,6 +424,10 @@ def _read_metadata(table: pa.Table, source: str) -> dict[str, Any]:
         isinstance(t, dict) and "name" in t for t in meta["targets"]
     ):
         raise DataError("metadata 'targets' must be a list of objects with a 'name'", source=source)
+    for target in meta["targets"]:
+        problem = target_name_problem(target["name"])
+        if problem:
+            raise DataError(f"metadata: {problem}", source=source)
     return meta
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prefill_router.data.costs import input_tokens, price_costs_from_tokens
-from prefill_router.data.dataset import TargetInfo
+from prefill_router.data.dataset import TargetInfo, target_name_problem
 from prefill_router.errors import ConfigError, DataError, EncodeError, UnknownTargetError
 from prefill_router.train.artifact import read_artifact, write_artifact
 from prefill_router.train.calibration import apply_temperature
@@ -391,6 +391,9 @@ class Router:
             )
         targets = [_target_info(t) for t in meta["targets"]]
         names = [t.name for t in targets]
+        for name in names:
+            if problem := target_name_problem(name):
+                raise DataError(f"router.json: {problem}")
         if len(set(names)) != len(names):
             raise DataError(f"router.json names a target twice: {names}")
         target_blocks = {

@@ -11,8 +11,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from prefill_router.data.dataset import RoutingDataset
-from prefill_router.data.importers._common import TARGET_NAME, ImportResult, target_name_problem
+from prefill_router.data.dataset import TARGET_NAME, RoutingDataset, target_name_problem
+from prefill_router.data.importers._common import ImportResult
 from prefill_router.data.prices import PriceTable
 from prefill_router.errors import ConfigError
 

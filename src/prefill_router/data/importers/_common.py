@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from prefill_router.data.costs import DEFAULT_OUTPUT_TOKENS, input_tokens
-from prefill_router.data.dataset import RoutingDataset, TargetInfo
+from prefill_router.data.dataset import RoutingDataset, TargetInfo, target_name_problem
 from prefill_router.data.prices import PriceTable, fit_prices
 from prefill_router.errors import DataError
 
@@ -150,26 +149,6 @@ def parse_label(value: Any, source: str, where: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise DataError(f"label must be in [0, 1], got {number!r}", source=source, where=where)
     return number
-
-
-#: What a target name may be: it travels in HTTP headers (``x-router-target``), log lines and
-#: file names, so CR/LF, other control characters, spaces and non-ASCII letters are refused.
-TARGET_NAME = re.compile(r"[\w.:/@+-]{1,128}", re.ASCII)
-
-
-def target_name_problem(name: object) -> str | None:
-    """Why ``name`` cannot be a target name, in words, or ``None`` when it can.
-
-    Example:
-        >>> target_name_problem("meta/llama-2-70b-chat") is None
-        True
-        >>> target_name_problem("a b")
-        "target name 'a b' is not allowed: use 1-128 ASCII letters, digits and _ . : / @ + -"
-    """
-    if isinstance(name, str) and TARGET_NAME.fullmatch(name):
-        return None
-    shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:77] + "...")
-    return f"target name {shown} is not allowed: use 1-128 ASCII letters, digits and _ . : / @ + -"
 
 
 def make_targets(
