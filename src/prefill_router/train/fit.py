@@ -102,7 +102,7 @@ class TrainSettings:
     def from_json(cls, blob: dict[str, Any]) -> TrainSettings:
         """The settings a router.json records (its ``settings`` object)."""
         blob = SETTINGS_BEFORE_THEY_EXISTED | dict(blob)
-        net = {"pairwise": 0.0} | dict(blob.pop("net", {}))
+        net: dict[str, Any] = {"pairwise": 0.0} | dict(blob.pop("net", {}))
         for key in ("hidden", "dropout"):
             if key in net:
                 net[key] = tuple(net[key])
