@@ -21,6 +21,7 @@ import torch
 from prefill_router import Router, RoutingDataset
 from prefill_router.cli import run
 from prefill_router.evaluate.baselines import LEARNED
+from prefill_router.train.pretrained import load_trunk
 
 TARGETS = ["gemma-2-9b-it", "llama-3.1-8b-instruct"]
 
@@ -75,3 +76,10 @@ def test_encode_fit_evaluate_and_route_with_the_real_encoders(
     decision = json.loads(capsys.readouterr().out)
     assert decision["target"] in TARGETS and set(decision["probabilities"]) == set(TARGETS)
     assert all(0.0 < p < 1.0 for p in decision["probabilities"].values())
+
+    # a new pool started from the trunk shipped in the package: its blocks, no probes
+    warm = tmp_path / "warm"
+    assert run(["fit", str(small), "-o", str(warm), "--limit", "60", "--init", "pretrained"]) == 0
+    started, trunk = Router.load(warm), load_trunk("pretrained")
+    assert [b.name for b in started.transform.blocks] == [b.name for b in trunk.transform.blocks]
+    assert started.info["settings"]["init"] == "pretrained" and started.targets == tuple(TARGETS)

@@ -26,6 +26,7 @@ from prefill_router.train.pretrained import (
     load_trunk,
     pooled_dataset,
     pretrain_trunk,
+    shipped_trunk_path,
 )
 
 HIDDEN = 12
@@ -139,3 +140,19 @@ def test_an_init_that_is_no_trunk(tmp_path: Path) -> None:
         ConfigError, match=r"The 'init' setting must be one of random, pretrained or a trunk folder"
     ):
         fit_router(small, feats, ENCODER, replace(SETTINGS, init=str(tmp_path / "nothing")))
+
+
+def test_the_shipped_trunk_knows_the_three_datasets_and_is_small() -> None:
+    trunk = load_trunk("pretrained")  # the package's own; built by scripts/build_pretrained_trunk.py
+    known = known_targets(trunk)
+    bundled = RoutingDataset.load("bundled")
+    assert set(bundled.target_names) <= set(known)  # every bundled target has a pretrained head
+    assert {"gpt-4-1106-preview", "gemini-1.5-pro-002"} <= set(known)  # RouteLLM's and MMLU-Pro's
+    assert [d["dataset"] for d in trunk.info["pretrained"]["datasets"]] == [
+        "llmrouter",
+        "mmlu-pro",
+        "routellm",
+    ]
+    assert trunk.encoder_identity.name == "smollm2-135m" and trunk.calibration_x is None
+    assert all(np.isfinite(w).all() for w in (trunk.ensemble.w1, trunk.ensemble.w2, trunk.ensemble.w3))
+    assert sum(f.stat().st_size for f in shipped_trunk_path().iterdir()) < 2_000_000
