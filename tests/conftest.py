@@ -71,6 +71,25 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def one_core() -> Iterator[None]:
+    """Pin a module's tests to one core and one torch thread (torch sizes its pool from the cores only
+    at start-up): tiny nets train far faster on one thread, and a shared machine's cores thrash OpenMP.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_core")`` in a test module.
+    """
+    import os
+
+    import torch
+
+    cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, {min(cores)})
+    torch.set_num_threads(1)
+    yield
+    os.sched_setaffinity(0, cores)
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test writes converted models and features under a temporary cache, never ~/.cache."""

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from prefill_router.cli import run
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
@@ -21,16 +18,7 @@ TARGETS = ("math-model", "poem-model", "code-model")
 SMALL = ["--seeds", "2", "--keep", "1", "--pca", "8"]  # the defaults train 10 nets for up to 150 epochs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_core() -> Iterator[None]:
-    """Pin the tests to one core and one torch thread (torch sizes its pool from the cores only at
-    start-up): tiny nets train far faster on one thread (a shared machine's cores thrash OpenMP)."""
-    cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
-    os.sched_setaffinity(0, {min(cores)})
-    torch.set_num_threads(1)
-    yield
-    os.sched_setaffinity(0, cores)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_core")
 
 
 @pytest.fixture(scope="module")

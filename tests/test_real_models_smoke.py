@@ -10,13 +10,10 @@ train, 16 test) and two targets, on one core and one torch thread.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from prefill_router import Router, RoutingDataset
 from prefill_router.cli import run
@@ -26,15 +23,7 @@ from prefill_router.train.pretrained import load_trunk
 TARGETS = ["gemma-2-9b-it", "llama-3.1-8b-instruct"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_core() -> Iterator[None]:
-    """One core and one torch thread: the machine is shared, and these models are small."""
-    cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
-    os.sched_setaffinity(0, {min(cores)})
-    torch.set_num_threads(1)
-    yield
-    os.sched_setaffinity(0, cores)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_core")
 
 
 @pytest.fixture(scope="module")

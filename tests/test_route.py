@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
 from prefill_router.cli import run
@@ -31,16 +28,7 @@ TOPIC_OUTPUT_TOKENS = (300.0, 200.0, 400.0)
 PROMPTS = ("math question: blue square number", "poem question: sky colour", "code question: python function")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_core() -> Iterator[None]:
-    """Pin the tests to one core and one torch thread (torch sizes its pool from the cores only at
-    start-up): tiny nets train far faster on one thread (a shared machine's cores thrash OpenMP)."""
-    cores, threads = os.sched_getaffinity(0), torch.get_num_threads()
-    os.sched_setaffinity(0, {min(cores)})
-    torch.set_num_threads(1)
-    yield
-    os.sched_setaffinity(0, cores)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_core")
 
 
 def one_line(text: str) -> str:

@@ -48,7 +48,7 @@ DEFAULT_ENCODERS: tuple[str, ...] = ("smollm2-135m",)
 POOLING_CHOICES = ("mean", "last", "auto", "both")
 #: What a router.json written before a setting existed meant by its absence (the v1 recipe), so an
 #: old artifact is refit (``evaluate --cv``) as it was fitted, not with today's defaults.
-SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"aux_tasks": False, "init": "random"}
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"aux_tasks": False}
 #: Fewer training rows than this cannot fit PCA, a net and a validation split sensibly.
 MIN_ROWS = 50
 #: Each target needs at least this many labelled rows of each class (correct / wrong).
@@ -102,7 +102,7 @@ class TrainSettings:
     def from_json(cls, blob: dict[str, Any]) -> TrainSettings:
         """The settings a router.json records (its ``settings`` object)."""
         blob = SETTINGS_BEFORE_THEY_EXISTED | dict(blob)
-        net: dict[str, Any] = {"pairwise": 0.0} | dict(blob.pop("net", {}))
+        net = dict(blob.pop("net", {}))
         for key in ("hidden", "dropout"):
             if key in net:
                 net[key] = tuple(net[key])
