@@ -3,7 +3,9 @@
 On the bundled training rows (SmolLM2, cached features), per target: the CV-AUC of a logistic
 regression on the top-n layers by out-of-fold J_lda (each layer standardised and PCA-reduced
 inside the folds, then concatenated), for n = 1..3, beside the single best-by-AUC layer and the
-``all-mean`` recipe (every layer standardised, concatenated, PCA-128). Needs the probe reports
+``all-mean`` recipe (every layer standardised, concatenated, PCA-128: all 31 of SmolLM2-135M's
+layers, 0 = the embedding output to 30, as the trainer's ``all-mean``; ``all_mean_layers`` in the
+output lists them). Needs the probe reports
 ``docs/probes/bundled_{mean,last}.json`` (``prefill-router probe bundled --json ...``).
 Writes ``benchmarks/results/probe_n_layers.json``.
 
@@ -61,7 +63,10 @@ def main() -> None:
         report = json.loads((ROOT / "docs" / "probes" / f"bundled_{pooling}.json").read_text())
         x = np.asarray(stored.pooled(pooling), dtype=np.float32)  # (N, L, H)
         started = time.perf_counter()
-        all_mean = np.hstack([x[:, i] for i in range(1, x.shape[1])])  # layer 0 skipped: constant for last
+        # Every stored layer, layer 0 included, as the trainer's all-mean. (Layer 0 used to be skipped,
+        # a leftover from when "last" ran too: there it is constant, so standardised to zeros anyway.)
+        all_mean = x.reshape(len(x), -1)
+        all_mean_layers = [int(layer) for layer in stored.key.layers]
         rows = {}
         for j, name in enumerate(train.target_names):
             layers = report["targets"][name]["layers"]
@@ -75,8 +80,15 @@ def main() -> None:
             rows[name] = row
             print(pooling, name, {k: round(v, 4) for k, v in row.items()}, flush=True)
         means = {key: float(np.mean([r[key] for r in rows.values()])) for key in next(iter(rows.values()))}
-        out[pooling] = {"per_target": rows, "mean": means, "seconds": time.perf_counter() - started}
+        out[pooling] = {
+            "per_target": rows,
+            "mean": means,
+            "seconds": time.perf_counter() - started,
+            "all_mean_n_layers": len(all_mean_layers),
+            "all_mean_layers": all_mean_layers,
+        }
         print(pooling, "mean", {k: round(v, 4) for k, v in means.items()}, flush=True)
+        print(pooling, f"all-mean read {len(all_mean_layers)} layers: {all_mean_layers}", flush=True)
     RESULTS.write_text(json.dumps(out, indent=1))
 
 

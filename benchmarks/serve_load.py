@@ -1,14 +1,23 @@
-"""Load test of the routing proxy against the fake OpenAI-compatible upstream on loopback.
+"""Load test of the routing proxy with the real router: client, proxy and upstream in separate processes.
 
-Phases (each bounded by --requests and --time-limit-s): the upstream called directly; the proxy
-(micro-batched); the proxy with 20% of upstream calls failing (10% HTTP 500, 10% stalling past the
-timeout); and the micro-batching gain (cache off, max_batch 32 vs 1, same run). Every request uses
-a distinct prompt so the encoder runs for each. Servers and the load generator share one process
-(threads), so the figures include GIL contention on this machine's cores.
+``prefill-router serve ROUTER`` runs in its own process, the fake OpenAI-compatible upstream of the
+tests in another (it answers at once), and this process is the load generator (httpx, asyncio,
+``--concurrency`` clients each sending its next request as soon as the last one is answered). The
+prompts are distinct bundled prompts with their real lengths.
 
-    python benchmarks/serve_load.py [--router router/] [--requests 3000] [--concurrency 32]
+Phases, on the same prompts:
 
-Without --router the tiny random-weight llama router of the tests is built (and the results say so).
+- offline: ``Router.predict_proba`` on every prompt in one call (the encoder's own length-bucketed
+  batching), the throughput the proxy should reach under load;
+- the proxy with the decision cache off, micro-batch 32 and micro-batch 1 (batching off), at each
+  concurrency: throughput and p50 / p99 latency, and the batching gain (32 over 1);
+- the decision cache on, every prompt already cached (what a repeated prompt costs);
+- 20% of upstream calls failing (10% HTTP 500, 10% stalling past the target's 0.25 s timeout):
+  nothing lost, errors only where every target failed.
+
+    python benchmarks/serve_load.py [--router demo/router] [--prompts 320] [--concurrency 1,8,32]
+
+Writes benchmarks/results/serve_load.json.
 """
 
 from __future__ import annotations
@@ -19,8 +28,8 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,37 +39,40 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.serve_support import FakeBehaviour, ServerThread, fake_upstream  # noqa: E402
+from benchmarks._processes import proxy_process, upstream_process  # noqa: E402
 
-from prefill_router.serve.app import create_app  # noqa: E402
-from prefill_router.serve.config import ServeConfig, UpstreamTarget  # noqa: E402
-
-TOPICS = ("math", "poem", "code", "trivia")
+RESULTS = ROOT / "benchmarks" / "results"
 
 
-async def load(
-    url: str, path: str, n: int, concurrency: int, limit_s: float, model: str, tag: str
-) -> dict[str, Any]:
-    """Send up to ``n`` requests (distinct prompts) with ``concurrency`` workers; latencies in ms."""
+def bundled_prompts(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct bundled prompts, drawn at random (their real lengths)."""
+    from prefill_router.data.dataset import RoutingDataset
+
+    prompts = sorted({str(p) for p in RoutingDataset.load("bundled").prompts if str(p).strip()})
+    rng = np.random.default_rng(seed)
+    return [prompts[i] for i in rng.choice(len(prompts), size=n, replace=False)]
+
+
+async def load(url: str, prompts: Sequence[str], concurrency: int, limit_s: float) -> dict[str, Any]:
+    """Send each prompt once as a chat completion with ``concurrency`` clients; latencies in ms."""
     latencies: list[float] = []
     counts = {"sent": 0, "answered": 0, "errors": 0, "lost": 0}
     statuses: dict[str, int] = {}
     deadline = time.perf_counter() + limit_s
-    queue = iter(range(n))
+    queue = iter(prompts)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
 
         async def worker() -> None:
-            for i in queue:
+            for text in queue:
                 if time.perf_counter() > deadline:
                     return
-                text = f"{TOPICS[i % 4]} question {tag} {i}: python function blue square number"
-                body = {"model": model, "messages": [{"role": "user", "content": text}]}
+                body = {"model": "router", "messages": [{"role": "user", "content": text}]}
                 counts["sent"] += 1
                 started = time.perf_counter()
                 try:
-                    response = await client.post(path, json=body)
+                    response = await client.post("/v1/chat/completions", json=body)
                 except httpx.HTTPError:
                     counts["lost"] += 1
                     continue
@@ -76,96 +88,108 @@ async def load(
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return counts | {
         "statuses": statuses, "seconds": round(seconds, 3),
-        "throughput_rps": round(counts["answered"] / seconds, 1),
-        "latency_ms": {q: round(float(np.percentile(lat, int(q[1:]))), 2) for q in ("p50", "p99")},
-        "bounded_by_time": counts["sent"] < n,
+        "throughput_rps": round(counts["answered"] / seconds, 2),
+        "latency_ms": {q: round(float(np.percentile(lat, int(q[1:]))), 1) for q in ("p50", "p99")},
+        "bounded_by_time": counts["sent"] < len(prompts),
     }  # fmt: skip
 
 
-def tiny_router(workdir: Path) -> Any:
-    """The tests' tiny random-weight llama router (3 priced targets), its encoder on one thread."""
-    from tests.serve_support import build_tiny_router, load_tiny_router
-    from tests.tiny_models import build_tiny_llama
-
-    model_dir = build_tiny_llama(workdir / "tiny-llama")
-    path = build_tiny_router(model_dir, workdir / "cache", workdir)
-    return load_tiny_router(path, model_dir, workdir / "cache")
-
-
-def main() -> None:
-    """Run every phase and write benchmarks/results/serve_load.json."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--router", type=Path, default=None)
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--batching-requests", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--time-limit-s", type=float, default=120.0)
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
-    args = parser.parse_args()
-
+def offline(router_dir: Path, prompts: Sequence[str]) -> dict[str, Any]:
+    """The router's batched throughput on the same prompts, in this process, servers not started."""
     from prefill_router.train import Router
 
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("PREFILL_ROUTER_CACHE", str(Path(tmp) / "cache"))
-        router = Router.load(args.router) if args.router else tiny_router(Path(tmp))
-        results = run_phases(router, args)
-    results |= {
-        "router": str(args.router) if args.router else "tests' tiny llama router (built here)",
-        "requests_per_phase": args.requests, "concurrency": args.concurrency,
-        "time_limit_s": args.time_limit_s,
-        "machine": f"{platform.machine()}, {os.cpu_count()} shared cores, Python {platform.python_version()}",
-        "setup": "fake upstream, proxy and load generator in one process on loopback (uvicorn threads)",
-    }  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(results, indent=2))
+    router = Router.load(router_dir)
+    router.predict_proba(list(prompts[:8]))  # warm: load, prefix cache
+    started = time.perf_counter()
+    router.predict_proba(list(prompts))
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 3), "throughput_rps": round(len(prompts) / seconds, 2)}
 
 
-def run_phases(router: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Start the servers and run the phases."""
-    behaviour = FakeBehaviour(stall_s=1.0, fail_share=0.1, stall_share=0.1)
-    n, conc, limit = args.requests, args.concurrency, args.time_limit_s
+def phases(
+    router_dir: Path, targets: list[str], prompts: Sequence[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Every proxy phase; each proxy in its own process, started fresh."""
     out: dict[str, Any] = {}
-    with ServerThread(fake_upstream(behaviour)) as upstream:
-
-        def config(**options: Any) -> ServeConfig:
-            targets = {t: UpstreamTarget(t, f"{upstream.url}/v1", t, None, 0.25) for t in router.targets}
-            return ServeConfig(targets=targets, fallback=tuple(router.targets), **options)
-
-        with ServerThread(create_app(router, config())) as proxy:
-            _wait_ready(proxy.url)
-            out["direct"] = asyncio.run(
-                load(upstream.url, "/v1/chat/completions", n, conc, limit, router.targets[0], "d")
-            )
-            out["proxy"] = asyncio.run(load(proxy.url, "/v1/chat/completions", n, conc, limit, "router", "p"))
-            behaviour.modes.update(dict.fromkeys(router.targets, "flaky"))
-            out["proxy_20pct_upstream_failures"] = asyncio.run(
-                load(proxy.url, "/v1/chat/completions", n, conc, limit, "router", "f")
-            )
-            behaviour.modes.clear()
-        out["added_latency_ms"] = {
-            q: round(out["proxy"]["latency_ms"][q] - out["direct"]["latency_ms"][q], 2)
-            for q in ("p50", "p99")
-        }
-        m = args.batching_requests
-        for name, batch in (("batched", 32), ("unbatched", 1)):
-            with ServerThread(create_app(router, config(cache_size=0, max_batch=batch))) as proxy:
-                _wait_ready(proxy.url)
-                out[f"{name}_cache_off"] = asyncio.run(
-                    load(proxy.url, "/v1/route", m, conc, limit, "router", name)
-                )
-        out["batching_gain"] = round(
-            out["batched_cache_off"]["throughput_rps"] / out["unbatched_cache_off"]["throughput_rps"], 2
-        )
+    levels = [int(c) for c in args.concurrency.split(",")]
+    with upstream_process() as upstream:
+        for batch in (32, 1):
+            with proxy_process(router_dir, upstream, targets, cache_size=0, max_batch=batch) as url:
+                for concurrency in levels:
+                    key = f"max_batch_{batch}_concurrency_{concurrency}"
+                    out[key] = asyncio.run(load(url, prompts, concurrency, args.time_limit_s))
+                    print(f"{key}: {_line(out[key])}", flush=True)
+        with proxy_process(router_dir, upstream, targets) as url:
+            asyncio.run(load(url, prompts, max(levels), args.time_limit_s))  # fills the decision cache
+            out["cache_hits_concurrency_32"] = asyncio.run(load(url, prompts, max(levels), args.time_limit_s))
+            print(f"cache hits: {_line(out['cache_hits_concurrency_32'])}", flush=True)
+    flaky = dict.fromkeys(targets, "flaky")
+    with (
+        upstream_process(modes=flaky, stall_s=1.0) as upstream,
+        proxy_process(router_dir, upstream, targets, target_timeout_s=0.25, fallback=targets) as url,
+    ):
+        out["upstream_20pct_failures"] = asyncio.run(load(url, prompts, max(levels), args.time_limit_s))
+        print(f"20% upstream failures: {_line(out['upstream_20pct_failures'])}", flush=True)
     return out
 
 
-def _wait_ready(url: str) -> None:
-    for _ in range(6000):
-        if httpx.get(f"{url}/ready").status_code == 200:
-            return
-        time.sleep(0.01)
-    raise RuntimeError("the proxy did not become ready")
+def _line(phase: dict[str, Any]) -> str:
+    lat = phase["latency_ms"]
+    return (
+        f"{phase['throughput_rps']} req/s, p50 {lat['p50']} ms, p99 {lat['p99']} ms, errors {phase['errors']}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--router", type=Path, default=ROOT / "demo" / "router")
+    parser.add_argument("--prompts", type=int, default=320)
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
+    parser.add_argument("--time-limit-s", type=float, default=180.0, help="per phase")
+    parser.add_argument("--output", type=Path, default=RESULTS / "serve_load.json")
+    args = parser.parse_args()
+    from prefill_router.train import Router
+
+    targets = list(Router.load(args.router).targets)
+    prompts = bundled_prompts(args.prompts)
+    result: dict[str, Any] = {
+        "router": str(args.router), "prompts": len(prompts),
+        "median_prompt_chars": int(np.median([len(p) for p in prompts])),
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+        f"Python {platform.python_version()}",
+        "setup": "load generator, proxy (prefill-router serve) and fake upstream: three processes, loopback",
+        "offline_batched": offline(args.router, prompts),
+    }  # fmt: skip
+    print(f"offline batched: {result['offline_batched']['throughput_rps']} prompts/s", flush=True)
+    result |= phases(args.router, targets, prompts, args)
+    top = max(int(c) for c in args.concurrency.split(","))
+    batched, single = result[f"max_batch_32_concurrency_{top}"], result[f"max_batch_1_concurrency_{top}"]
+    result["batching_gain"] = round(batched["throughput_rps"] / single["throughput_rps"], 2)
+    result["share_of_offline_throughput"] = round(
+        batched["throughput_rps"] / result["offline_batched"]["throughput_rps"], 3
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(table(result))
+
+
+def table(result: dict[str, Any]) -> str:
+    """The README table."""
+    rows = [
+        "| phase | answered | errors | lost | throughput | p50 / p99 latency |",
+        "|---|---|---|---|---|---|",
+    ]
+    off = result["offline_batched"]
+    rows.append(f"| offline: `Router.predict_proba` on all prompts at once | {result['prompts']} | – | – | "
+                f"{off['throughput_rps']} prompts/s | – |")  # fmt: skip
+    for key, phase in result.items():
+        if isinstance(phase, dict) and "latency_ms" in phase:
+            lat = phase["latency_ms"]
+            rows.append(
+                f"| {key.replace('_', ' ')} | {phase['answered']} | {phase['errors']} | {phase['lost']} | "
+                f"{phase['throughput_rps']} req/s | {lat['p50']} / {lat['p99']} ms |"
+            )
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,11 @@ CASES: dict[str, tuple[str, int, str]] = {
         3,
         "The 'val_share' parameter must be in (0, 0.5); got 0.7",
     ),
+    "fit: --depth-tolerance 1.5": (
+        "fit bundled -o {tmp}/r --depth-tolerance 1.5",
+        3,
+        "The 'depth_tolerance' parameter must be in [0, 1); got 1.5",
+    ),
     "fit: a --json path under a file": (
         "fit bundled -o {tmp}/r --json {a_file}/fit.json",
         3,

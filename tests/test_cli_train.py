@@ -82,7 +82,7 @@ def test_fit_writes_a_router_and_a_json_report(
     settings = {k: v for k, v in router.info["settings"].items() if k != "net"}
     assert settings == {
         "layers": [1], "n_layers": 1, "pooling": "both", "pca_k": 8, "seeds": 2, "keep": 1, "seed": 0,
-        "val_share": 0.15, "init": "random", "aux_tasks": True,
+        "val_share": 0.15, "init": "random", "aux_tasks": True, "depth_tolerance": 0.01,
     }  # fmt: skip
     assert [t.output_usd_per_mtok for t in router.target_info] == [1.5, 0.3, 15.0]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from prefill_router.probe import (
     logistic_fit,
     probe_layers,
     select_layers,
+    shallowest_depth,
     spearman,
 )
 
@@ -217,6 +219,44 @@ def test_fisher_strategy_breaks_near_ties_against_a_collapsed_layer() -> None:
     assert select_layers(target, "fisher", n=2) == [1, 2]
     clear = [LayerProbe(i, 0.1, j, d, 0.7) for i, (j, d) in enumerate([(1.0, 10.0), (2.0, 9.0), (9.0, 1.0)])]
     assert select_layers(TargetProbe("m", 100, 0.5, layers=clear), "fisher") == [2]
+
+
+def curve(name: str, j_lda: Sequence[float], auc: Sequence[float] | None = None) -> TargetProbe:
+    """A target whose layers 0.. have these J_lda (and CV-AUC) values, none collapsed."""
+    aucs = auc or [0.5] * len(j_lda)
+    return TargetProbe(
+        name,
+        100,
+        0.5,
+        [LayerProbe(i, 0.0, j, 10.0, a) for i, (j, a) in enumerate(zip(j_lda, aucs, strict=True))],
+    )
+
+
+def test_shallowest_depth_by_hand() -> None:
+    """Mean relative loss of the best layer no deeper than D: D=2 loses (1 - 3/3.1 + 0) / 2 = 1.6%,
+    D=3 (1 - 3.05/3.1) / 2 = 0.8%, D=1 (0.355 + 0.5) / 2 = 43%."""
+    targets = [curve("a", [1, 2, 3, 3.05, 3.1]), curve("b", [1, 1, 2, 2, 2])]
+    assert shallowest_depth(targets, "fisher", 0.0) == 4
+    assert shallowest_depth(targets, "fisher", 0.01) == 3
+    assert shallowest_depth(targets, "fisher", 0.02) == 2
+    assert shallowest_depth(targets, "fisher", 0.5) == 1
+    assert select_layers(targets[0], "fisher", max_layer=2) == [2]
+    assert select_layers(targets[0], "fisher", n=2, max_layer=3) == [2, 3]
+    assert select_layers(targets[0], "fisher", max_layer=-1) == []
+
+
+def test_shallowest_depth_by_auc_counts_only_the_part_above_chance() -> None:
+    """AUC 0.6 at layer 0 against 0.7 at layer 1 is half the signal lost, not 14%."""
+    target = curve("a", [1, 1], auc=[0.6, 0.7])
+    assert shallowest_depth([target], "auc", 0.2) == 1
+    assert shallowest_depth([target], "auc", 0.5) == 0
+
+
+def test_shallowest_depth_ignores_targets_without_a_verdict() -> None:
+    targets = [curve("a", [1.0, 2.0]), curve("nan", [float("nan"), float("nan")])]
+    assert shallowest_depth(targets, "fisher", 0.5) == 0  # (1 - 1/2) at D=0; the NaN target does not count
+    assert shallowest_depth(targets, "fisher", 0.4) == 1
+    assert shallowest_depth([targets[1]], "fisher", 0.1) == 1  # nothing to go by: the deepest
 
 
 def test_select_layers_rejects_an_unknown_strategy_and_n_below_one() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -204,6 +205,54 @@ def test_the_batcher_groups_concurrent_texts_off_the_loop() -> None:
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [len(texts) for texts, _ in calls] == [4, 2]  # max_batch, then the rest
     assert all(name.startswith("prefill-router-encode") for _, name in calls)
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    """The wait window is for stragglers under load: a request on an idle batcher is scored at once."""
+    calls: list[int] = []
+
+    def score(texts: Sequence[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return np.zeros((len(texts), 2))
+
+    async def main() -> float:
+        batcher = MicroBatcher(score, max_batch=8, max_wait_ms=2000)
+        batcher.start()
+        try:
+            started = time.perf_counter()
+            await batcher.score("alone")
+            return time.perf_counter() - started
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main()) < 1.0  # the 2 s window would have been paid in full
+    assert calls == [1]
+
+
+def test_under_load_the_window_gathers_stragglers() -> None:
+    """After a batch of several prompts, the next batch's first prompt waits for the ones just behind it."""
+    calls: list[list[str]] = []
+
+    def score(texts: Sequence[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return np.zeros((len(texts), 2))
+
+    async def main() -> None:
+        batcher = MicroBatcher(score, max_batch=8, max_wait_ms=1000)
+        batcher.start()
+        try:
+            await asyncio.gather(batcher.score("a"), batcher.score("b"))  # load: a batch of two
+
+            async def late() -> np.ndarray:
+                await asyncio.sleep(0.05)
+                return await batcher.score("d")
+
+            await asyncio.gather(batcher.score("c"), late())
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    assert calls == [["a", "b"], ["c", "d"]]
 
 
 def test_a_failing_batch_fails_each_waiting_request() -> None:

@@ -594,3 +594,59 @@ def test_default_cache_dir_honours_the_environment(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "prefill-router"
     assert not (tmp_path / "home").exists()  # nothing is created
+
+
+# --- reuse of a superset key ---------------------------------------------------------------------
+
+
+def test_a_subset_of_stored_layers_and_poolings_is_read_not_encoded(tmp_path: Path) -> None:
+    """A key asking for some of the layers and poolings another key stores (same encoder, weights,
+    view, truncation, dtype) slices them out of its chunks; the encoder never runs."""
+    full = run(tmp_path)
+    subset = dataclasses.replace(KEY, poolings=("last",), layers=(1, 4))
+    fake = FakeEncoder()
+    stored = FeatureStore(tmp_path).get_or_compute(subset, PROMPTS, fake, chunk_size=4)  # type: ignore[arg-type]
+
+    assert fake.calls == 0
+    assert (stored.computed_chunks, stored.reused_chunks) == (0, 3)
+    np.testing.assert_array_equal(stored.features, np.asarray(full.features)[:, [1]][:, :, [1, 3]])
+    assert (stored.n_tokens, stored.n_truncated, stored.n_empty) == (full.n_tokens, full.n_truncated, 2)
+    job = FeatureJob(FeatureStore(tmp_path), dataclasses.replace(subset, layers=(0, 2)), PROMPTS, 4)
+    assert job.missing() == [] and job.reused_from_superset == 3  # the Ray path reuses it too
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dtype": "bfloat16"},
+        {"max_tokens": 8},
+        {"view": "raw"},
+        {"weights_sha256": "cd" * 32},
+        {"storage": "float32"},
+        {"layers": (0, 1, 2, 3)},
+    ],
+)
+def test_a_key_that_is_not_a_subset_is_encoded(tmp_path: Path, change: dict[str, Any]) -> None:
+    run(tmp_path)
+    other = dataclasses.replace(KEY, **change)
+    fake = FakeEncoder()
+    FeatureStore(tmp_path).get_or_compute(other, PROMPTS, fake, chunk_size=4)  # type: ignore[arg-type]
+    assert fake.calls == 3
+
+
+def test_a_damaged_superset_chunk_is_encoded_again(tmp_path: Path) -> None:
+    run(tmp_path)
+    damaged = chunk_files(tmp_path)[0]
+    damaged.write_bytes(damaged.read_bytes()[:-8] + b"\0" * 8)
+    fake = FakeEncoder()
+
+    def layer_2(prompts: Sequence[str]) -> ChunkResult:
+        full = fake(prompts)
+        return dataclasses.replace(full, features=np.ascontiguousarray(full.features[:, :, [2]]))
+
+    with pytest.warns(UserWarning, match="sha256 mismatch"):
+        stored = FeatureStore(tmp_path).get_or_compute(
+            dataclasses.replace(KEY, layers=(2,)), PROMPTS, layer_2, chunk_size=4
+        )
+    assert fake.calls == 1 and (stored.computed_chunks, stored.reused_chunks) == (1, 2)
+    np.testing.assert_array_equal(stored.features, expected(PROMPTS)[:, :, [2]])

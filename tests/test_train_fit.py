@@ -399,6 +399,31 @@ def test_both_poolings_give_every_target_a_block_of_each() -> None:
     assert all(len(blocks) == 2 for blocks in report.blocks.values())
 
 
+def test_a_depth_tolerance_moves_the_deep_blocks_up() -> None:
+    """The last pooling's best layer for target 2 is L2; a tolerance that lets the router stop at
+    L1 reads every block at L1 or above, and the settings record it."""
+    dataset, feats = two_poolings()
+    deep, _ = fit_router(dataset, feats, SYNTHETIC, replace(FAST, layers="fisher", pooling="both"))
+    assert max(max(b.layers) for b in deep.transform.blocks) == 2
+    settings = replace(FAST, layers="fisher", pooling="both", depth_tolerance=0.4)
+    shallow, report = fit_router(dataset, feats, SYNTHETIC, settings)
+    assert report.blocks[NAMES[2]] == ["mean:L1", "last:L1"]
+    assert report.blocks[NAMES[0]][0] == "mean:L1"  # the best layer, already shallow, is kept
+    assert TrainSettings.from_json(shallow.info["settings"]).depth_tolerance == 0.4
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_a_depth_tolerance_outside_0_1_is_refused(value: float) -> None:
+    with pytest.raises(ConfigError, match=r"The 'depth_tolerance' parameter must be in \[0, 1\)"):
+        TrainSettings(depth_tolerance=value)
+
+
+def test_a_router_fitted_before_depth_tolerance_existed_reads_as_zero() -> None:
+    blob = TrainSettings().to_json()
+    del blob["depth_tolerance"]
+    assert TrainSettings.from_json(blob).depth_tolerance == 0.0
+
+
 def test_a_fused_fit_reads_a_block_of_each_encoder_and_learns() -> None:
     dataset, feats = planted()
     rng = np.random.default_rng(5)

@@ -413,8 +413,10 @@ def _fill_target(
     target.auc_lost_trace_j = float(auc[best_auc] - auc[list(layer_ids).index(target.best_by_j)])
 
 
-def select_layers(target: TargetProbe, strategy: str, n: int = DEFAULT_N_LAYERS) -> list[int]:
-    """Layers a strategy picks for one target.
+def select_layers(
+    target: TargetProbe, strategy: str, n: int = DEFAULT_N_LAYERS, *, max_layer: int | None = None
+) -> list[int]:
+    """Layers a strategy picks for one target, none deeper than ``max_layer`` (None: any).
 
     ``fisher``: top-n by out-of-fold J_lda; a collapsed layer (d_eff below
     :data:`COLLAPSED_SHARE` of the median d_eff over layers) ranks below any healthy layer whose
@@ -431,17 +433,51 @@ def select_layers(target: TargetProbe, strategy: str, n: int = DEFAULT_N_LAYERS)
         )
     if n < 1:
         raise ConfigError(f"The 'n' parameter must be >= 1; got {n} instead.")
-    if not target.layers:
+    candidates = [p for p in target.layers if max_layer is None or p.layer <= max_layer]
+    if not candidates:
         return []
     if strategy == "all-mean":
-        return [p.layer for p in target.layers]
-    if strategy == "auc":
-        ranked = sorted(target.layers, key=lambda p: -_nan_low(p.cv_auc))
-    else:
-        floor = COLLAPSED_SHARE * float(np.nanmedian([p.d_eff for p in target.layers]))
-        penalty = {p.layer: 0.95 if p.d_eff < floor else 1.0 for p in target.layers}
-        ranked = sorted(target.layers, key=lambda p: -_nan_low(p.fisher_j_lda) * penalty[p.layer])
+        return [p.layer for p in candidates]
+    scores = layer_scores(target, strategy)
+    ranked = sorted(candidates, key=lambda p: -_nan_low(scores[p.layer]))
     return sorted(p.layer for p in ranked[:n])
+
+
+def layer_scores(target: TargetProbe, strategy: str) -> dict[int, float]:
+    """What ``strategy`` ranks one target's layers by: J_lda (a collapsed layer's scaled by 0.95,
+    see :func:`select_layers`) for ``fisher``, CV-AUC for ``auc``; NaN where there is no verdict."""
+    if strategy == "auc":
+        return {p.layer: p.cv_auc for p in target.layers}
+    floor = COLLAPSED_SHARE * float(np.nanmedian([p.d_eff for p in target.layers]))
+    return {p.layer: p.fisher_j_lda * (0.95 if p.d_eff < floor else 1.0) for p in target.layers}
+
+
+def shallowest_depth(targets: Sequence[TargetProbe], strategy: str, tolerance: float) -> int:
+    """The shallowest layer D such that choosing each target's best layer no deeper than D loses,
+    averaged over ``targets``, at most ``tolerance`` of its score (a relative loss; for ``auc``
+    of AUC - 0.5, the part above chance).
+
+    The deepest layer any block reads sets the cost of every routing decision (the encoder runs
+    up to it), so a router buys most of its latency back by moving its few deep blocks to a
+    nearly as good shallower layer. ``tolerance`` 0 keeps every target's best layer.
+    """
+    base = 0.5 if strategy == "auc" else 0.0
+    curves = []
+    for target in targets:
+        scores = {layer: s - base for layer, s in layer_scores(target, strategy).items() if np.isfinite(s)}
+        if scores and max(scores.values()) > 0:
+            curves.append(scores)
+    layers = sorted({layer for curve in curves for layer in curve})
+    if not layers:
+        return max((p.layer for t in targets for p in t.layers), default=0)
+    for depth in layers:
+        losses = [
+            1 - max((s for layer, s in curve.items() if layer <= depth), default=0.0) / max(curve.values())
+            for curve in curves
+        ]
+        if float(np.mean(losses)) <= tolerance + 1e-12:
+            return depth
+    return layers[-1]
 
 
 # --------------------------------------------------------------------- helpers

@@ -58,6 +58,13 @@ def fit(
         str, typer.Option(help="mean, last, auto (the better one per target) or both (a block of each).")
     ] = DEFAULTS.pooling,
     pca: Annotated[int, typer.Option("--pca", help="PCA dimensions per feature block.")] = DEFAULTS.pca_k,
+    depth_tolerance: Annotated[
+        float,
+        typer.Option(
+            help="Move every block to the shallowest layer that loses at most this share of J_lda on "
+            "average (0: each target's best layer): the deepest layer read sets each decision's latency."
+        ),
+    ] = DEFAULTS.depth_tolerance,
     seeds: Annotated[int, typer.Option(help="Nets trained (one per seed).")] = DEFAULTS.seeds,
     keep: Annotated[
         int, typer.Option(help="Nets kept (lowest validation loss) and averaged.")
@@ -93,7 +100,7 @@ def fit(
     # Everything that can fail without features fails here, before minutes of encoding.
     settings = TrainSettings(
         layers=_parse_layer_option(layers), n_layers=n_layers, pooling=pooling, pca_k=pca,
-        seeds=seeds, keep=keep, seed=seed, val_share=val_share, init=init,
+        seeds=seeds, keep=keep, seed=seed, val_share=val_share, init=init, depth_tolerance=depth_tolerance,
     )  # fmt: skip
     check_destination(output)
     if json_out is not None:

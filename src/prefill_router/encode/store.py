@@ -264,7 +264,7 @@ class FeatureStore:
                 _notify(on_chunk, chunk.n_rows, None)
             return stored
         for chunk in job.chunks:
-            if job.is_stored(chunk):
+            if job.is_stored(chunk) or job.reuse_superset(chunk):
                 _notify(on_chunk, chunk.n_rows, None)
                 continue
             # The float32 result lives only in this iteration: it is written to disk and
@@ -373,6 +373,8 @@ class FeatureJob:
         self.computed = 0  # chunks committed by this job
         self.reused = 0  # chunks found on disk (each counted once, however often it is looked up)
         self._manifests: dict[int, dict[str, Any]] = {}
+        self._supersets: list[FeatureKey] | None = None  # found on first use
+        self.reused_from_superset = 0  # chunks sliced out of a superset key's chunks
 
     def prompts_of(self, chunk: Chunk) -> list[str]:
         """The prompt texts of ``chunk``."""
@@ -394,8 +396,40 @@ class FeatureJob:
         return True
 
     def missing(self) -> list[Chunk]:
-        """The chunks that still need computing, in order."""
-        return [chunk for chunk in self.chunks if not self.is_stored(chunk)]
+        """The chunks that still need computing, in order (none that a superset key holds)."""
+        return [chunk for chunk in self.chunks if not (self.is_stored(chunk) or self.reuse_superset(chunk))]
+
+    def reuse_superset(self, chunk: Chunk) -> bool:
+        """Commit ``chunk`` without encoding when another key holds its prompts with a superset of
+        this key's layers and poolings (same encoder, weights, view, truncation, compute dtype and
+        storage): the layers and poolings asked for are sliced out of that chunk, checked and
+        written under this key. A router's few layers are thus read from the every-layer features
+        ``encode`` and ``fit`` store, never encoded a second time.
+        """
+        if self._supersets is None:
+            self._supersets = superset_keys(self.layout.root.parent, self.key)
+        for other in self._supersets:
+            digest = other.digest()
+            npy = _KeyLayout(self.layout.root.parent / digest[:16]).chunk_npy(
+                _chunk_digest(digest, self.prompts_of(chunk))
+            )
+            shape = (chunk.n_rows, len(other.poolings), len(other.layers))
+            if not npy.with_suffix(".json").exists():
+                continue
+            manifest = _load_chunk_manifest(npy, shape, self.hidden)
+            if manifest is None:
+                continue
+            stored = np.load(npy, mmap_mode="r")
+            poolings = [other.poolings.index(name) for name in self.key.poolings]
+            layers = [other.layers.index(layer) for layer in self.key.layers]
+            values = np.asarray(stored[:, poolings][:, :, layers], dtype=np.float32)
+            counts = {name: int(manifest[name]) for name in ("n_tokens", "n_truncated", "n_empty")}
+            self.commit(chunk, ChunkResult(values, **counts))
+            self.computed -= 1  # read, not encoded: it counts as reused
+            self.reused += 1
+            self.reused_from_superset += 1
+            return True
+        return False
 
     def commit(self, chunk: Chunk, result: ChunkResult) -> None:
         """Check ``chunk``'s computed features and write them: the ``.npy``, then its manifest.
@@ -459,6 +493,28 @@ class FeatureJob:
     def _accept(self, chunk: Chunk, manifest: dict[str, Any]) -> None:
         self._manifests[chunk.index] = manifest
         self.hidden = int(manifest["shape"][3])
+
+
+def superset_keys(features_dir: Path, key: FeatureKey) -> list[FeatureKey]:
+    """The other keys stored under ``features_dir`` whose features hold every layer and pooling of
+    ``key`` for the same encoder, weights, view, truncation, compute dtype and storage; the
+    smallest first (the least to read). Unreadable ``key.json`` files are skipped: this is a cache."""
+    same = ("encoder", "weights_sha256", "view", "max_tokens", "dtype", "storage")
+    found = []
+    for path in sorted(features_dir.glob("*/key.json")):
+        try:
+            blob = json.loads(path.read_text(encoding="utf-8"))["key"]
+            other = FeatureKey(**blob)
+        except (OSError, ValueError, KeyError, TypeError, ConfigError):
+            continue
+        if (
+            other != key
+            and all(getattr(other, name) == getattr(key, name) for name in same)
+            and set(key.layers) <= set(other.layers)
+            and set(key.poolings) <= set(other.poolings)
+        ):
+            found.append(other)
+    return sorted(found, key=lambda k: len(k.layers) * len(k.poolings))
 
 
 def _load_chunk_manifest(

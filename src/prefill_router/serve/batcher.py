@@ -1,10 +1,14 @@
 """Micro-batching: concurrent prompts share one encoder forward, run off the event loop.
 
-Each caller puts ``(text, future)`` on a bounded queue; one worker takes the first item, waits up
-to ``max_wait_ms`` for up to ``max_batch - 1`` more, and scores the batch on one encoder thread
-(the encoder is not thread-safe and would only contend with itself for the cores). A batch that
-fails is scored again prompt by prompt, so one bad prompt fails only its own request. The
-encoder thread is a daemon: an encoder that never returns cannot keep the process from exiting.
+Each caller puts ``(text, future)`` on a bounded queue; one worker takes the first item and what
+else is queued, up to ``max_batch``, and scores the batch on one encoder thread. Only under load
+(the previous batch held more than one prompt) does the first item wait up to ``max_wait_ms`` for
+company: a lone request never pays the window. Prompts that arrive while the encoder runs queue
+up and form the next batch anyway; the window only gathers the stragglers of a burst. The batch
+runs on one thread (the encoder is not thread-safe and would only contend with itself for the
+cores). A batch that fails is scored again prompt by prompt, so one bad prompt fails only its own
+request. The encoder thread is a daemon: an encoder that never returns cannot keep the process
+from exiting.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[np.ndarray]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._thread = WorkerThread("prefill-router-encode")
+        self._last_batch = 1  # prompts in the previous batch: > 1 means load, worth waiting for
 
     def start(self) -> None:
         """Start the worker on the running loop."""
@@ -90,7 +95,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_wait_s
+            deadline = loop.time() + (self.max_wait_s if self._last_batch > 1 else 0.0)
             while len(batch) < self.max_batch:
                 if self._queue.empty():
                     remaining = deadline - loop.time()
@@ -102,6 +107,7 @@ class MicroBatcher:
                         break
                 else:
                     batch.append(self._queue.get_nowait())
+            self._last_batch = len(batch)
             batch = [item for item in batch if not item[1].done()]  # callers past their deadline
             if batch:
                 await self._score_batch(batch)

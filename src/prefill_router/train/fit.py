@@ -22,7 +22,14 @@ from prefill_router.data.costs import input_tokens, output_token_estimates
 from prefill_router.data.dataset import LABEL_THRESHOLD, RoutingDataset
 from prefill_router.data.splits import prompt_groups
 from prefill_router.errors import ConfigError, DataError, UnknownTargetError
-from prefill_router.probe import STRATEGIES, ProbeReport, ProbeSettings, probe_layers, select_layers
+from prefill_router.probe import (
+    STRATEGIES,
+    ProbeReport,
+    ProbeSettings,
+    probe_layers,
+    select_layers,
+    shallowest_depth,
+)
 from prefill_router.train.calibration import (
     apply_temperature,
     brier,
@@ -48,7 +55,7 @@ DEFAULT_ENCODERS: tuple[str, ...] = ("smollm2-135m",)
 POOLING_CHOICES = ("mean", "last", "auto", "both")
 #: What a router.json written before a setting existed meant by its absence (the v1 recipe), so an
 #: old artifact is refit (``evaluate --cv``) as it was fitted, not with today's defaults.
-SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"aux_tasks": False}
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"aux_tasks": False, "depth_tolerance": 0.0}
 #: Fewer training rows than this cannot fit PCA, a net and a validation split sensibly.
 MIN_ROWS = 50
 #: Each target needs at least this many labelled rows of each class (correct / wrong).
@@ -57,9 +64,10 @@ MIN_PER_CLASS = 5
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How a router is fitted; the defaults are DESIGN §6's recipe with the two changes the recipe
+    """How a router is fitted; the defaults are DESIGN §6's recipe with the changes the recipe
     study kept under grouped 5-fold CV (``benchmarks/recipe.py``; README, *Choosing the recipe*):
-    a mean-pooled and a last-token block per target, and auxiliary task heads."""
+    a mean-pooled and a last-token block per target, auxiliary task heads, and a depth-aware
+    layer choice (``depth_tolerance``)."""
 
     layers: str | tuple[int, ...] = "fisher"  # fisher | auc | all-mean | explicit layer list
     n_layers: int = 1  # layers per target for fisher / auc
@@ -75,6 +83,13 @@ class TrainSettings:
     # after training): a clean signal that shapes the trunk when correctness labels are noisy.
     # Without task labels in the data there are no auxiliary heads and this changes nothing.
     aux_tasks: bool = True
+    # The deepest layer any block reads sets every decision's latency: move the blocks to the
+    # shallowest depth that loses at most this share of their J_lda on average (0: each target's
+    # best layer, however deep). 0.01 took SmolLM2's deepest layer from 22 to 17 on LLMRouter
+    # (decision p50 37 -> 28 ms) at a mean AUC change of -0.0004 / +0.0005 / -0.0014 (LLMRouter /
+    # RouteLLM / MMLU-Pro, grouped 5-fold CV) and AIQ +0.0007 / 0.0000 / +0.0021; 0.02 moved the
+    # AUC by up to -0.0029 for one more layer (benchmarks/recipe.py, benchmarks/route_latency.py).
+    depth_tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str) and self.layers not in STRATEGIES:
@@ -93,6 +108,10 @@ class TrainSettings:
             )
         if not 0 < self.val_share < 0.5:
             raise ConfigError(f"The 'val_share' parameter must be in (0, 0.5); got {self.val_share} instead.")
+        if not 0 <= self.depth_tolerance < 1:
+            raise ConfigError(
+                f"The 'depth_tolerance' parameter must be in [0, 1); got {self.depth_tolerance} instead."
+            )
         for name in ("n_layers", "pca_k"):  # checked here, before any encoding, not deep in the fit
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -345,8 +364,10 @@ def choose_blocks(
     Per encoder and target: the layers of ``settings.layers`` (fisher / auc: the top ``n_layers``
     probed on ``rows``; all-mean: every layer; an explicit list: those layers of the first encoder,
     the other encoders probed by J_lda) in the pooling ``settings.pooling`` names (``auto``: the
-    pooling whose chosen layers score higher, per target; ``both``: one block of each).
-    ``cache`` (probe cache, encoder identities, every row's prompt) lets refits reuse probes.
+    pooling whose chosen layers score higher, per target; ``both``: one block of each), none deeper
+    than the depth ``settings.depth_tolerance`` allows (over all the encoder's targets and poolings:
+    :func:`~prefill_router.probe.shallowest_depth`). ``cache`` (probe cache, encoder identities,
+    every row's prompt) lets refits reuse probes.
     """
     by_encoder = per_encoder(features)
     choice: dict[str, list[BlockChoice]] = {name: [] for name in target_names}
@@ -370,16 +391,30 @@ def choose_blocks(
                 choice[name] += [(index, pooling, feats.layers) for pooling in poolings]
             continue
         scored: dict[str, list[tuple[float, BlockChoice]]] = {name: [] for name in target_names}
-        for pooling in poolings:
-            probe = _Probe(feats, labels, target_names, rows, settings, strategy, pooling)
+        probes = [
+            _Probe(feats, labels, target_names, rows, settings, strategy, pooling) for pooling in poolings
+        ]
+        for probe in probes:
             if cache is not None:
                 store, identities, prompts = cache
                 key = store.key(
-                    identities[index].to_json(), pooling, feats.layers, asdict(probe.settings),
+                    identities[index].to_json(), probe.pooling, feats.layers, asdict(probe.settings),
                     prompts[rows].tolist(), labels[rows], target_names,
                 )  # fmt: skip
                 probe.report = store.get_or_run(key, probe.run)
-            picked, summary = probe.pick()
+            else:
+                probe.report = probe.run()
+        depth = (
+            shallowest_depth(
+                [p.report.targets[name] for p in probes if p.report for name in target_names],
+                strategy, settings.depth_tolerance,
+            )
+            if settings.depth_tolerance > 0
+            else None
+        )  # fmt: skip
+        for probe in probes:
+            picked, summary = probe.pick(max_layer=depth)
+            pooling = probe.pooling
             summaries.append({"encoder": index, "pooling": pooling, **summary})
             for name in target_names:
                 layers, score = picked[name]
@@ -428,15 +463,18 @@ class _Probe:
             self.settings,
         )  # fmt: skip
 
-    def pick(self) -> tuple[dict[str, tuple[tuple[int, ...], float]], dict[str, Any]]:
-        """Per target: (the layers the strategy picks, their mean score); and the summary
-        router.json keeps (J_lda per layer, the layers chosen)."""
+    def pick(
+        self, max_layer: int | None = None
+    ) -> tuple[dict[str, tuple[tuple[int, ...], float]], dict[str, Any]]:
+        """Per target: (the layers the strategy picks, none deeper than ``max_layer``, and their mean
+        score); and the summary router.json keeps (J_lda per layer, the layers chosen)."""
         report = self.report or self.run()
         picked = {}
         for name in self.target_names:
             target = report.targets[name]
-            layers = tuple(select_layers(target, self.strategy, self.train.n_layers)) or (
-                self.features.layers[-1],
+            chosen = select_layers(target, self.strategy, self.train.n_layers, max_layer=max_layer)
+            layers = tuple(chosen) or (
+                max((x for x in self.features.layers if max_layer is None or x <= max_layer), default=0),
             )
             by_layer = {
                 p.layer: (p.cv_auc if self.strategy == "auc" else p.fisher_j_lda) for p in target.layers
