@@ -95,15 +95,24 @@ async def load(url: str, prompts: Sequence[str], concurrency: int, limit_s: floa
 
 
 def offline(router_dir: Path, prompts: Sequence[str]) -> dict[str, Any]:
-    """The router's batched throughput on the same prompts, in this process, servers not started."""
+    """The router's throughput on the same prompts in this process, servers not started: all at once
+    (the encoder sorts them by length), and in consecutive slices of 32 and of 1 (what micro-batches
+    of random arrivals can get at best, without HTTP)."""
     from prefill_router.train import Router
 
     router = Router.load(router_dir)
     router.predict_proba(list(prompts[:8]))  # warm: load, prefix cache
-    started = time.perf_counter()
-    router.predict_proba(list(prompts))
-    seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 3), "throughput_rps": round(len(prompts) / seconds, 2)}
+    out: dict[str, Any] = {}
+    for size in (len(prompts), 32, 1):
+        started = time.perf_counter()
+        for start in range(0, len(prompts), size):
+            router.predict_proba(list(prompts[start : start + size]))
+        seconds = time.perf_counter() - started
+        out["all_at_once" if size == len(prompts) else f"slices_of_{size}"] = {
+            "seconds": round(seconds, 3),
+            "throughput_rps": round(len(prompts) / seconds, 2),
+        }
+    return out | out["all_at_once"]
 
 
 def phases(
@@ -182,6 +191,12 @@ def table(result: dict[str, Any]) -> str:
     off = result["offline_batched"]
     rows.append(f"| offline: `Router.predict_proba` on all prompts at once | {result['prompts']} | – | – | "
                 f"{off['throughput_rps']} prompts/s | – |")  # fmt: skip
+    for size in (32, 1):
+        if f"slices_of_{size}" in off:
+            rate = off[f"slices_of_{size}"]["throughput_rps"]
+            rows.append(
+                f"| in-process, slices of {size} | {result['prompts']} | – | – | {rate} prompts/s | – |"
+            )
     for key, phase in result.items():
         if isinstance(phase, dict) and "latency_ms" in phase:
             lat = phase["latency_ms"]
