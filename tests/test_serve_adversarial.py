@@ -672,10 +672,15 @@ def test_sigterm_drains_in_flight_requests_and_answers_new_ones_503(
         def in_flight() -> None:
             results.append(httpx.post(f"{url}/v1/chat/completions", json=pinned, timeout=20).status_code)
 
+        calls_before = len(behaviour.calls)
         threads = [threading.Thread(target=in_flight) for _ in range(8)]
         for thread in threads:
             thread.start()
-        time.sleep(0.4)  # all eight are waiting on the 1 s upstream
+        # All eight waiting on the 1 s upstream: polled, not a fixed sleep, which a loaded 2-core
+        # CI machine overran (the signal then came before some requests were admitted).
+        waited = time.monotonic() + 10
+        while len(behaviour.calls) < calls_before + 8 and time.monotonic() < waited:
+            time.sleep(0.02)
         proxy.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         during = [httpx.post(f"{url}/v1/chat/completions", json=pinned, timeout=20) for _ in range(3)]
