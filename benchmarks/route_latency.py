@@ -184,8 +184,8 @@ def feature_cosine(
     """The smallest cosine between two encoders' features of the same prompt (any layer, pooling)."""
     worst = 1.0
     for prompt in prompts[:20]:
-        x, y = a(prompt).features.reshape(-1, a(prompt).features.shape[-1]), b(prompt).features
-        y = y.reshape(-1, y.shape[-1])
+        x, y = a(prompt).features, b(prompt).features
+        x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
         cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
         worst = min(worst, float(cos.min()))
     return {"min_cosine": round(worst, 5)}

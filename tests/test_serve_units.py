@@ -6,7 +6,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -207,13 +207,20 @@ def test_the_batcher_groups_concurrent_texts_off_the_loop() -> None:
     assert all(name.startswith("prefill-router-encode") for _, name in calls)
 
 
-def test_a_lone_request_does_not_wait_for_company() -> None:
-    """The wait window is for stragglers under load: a request on an idle batcher is scored at once."""
-    calls: list[int] = []
+def recording_scorer() -> tuple[list[list[str]], Callable[[Sequence[str]], np.ndarray]]:
+    """A score function that records each batch it is given (and scores every text 0)."""
+    calls: list[list[str]] = []
 
     def score(texts: Sequence[str]) -> np.ndarray:
-        calls.append(len(texts))
+        calls.append(list(texts))
         return np.zeros((len(texts), 2))
+
+    return calls, score
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    """The wait window is for stragglers under load: a request on an idle batcher is scored at once."""
+    calls, score = recording_scorer()
 
     async def main() -> float:
         batcher = MicroBatcher(score, max_batch=8, max_wait_ms=2000)
@@ -226,16 +233,12 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
             await batcher.stop()
 
     assert asyncio.run(main()) < 1.0  # the 2 s window would have been paid in full
-    assert calls == [1]
+    assert calls == [["alone"]]
 
 
 def test_under_load_the_window_gathers_stragglers() -> None:
     """After a batch of several prompts, the next batch's first prompt waits for the ones just behind it."""
-    calls: list[list[str]] = []
-
-    def score(texts: Sequence[str]) -> np.ndarray:
-        calls.append(list(texts))
-        return np.zeros((len(texts), 2))
+    calls, score = recording_scorer()
 
     async def main() -> None:
         batcher = MicroBatcher(score, max_batch=8, max_wait_ms=1000)

@@ -414,8 +414,6 @@ class FeatureJob:
                 _chunk_digest(digest, self.prompts_of(chunk))
             )
             shape = (chunk.n_rows, len(other.poolings), len(other.layers))
-            if not npy.with_suffix(".json").exists():
-                continue
             manifest = _load_chunk_manifest(npy, shape, self.hidden)
             if manifest is None:
                 continue
