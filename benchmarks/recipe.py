@@ -82,10 +82,10 @@ class Variant:
 
 #: The v1 recipe's settings that this study changes (the defaults before it); every other setting is
 #: TrainSettings' default.
-V1: dict[str, Any] = {"pooling": "mean", "aux_tasks": False}
+V1: dict[str, Any] = {"pooling": "mean", "aux_tasks": False, "depth_tolerance": 0.0, "calibration_share": 0.0}
 #: Settings added after this study's first results, at the value that means "as before": left out
 #: of a variant's digest, so the out-of-fold probabilities already cached still count.
-DIGEST_OMITS: dict[str, Any] = {"depth_tolerance": 0.0}
+DIGEST_OMITS: dict[str, Any] = {"depth_tolerance": 0.0, "calibration_share": 0.0}
 #: The recipe shipped as the default after this study (bold in the tables).
 CHOSEN = "both+aux+depth-0.01"
 
@@ -130,6 +130,10 @@ VARIANTS = [
             settings={"pooling": "both", "aux_tasks": True, "depth_tolerance": 0.03}),
     Variant("both+aux+depth-0.05", "both+aux, blocks no deeper than 5% mean J_lda loss allows",
             settings={"pooling": "both", "aux_tasks": True, "depth_tolerance": 0.05}),
+    # Calibration rows held out of all training (issue 14): what they cost the router.
+    Variant("both+aux+depth-0.01+cal-0.1", "the default recipe with 10% of prompts held out for floors",
+            settings={"pooling": "both", "aux_tasks": True, "depth_tolerance": 0.01,
+                      "calibration_share": 0.1}),
 ]  # fmt: skip
 BY_NAME = {v.name: v for v in VARIANTS}
 #: Post-hoc decision rules applied to a recipe's out-of-fold probabilities, to test whether the

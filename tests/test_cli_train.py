@@ -236,7 +236,7 @@ def test_inspect_json_is_the_router_document(router_ab: Path, capsys: pytest.Cap
 def test_inspect_json_has_the_format_version(router_ab: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["inspect", str(router_ab), "--json"]) == 0
     blob = json.loads(capsys.readouterr().out)
-    assert (blob["format"], blob["format_version"]) == ("prefill-router", 2)
+    assert (blob["format"], blob["format_version"]) == ("prefill-router", 3)
 
 
 def test_inspect_a_folder_that_is_not_a_router_exit_2(
@@ -310,7 +310,7 @@ def test_fit_with_two_encoders_reads_a_block_of_each(
     for index, encoder in enumerate(router.loaded_encoders()):
         assert max(router.transform.layers_of(index)) <= encoder.n_layers
     meta = json.loads((fused / "router.json").read_text())
-    assert meta["format_version"] == 2 and len(meta["encoders"]) == 2
+    assert meta["format_version"] == 3 and len(meta["encoders"]) == 2
 
 
 def test_inspect_a_fused_router_lists_every_encoder(

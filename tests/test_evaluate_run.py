@@ -41,7 +41,9 @@ HIDDEN = 16
 MIXING = np.random.default_rng(1234).normal(size=(3, HIDDEN))
 SYNTHETIC = EncoderIdentity("synthetic-encoder", "0" * 64, "chat", 512, "float32")
 EMBEDDER = EncoderIdentity("synthetic-embedder", "1" * 64, "raw", 512, "float32")
-SETTINGS = TrainSettings(pca_k=8, seeds=2, keep=1, net=NetSettings(max_epochs=20, patience=5))
+SETTINGS = TrainSettings(
+    pca_k=8, seeds=2, keep=1, net=NetSettings(max_epochs=20, patience=5), calibration_share=0.0
+)
 ROUTERS = ("prefill", *LEARNED, "cheapest", "oracle_router")
 POINT_KEYS = {"accuracy", "cost", "gap_captured", "cost_savings"}
 

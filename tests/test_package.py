@@ -13,6 +13,7 @@ PUBLIC_API = [
     "EncodeError",
     "MissingDependencyError",
     "PrefillRouterError",
+    "QualityFloor",
     "Router",
     "RoutingDataset",
     "TargetInfo",

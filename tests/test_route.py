@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from prefill_router.cli import run
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.errors import ConfigError, UnknownTargetError
-from prefill_router.policy import Budget, choose, format_usd
+from prefill_router.policy import Budget, QualityFloor, choose, format_usd
 from prefill_router.train import EncoderIdentity, LayerFeatures, Router, fit_router, read_artifact
 from prefill_router.train.calibration import apply_temperature
 from prefill_router.train.fit import validation_split
@@ -84,7 +84,7 @@ def test_an_unpriced_target_cannot_be_costed(synthetic: tuple[Router, RoutingDat
         encoder=router.encoder_identity, transform=router.transform, ensemble=router.ensemble,
         temperatures=router.temperatures, output_tokens=router.output_tokens,
         targets=(router.target_info[0], TargetInfo("medium"), TargetInfo("large", 10.0, None)),
-        calibration_x=router.calibration_x, calibration_tokens=router.calibration_tokens,
+        calibration=router.calibration,
     )  # fmt: skip
     message = (
         r"^targets without a price: medium, large; add their prices to the dataset \(a price file when "
@@ -108,7 +108,12 @@ def test_fit_stores_the_validation_rows_for_budgets(
     )
     expected_tokens = [math.ceil(len(text.encode()) / 4) for text in dataset.prompts[val_rows]]
     assert router.calibration_tokens.tolist() == expected_tokens
-    assert router.to_json()["calibration"] == {"rows": len(val_rows)}
+    assert router.to_json()["calibration"] == {
+        "rows": len(val_rows),
+        "labels": True,
+        "independent": False,
+        "source": "fit",
+    }  # calibration_share 0: the validation rows serve, and the JSON says they are not independent
 
 
 def test_fit_with_fisher_records_the_probes(synthetic: tuple[Router, RoutingDataset, LayerFeatures]) -> None:
@@ -224,7 +229,7 @@ def test_route_decides_with_every_probability_and_cost(
 ) -> None:
     router = tiny[0]
     for prompt in PROMPTS:
-        decision = router.route(prompt)
+        decision = router.route(prompt, policy="budget", knob=0.0)
         p, c = router.predict_proba([prompt])[0], router.costs([prompt])[0]
         assert decision.target in TARGETS and decision.target == TARGETS[decision.index]
         assert decision.probabilities == dict(zip(TARGETS, p.tolist(), strict=True))
@@ -234,8 +239,27 @@ def test_route_decides_with_every_probability_and_cost(
         assert decision.reason.startswith(
             "budget policy, μ=0: maximises p − μ·c over 3 allowed targets; picked"
         )
-        assert decision.reason.endswith(", the most likely")
+        assert decision.reason.endswith(", the most likely") and decision.certificate is None
         json.dumps(decision.to_json(), allow_nan=False)
+
+
+def test_route_without_a_policy_keeps_the_default_floor(
+    tiny: tuple[Router, Path, Path, LayerFeatures],
+) -> None:
+    """No policy: within 1 point of the best single target at δ 0.05, certified on the calibration rows."""
+    router = tiny[0]
+    certificate = router.certify(QualityFloor(within=0.01))
+    assert certificate.certified and certificate.mu is not None and certificate.mu > 0
+    for prompt in PROMPTS:
+        decision = router.route(prompt)
+        p, c = router.predict_proba([prompt])[0], router.costs([prompt])[0]
+        assert (decision.policy, decision.knob) == ("budget", certificate.mu)
+        assert decision.target == TARGETS[int(np.argmax(p - certificate.mu * c))]
+        assert decision.certificate == certificate.to_json()
+        assert decision.reason.startswith(
+            f"quality floor within 1 point of {router.best_single} (δ=0.05, certified on "
+            f"{certificate.rows} calibration rows); budget policy"
+        )
 
 
 def test_route_policies_lambda_one_and_a_large_tolerance(
@@ -298,7 +322,8 @@ def test_a_loaded_router_keeps_its_calibration_rows(tiny: tuple[Router, Path, Pa
     router, path, _, _ = tiny
     meta, arrays = read_artifact(path)
     rows = len(router.calibration_x)
-    assert meta["calibration"] == {"rows": rows} and rows > 10
+    assert meta["calibration"] == {"rows": rows, "labels": True, "independent": False, "source": "fit"}
+    assert rows > 10
     assert json.loads((path / "router.json").read_text())["calibration"]["rows"] == rows
     assert arrays["calibration.x"].shape == (rows, router.transform.n_features)
     assert arrays["calibration.input_tokens"].shape == (rows,)

@@ -112,7 +112,7 @@ def test_a_fresh_process_predicts_the_same(router: Router, saved: Path, tmp_path
 def test_the_artifact_is_json_plus_safetensors_and_no_pickle(router: Router, saved: Path) -> None:
     assert sorted(p.name for p in saved.iterdir()) == ["router.json", "router.safetensors"]
     meta = json.loads((saved / "router.json").read_text())
-    assert FORMAT_VERSION == 2 and (meta["format"], meta["format_version"]) == ("prefill-router", 2)
+    assert FORMAT_VERSION == 3 and (meta["format"], meta["format_version"]) == ("prefill-router", 3)
     assert [t["name"] for t in meta["targets"]] == list(NAMES)
     assert [t["blocks"] for t in meta["targets"]] == [[0], [0], [0]]
     assert meta["encoders"] == [SYNTHETIC.to_json()] and "encoder" not in meta
@@ -124,7 +124,7 @@ def test_the_artifact_is_json_plus_safetensors_and_no_pickle(router: Router, sav
     stamp = header.pop("__metadata__")
     assert stamp == {
         "format": "prefill-router",
-        "format_version": "2",
+        "format_version": "3",
         "targets": json.dumps(list(NAMES)),
         "encoders_sha256": json.dumps(["0" * 64]),
     }
@@ -132,7 +132,7 @@ def test_the_artifact_is_json_plus_safetensors_and_no_pickle(router: Router, sav
     assert set(header) == {
         "calibration.temperature", "block.0.mean", "block.0.scale", "block.0.components",
         "net.w1", "net.b1", "net.w2", "net.b2", "net.w3", "net.b3",
-        "calibration.x", "calibration.input_tokens",
+        "calibration.x", "calibration.input_tokens", "calibration.labels",
     }  # fmt: skip
     assert header["net.w1"]["shape"] == [2, 4, 256] and header["net.w3"]["shape"] == [2, 128, 3]
     for path in saved.iterdir():
@@ -142,7 +142,7 @@ def test_the_artifact_is_json_plus_safetensors_and_no_pickle(router: Router, sav
 
 def test_read_artifact_returns_the_json_and_the_arrays(router: Router, saved: Path) -> None:
     meta, arrays = read_artifact(saved)
-    assert meta["format_version"] == 2 and meta["targets"][2]["name"] == "large"
+    assert meta["format_version"] == 3 and meta["targets"][2]["name"] == "large"
     assert np.array_equal(arrays["calibration.temperature"], router.temperatures)
     assert np.array_equal(arrays["net.w2"], router.ensemble.w2)
 
@@ -261,8 +261,8 @@ TAMPERING = {
         r"with \(\[\"0{64}\"\]\); the artifact was edited or its files mixed$",
     ),
     "newer format version": (
-        edit_json(lambda meta: meta.update(format_version=3)),
-        r"router\.json: written by a newer prefill-router \(format version 3; this one reads up to 2\): "
+        edit_json(lambda meta: meta.update(format_version=4)),
+        r"router\.json: written by a newer prefill-router \(format version 4; this one reads up to 3\): "
         r"upgrade with pip install -U prefill-router$",
     ),
     "format version not an integer": (

@@ -23,14 +23,16 @@ from prefill_router.train import (
     fit_router,
     validation_split,
 )
-from prefill_router.train.fit import MIN_PER_CLASS, MIN_ROWS
+from prefill_router.train.fit import MIN_PER_CLASS, MIN_ROWS, training_splits
 
 NAMES = ("gemma-2b", "llama-8b", "qwen-72b")
 HIDDEN = 16
 #: How the 3 latent factors enter layer 1; fixed, so fresh samples pose the same problem.
 MIXING = np.random.default_rng(1234).normal(size=(3, HIDDEN))
 SYNTHETIC = EncoderIdentity("synthetic-encoder", "0" * 64, "chat", 512, "float32")
-FAST = TrainSettings(layers=(1,), pca_k=8, seeds=3, keep=2, net=NetSettings(max_epochs=60, patience=10))
+FAST = TrainSettings(
+    layers=(1,), pca_k=8, seeds=3, keep=2, net=NetSettings(max_epochs=60, patience=10), calibration_share=0.0
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -186,7 +188,9 @@ def test_fit_validates_on_whole_prompt_groups() -> None:
     dataset = RoutingDataset(
         dataset.prompt_ids, texts, dataset.tasks, dataset.splits, dataset.labels, dataset.targets
     )
-    settings = TrainSettings(layers=(1,), pca_k=4, seeds=1, keep=1, net=NetSettings(max_epochs=3))
+    settings = TrainSettings(
+        layers=(1,), pca_k=4, seeds=1, keep=1, net=NetSettings(max_epochs=3), calibration_share=0.0
+    )
     _, report = fit_router(dataset, feats, SYNTHETIC, settings)
     fit_rows, val_rows = validation_split(texts, settings.val_share, settings.seed)
     assert (report.n_fit, report.n_val) == (len(fit_rows), len(val_rows))
@@ -513,3 +517,41 @@ def test_auxiliary_task_heads_train_the_trunk_and_are_dropped() -> None:
     assert aux.info["settings"]["aux_tasks"] is True
     assert not np.array_equal(aux.ensemble.w1, plain.ensemble.w1)  # they did shape the trunk
     assert min(held_out_auc(aux)) > 0.85
+
+
+# ----------------------------------------------------------------------------------- calibration rows
+def test_calibration_rows_are_held_out_of_every_training_step() -> None:
+    """calibration_share > 0: a grouped share of the prompts no fit, validation or probe row sees;
+    the artifact keeps their net input, tokens and labels, and says they are independent."""
+    dataset, feats = planted(n=300)
+    settings = replace(FAST, calibration_share=0.2)
+    router, report = fit_router(dataset, feats, SYNTHETIC, settings)
+    fit_rows, val_rows, cal_rows = training_splits(dataset.prompts, settings)
+    assert not set(cal_rows) & (set(fit_rows) | set(val_rows))
+    assert len(fit_rows) + len(val_rows) + len(cal_rows) == 300
+    assert (report.n_fit, report.n_val, report.n_calibration) == (len(fit_rows), len(val_rows), len(cal_rows))
+    assert 50 <= len(cal_rows) <= 70
+    assert router.calibration is not None and len(router.calibration) == len(cal_rows)
+    np.testing.assert_array_equal(router.calibration.labels, dataset.labels[cal_rows])
+    np.testing.assert_allclose(router.calibration.x, router.transform.transform(feats)[cal_rows], rtol=1e-6)
+    assert router.to_json()["calibration"] == {
+        "rows": len(cal_rows), "labels": True, "independent": True, "source": "fit"
+    }  # fmt: skip
+    assert router.info["training"]["n_calibration"] == len(cal_rows)
+    best = NAMES[int(np.argmax(dataset.labels[np.concatenate([fit_rows, val_rows])].mean(axis=0)))]
+    assert router.best_single == best
+
+
+def test_calibration_share_zero_keeps_the_splits_of_earlier_routers() -> None:
+    dataset, _ = planted(n=300)
+    fit_rows, val_rows, cal_rows = training_splits(dataset.prompts, FAST)
+    before = validation_split(dataset.prompts, FAST.val_share, FAST.seed)
+    assert np.array_equal(fit_rows, before[0]) and np.array_equal(val_rows, before[1])
+    assert np.array_equal(cal_rows, val_rows)
+    assert TrainSettings.from_json({}).calibration_share == 0.0  # a router.json from before
+
+
+@pytest.mark.parametrize("value", [-0.1, 0.5, 0.9])
+def test_a_calibration_share_out_of_range_is_a_config_error(value: float) -> None:
+    with pytest.raises(ConfigError, match=r"'calibration_share' parameter must be in \[0, 0.5\)"):
+        TrainSettings(calibration_share=value)

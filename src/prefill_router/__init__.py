@@ -14,6 +14,7 @@ from prefill_router.errors import (
     PrefillRouterError,
     UnknownTargetError,
 )
+from prefill_router.policy.floor import QualityFloor
 from prefill_router.train.router import Router
 
 try:
@@ -27,6 +28,7 @@ __all__ = [
     "EncodeError",
     "MissingDependencyError",
     "PrefillRouterError",
+    "QualityFloor",
     "Router",
     "RoutingDataset",
     "TargetInfo",

@@ -74,8 +74,17 @@ def fit(
     ] = DEFAULTS.seed,
     val_share: Annotated[
         float,
-        typer.Option(help="Share of training prompts held out (grouped) for early stopping and calibration."),
+        typer.Option(
+            help="Share of training prompts held out (grouped) for early stopping and temperature scaling."
+        ),
     ] = DEFAULTS.val_share,
+    calibration_share: Annotated[
+        float,
+        typer.Option(
+            help="Share of prompts held out (grouped) of all training and kept with their labels: budgets "
+            "are solved and quality floors certified on them (0: reuse the validation rows, no guarantee)."
+        ),
+    ] = DEFAULTS.calibration_share,
     init: Annotated[
         str,
         typer.Option(
@@ -101,6 +110,7 @@ def fit(
     settings = TrainSettings(
         layers=_parse_layer_option(layers), n_layers=n_layers, pooling=pooling, pca_k=pca,
         seeds=seeds, keep=keep, seed=seed, val_share=val_share, init=init, depth_tolerance=depth_tolerance,
+        calibration_share=calibration_share,
     )  # fmt: skip
     check_destination(output)
     if json_out is not None:
@@ -122,7 +132,9 @@ def fit(
     fit_seconds = time.perf_counter() - fit_started
     router.save(output)
     _print_fit(
-        report, f"{train.n_prompts} training rows of {data} ({report.n_fit} fit + {report.n_val} validation)"
+        report,
+        f"{train.n_prompts} training rows of {data} ({report.n_fit} fit + {report.n_val} validation"
+        f" + {report.n_calibration} calibration)",
     )
     console.print(
         f"[bold green]router[/] {output}  ({len(router.targets)} targets, blocks "
@@ -212,7 +224,8 @@ def inspect(
     if training:
         console.print(
             f"training: {training.get('n_rows')} rows ({training.get('n_fit')} fit + {training.get('n_val')} "
-            f"validation), data sha256 {str(training.get('fingerprint_sha256'))[:16]}…"
+            f"validation + {training.get('n_calibration', 0)} calibration), "
+            f"data sha256 {str(training.get('fingerprint_sha256'))[:16]}…"
         )
     settings = info.get("settings")
     if settings:

@@ -1,7 +1,8 @@
 """Stage 5: routing policies (DESIGN §7), pure numpy.
 
 ``choice`` picks one target per prompt (budget / lambda / tolerance, candidates, curves);
-``budget`` solves μ for a budget and bootstraps what a choice achieves; ``decision`` explains one.
+``budget`` solves μ for a budget and bootstraps what a choice achieves; ``floor`` certifies the
+cheapest μ that keeps a quality floor with probability >= 1 − δ; ``decision`` explains one.
 """
 
 from prefill_router.policy.budget import (
@@ -23,20 +24,34 @@ from prefill_router.policy.choice import (
     policy_curve,
 )
 from prefill_router.policy.decision import Decision, decide
+from prefill_router.policy.floor import (
+    BEST_SINGLE,
+    FloorCertificate,
+    QualityFloor,
+    certify_floor,
+    floor_decision,
+    floor_plan,
+)
 
 __all__ = [
+    "BEST_SINGLE",
     "POLICIES",
     "Budget",
     "BudgetSolution",
     "Curve",
     "Decision",
+    "FloorCertificate",
+    "QualityFloor",
     "achieved",
     "bootstrap_interval",
     "candidate_mask",
+    "certify_floor",
     "check_knob",
     "choose",
     "decide",
     "default_knobs",
+    "floor_decision",
+    "floor_plan",
     "format_usd",
     "mu_grid",
     "policy_curve",

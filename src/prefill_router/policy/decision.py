@@ -29,6 +29,7 @@ class Decision:
     costs_usd: dict[str, float]  # every target
     candidates: tuple[str, ...]  # the targets the policy chose among
     reason: str  # one human-readable line
+    certificate: dict[str, Any] | None = None  # the quality floor's certificate, when one was kept
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (an infinite knob becomes null)."""

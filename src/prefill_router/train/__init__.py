@@ -17,11 +17,12 @@ from prefill_router.train.fit import (
 )
 from prefill_router.train.net import NetSettings, TrunkEnsemble, masked_bce
 from prefill_router.train.probe_cache import ProbeCache
-from prefill_router.train.router import EncoderIdentity, Router
+from prefill_router.train.router import CalibrationRows, EncoderIdentity, Router
 from prefill_router.train.transform import FeatureBlock, FeatureTransform, LayerFeatures, fit_transform
 
 __all__ = [
     "FORMAT_VERSION",
+    "CalibrationRows",
     "EncoderIdentity",
     "FeatureBlock",
     "FeatureTransform",

@@ -22,8 +22,9 @@ from prefill_router.errors import DataError
 FORMAT = "prefill-router"
 #: Bumped on any change a reader of the previous version cannot handle. Version 2: a list of
 #: ``encoders`` (version 1 had one ``encoder``), blocks name their encoder, targets list their blocks.
-#: Version 1 artifacts still load.
-FORMAT_VERSION = 2
+#: Version 3: labelled calibration rows (``calibration.labels``, -1 = missing) for quality floors.
+#: Version 1 and 2 artifacts still load (without labels, a floor needs `prefill-router calibrate`).
+FORMAT_VERSION = 3
 JSON_NAME = "router.json"
 TENSORS_NAME = "router.safetensors"
 

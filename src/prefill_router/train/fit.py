@@ -39,7 +39,7 @@ from prefill_router.train.calibration import (
 from prefill_router.train.net import NetSettings, TrainedMember, TrunkEnsemble, train_head, train_nets
 from prefill_router.train.pretrained import check_trunk_fits, initial_from_trunk, load_trunk
 from prefill_router.train.probe_cache import ProbeCache
-from prefill_router.train.router import EncoderIdentity, Router
+from prefill_router.train.router import CalibrationRows, EncoderIdentity, Router
 from prefill_router.train.transform import (
     BlockChoice,
     EncoderFeatures,
@@ -55,7 +55,11 @@ DEFAULT_ENCODERS: tuple[str, ...] = ("smollm2-135m",)
 POOLING_CHOICES = ("mean", "last", "auto", "both")
 #: What a router.json written before a setting existed meant by its absence (the v1 recipe), so an
 #: old artifact is refit (``evaluate --cv``) as it was fitted, not with today's defaults.
-SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"aux_tasks": False, "depth_tolerance": 0.0}
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {
+    "aux_tasks": False,
+    "depth_tolerance": 0.0,
+    "calibration_share": 0.0,
+}
 #: Fewer training rows than this cannot fit PCA, a net and a validation split sensibly.
 MIN_ROWS = 50
 #: Each target needs at least this many labelled rows of each class (correct / wrong).
@@ -90,6 +94,11 @@ class TrainSettings:
     # RouteLLM / MMLU-Pro, grouped 5-fold CV) and AIQ +0.0007 / 0.0000 / +0.0021; 0.02 moved the
     # AUC by up to -0.0029 for one more layer (benchmarks/recipe.py, benchmarks/route_latency.py).
     depth_tolerance: float = 0.01
+    # Share of the prompts (grouped by normalised text) held out of every training step and kept
+    # in the artifact, with their labels, to certify quality floors (policy/floor.py) and solve
+    # budgets on. 0: the validation rows serve instead (they steered early stopping and the
+    # temperatures, so a floor certified on them is not a finite-sample guarantee).
+    calibration_share: float = 0.1
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str) and self.layers not in STRATEGIES:
@@ -108,6 +117,11 @@ class TrainSettings:
             )
         if not 0 < self.val_share < 0.5:
             raise ConfigError(f"The 'val_share' parameter must be in (0, 0.5); got {self.val_share} instead.")
+        if not 0 <= self.calibration_share < 0.5:
+            raise ConfigError(
+                "The 'calibration_share' parameter must be in [0, 0.5); "
+                f"got {self.calibration_share} instead."
+            )
         if not 0 <= self.depth_tolerance < 1:
             raise ConfigError(
                 f"The 'depth_tolerance' parameter must be in [0, 1); got {self.depth_tolerance} instead."
@@ -152,6 +166,7 @@ class FitReport:
     kept_members: list[int]
     seconds: dict[str, float] = field(default_factory=dict)
     blocks: dict[str, list[str]] = field(default_factory=dict)  # the blocks each target reads, by name
+    n_calibration: int = 0  # rows held out of training for budgets and quality floors
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (NaN becomes null)."""
@@ -204,7 +219,7 @@ def fit_router(
     for feats in by_encoder:
         check_training_data(dataset, feats)
     seconds: dict[str, float] = {}
-    fit_rows, val_rows = validation_split(dataset.prompts, settings.val_share, settings.seed)
+    fit_rows, val_rows, cal_rows = training_splits(dataset.prompts, settings)
     labels = dataset.labels
 
     trunk = None if settings.init == "random" else load_trunk(settings.init)
@@ -261,6 +276,7 @@ def fit_router(
 
     report = FitReport(
         n_fit=len(fit_rows), n_val=len(val_rows), layer_choice=_first_encoder_layers(choice),
+        n_calibration=len(cal_rows) if settings.calibration_share > 0 else 0,
         **validation_metrics(p_val, labels[val_rows], temperatures, dataset.target_names),
         member_val_loss=losses, kept_members=kept, seconds=seconds,
         blocks={t: [block_name(*b) for b in blocks] for t, blocks in choice.items()},
@@ -273,8 +289,16 @@ def fit_router(
         targets=dataset.targets,
         output_tokens=output_token_estimates(dataset, split=None),
         info=_router_info(dataset, settings, report) | ({"probe": probe_summary} if probe_summary else {}),
-        calibration_x=x[val_rows],
-        calibration_tokens=input_tokens(dataset.prompts[val_rows]),
+        calibration=CalibrationRows(
+            x=x[cal_rows],
+            tokens=input_tokens(dataset.prompts[cal_rows]),
+            labels=labels[cal_rows],
+            independent=settings.calibration_share > 0,
+            source="fit",
+        ),
+    )
+    router.info["best_single"] = best_single(
+        labels[np.concatenate([fit_rows, val_rows])], dataset.target_names
     )
     return router, report
 
@@ -338,6 +362,28 @@ def add_target(
 
 
 # ----------------------------------------------------------------------- pieces
+def training_splits(
+    prompts: np.ndarray, settings: TrainSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fit rows, validation rows, calibration rows), each sorted and grouped by normalised text.
+
+    The calibration rows (``settings.calibration_share`` of the prompts) are held out first and
+    never trained on; with a share of 0 they are the validation rows, and the fit and validation
+    rows are exactly those of routers fitted before calibration rows existed.
+    """
+    if settings.calibration_share == 0:
+        fit_rows, val_rows = validation_split(prompts, settings.val_share, settings.seed)
+        return fit_rows, val_rows, val_rows
+    train, cal_rows = validation_split(prompts, settings.calibration_share, settings.seed + 1)
+    fit_sub, val_sub = validation_split(prompts[train], settings.val_share, settings.seed)
+    return train[fit_sub], train[val_sub], cal_rows
+
+
+def best_single(labels: np.ndarray, target_names: Sequence[str]) -> str:
+    """The target with the highest mean label over its labelled rows."""
+    return str(target_names[int(np.nanargmax(np.nanmean(labels, axis=0)))])
+
+
 def validation_split(
     prompts: Sequence[str] | np.ndarray, share: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -660,6 +706,7 @@ def _router_info(dataset: RoutingDataset, settings: TrainSettings, report: FitRe
             "n_rows": dataset.n_prompts,
             "n_fit": report.n_fit,
             "n_val": report.n_val,
+            "n_calibration": report.n_calibration,
             "fingerprint_sha256": fingerprint(dataset),
             "provenance": dataset.provenance,
         },

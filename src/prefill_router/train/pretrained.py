@@ -185,7 +185,7 @@ def pretrain_trunk(
     ]
     chosen = list(blocks) if blocks is not None else trunk_blocks(pooled, stacked, settings)
     trunk, _ = fit_router(pooled, stacked, list(encoders), settings, on_progress, blocks=chosen)
-    trunk.calibration_x = trunk.calibration_tokens = None
+    trunk.calibration = None
     trunk.info["pretrained"] = {"datasets": pooled.provenance["pooled"], "heads": len(pooled.target_names)}
     return trunk
 

@@ -32,7 +32,31 @@ from prefill_router.train.transform import EncoderFeatures, FeatureBlock, Featur
 
 if TYPE_CHECKING:
     from prefill_router.encode import Encoder
-    from prefill_router.policy import Budget, BudgetSolution, Decision
+    from prefill_router.policy import Budget, BudgetSolution, Decision, FloorCertificate, QualityFloor
+
+#: Missing calibration labels are stored as this value (safetensors arrays must be finite).
+MISSING_LABEL = -1.0
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationRows:
+    """Held-out labelled rows kept in the artifact: budgets are solved and floors certified on them."""
+
+    x: np.ndarray  # (n, d_in) the net's input
+    tokens: np.ndarray  # (n,) input tokens of each prompt (its cost on each target)
+    labels: np.ndarray | None = None  # (n, M) labels, NaN where missing; None before floors existed
+    independent: bool = False  # never trained, early-stopped or temperature-scaled on
+    source: str = "fit"  # fit, or the labelled data `prefill-router calibrate` read
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``calibration`` object of router.json."""
+        return {
+            "rows": len(self.x), "labels": self.labels is not None, "independent": self.independent,
+            "source": self.source,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,8 +108,7 @@ class Router:
         targets: Sequence[TargetInfo],
         output_tokens: np.ndarray,
         info: dict[str, Any] | None = None,
-        calibration_x: np.ndarray | None = None,
-        calibration_tokens: np.ndarray | None = None,
+        calibration: CalibrationRows | None = None,
     ) -> None:
         self.encoders: tuple[EncoderIdentity, ...] = (
             (encoder,) if isinstance(encoder, EncoderIdentity) else tuple(encoder)
@@ -101,9 +124,9 @@ class Router:
         self.output_tokens = np.asarray(output_tokens, dtype=np.float64)
         # settings, training fingerprint, validation metrics: carried into router.json as they are
         self.info: dict[str, Any] = dict(info or {})
-        # Held-out validation rows (net input and input-token counts) on which a budget's μ is solved.
-        self.calibration_x = calibration_x
-        self.calibration_tokens = calibration_tokens
+        # Held-out rows on which a budget's μ is solved and a quality floor certified.
+        self.calibration = calibration
+        self._certificates: dict[QualityFloor, FloorCertificate] = {}
         self._loaded: list[Encoder | None] = [None] * len(self.encoders)
         self._cache_dir: str | Path | None = None  # where the encoders' converted models live
         self._allow_local_encoders = True  # False once loaded: a router.json from elsewhere names them
@@ -219,42 +242,105 @@ class Router:
             )
         return price_costs_from_tokens(tokens, self.target_info, self.output_tokens)
 
+    @property
+    def calibration_x(self) -> np.ndarray | None:
+        """The calibration rows' net input (None: the router stores none)."""
+        return None if self.calibration is None else self.calibration.x
+
+    @property
+    def calibration_tokens(self) -> np.ndarray | None:
+        """The calibration rows' input-token counts (None: the router stores none)."""
+        return None if self.calibration is None else self.calibration.tokens
+
     def solve_budget(self, budget: Budget) -> BudgetSolution:
-        """μ of the budget policy that meets ``budget`` on the router's held-out validation rows."""
+        """μ of the budget policy that meets ``budget`` on the router's held-out calibration rows."""
         from prefill_router.policy import solve_budget
 
-        if self.calibration_x is None or self.calibration_tokens is None:
+        if self.calibration is None:
             raise ConfigError(
                 "this router stores no calibration rows; pass a μ (--budget 0.0 ...) instead of a budget"
             )
-        p = apply_temperature(self.ensemble.probabilities(self.calibration_x), self.temperatures)
-        return solve_budget(p, self._costs_from_tokens(self.calibration_tokens), budget, self.targets)
+        p = apply_temperature(self.ensemble.probabilities(self.calibration.x), self.temperatures)
+        return solve_budget(p, self._costs_from_tokens(self.calibration.tokens), budget, self.targets)
+
+    @property
+    def best_single(self) -> str | None:
+        """The target with the highest accuracy on the training rows (None: not recorded)."""
+        name = self.info.get("best_single")
+        return name if name in self.targets else None
+
+    def floor_grid(self) -> np.ndarray:
+        """The μ values a quality floor is certified over: :func:`~prefill_router.policy.mu_grid` of
+        the costs of prompts of 1 to 100,000 tokens, so it is fixed before any label is seen."""
+        from prefill_router.policy import mu_grid
+
+        return mu_grid(self._costs_from_tokens(np.geomspace(1, 100_000, 11)), n=FLOOR_GRID_POINTS)
+
+    def certify(self, floor: QualityFloor) -> FloorCertificate:
+        """The cheapest μ that keeps ``floor`` with probability >= 1 − δ on the calibration rows
+        (:func:`~prefill_router.policy.certify_floor`), remembered per floor.
+
+        Raises:
+            ConfigError: no labelled calibration rows (the message says how to add them), a floor no
+                routing reaches on them. UnknownTargetError: an unknown reference target.
+        """
+        from prefill_router.policy import certify_floor
+
+        if floor not in self._certificates:
+            if self.calibration is None or self.calibration.labels is None:
+                raise ConfigError(
+                    "this router stores no labelled calibration rows to certify a quality floor on; "
+                    "run `prefill-router calibrate ROUTER DATA` with labelled prompts, or refit"
+                )
+            rows = self.calibration
+            p = apply_temperature(self.ensemble.probabilities(rows.x), self.temperatures)
+            assert rows.labels is not None
+            self._certificates[floor] = certify_floor(
+                p, self._costs_from_tokens(rows.tokens), rows.labels, self.targets, floor,
+                self.floor_grid(), best_single=self.best_single,
+            )  # fmt: skip
+        return self._certificates[floor]
+
+    def default_floor(self) -> QualityFloor | None:
+        """The floor a decision keeps when no policy is given: within 1 point of the best single
+        target at δ 0.05, when the router holds labelled calibration rows (else None: argmax)."""
+        from prefill_router.policy import QualityFloor
+        from prefill_router.policy.floor import DEFAULT_DELTA, DEFAULT_WITHIN
+
+        if self.calibration is None or self.calibration.labels is None:
+            return None
+        return QualityFloor(within=DEFAULT_WITHIN, delta=DEFAULT_DELTA)
 
     def route(
         self,
         prompt: str,
         *,
-        policy: str = "budget",
-        knob: float | None = 0.0,
+        policy: str | None = None,
+        knob: float | None = None,
         budget: Budget | None = None,
+        floor: QualityFloor | None = None,
         allowed: Sequence[str] | None = None,
         max_cost: float | None = None,
     ) -> Decision:
         """One decision: the chosen target, every probability and cost, and the reason.
 
-        ``policy`` is ``budget`` (knob μ, or a ``Budget`` solved on the calibration rows),
-        ``lambda`` (knob λ) or ``tolerance`` (knob τ); ``allowed`` and ``max_cost`` restrict the
-        candidates of this request.
+        ``floor`` keeps a quality floor (the certified μ, or its reference target when nothing is
+        certified); ``policy`` is ``budget`` (knob μ, or a ``Budget`` solved on the calibration
+        rows), ``lambda`` (knob λ) or ``tolerance`` (knob τ). With none of them, the default floor
+        (:meth:`default_floor`: within 1 point of the best single target, δ 0.05) is kept.
+        ``allowed`` and ``max_cost`` restrict the candidates of this request.
         """
-        from prefill_router.policy import decide
+        from prefill_router.policy import decide, floor_decision
 
-        if budget is not None:
-            policy, knob = "budget", self.solve_budget(budget).mu
+        if policy is None and knob is None and budget is None and floor is None:
+            floor = self.default_floor()
         p = self.predict_proba([prompt])[0]
         c = self.costs([prompt])[0]
-        return decide(
-            p, c, self.targets, policy, 0.0 if knob is None else knob, allowed=allowed, max_cost=max_cost
-        )
+        if floor is not None:
+            return floor_decision(p, c, self.targets, self.certify(floor), allowed=allowed, max_cost=max_cost)
+        if budget is not None:
+            policy, knob = "budget", self.solve_budget(budget).mu
+        return decide(p, c, self.targets, policy or "budget", knob or 0.0, allowed=allowed, max_cost=max_cost)
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
@@ -347,7 +433,7 @@ class Router:
                 "n_targets": ensemble.n_targets,
                 "members": ensemble.n_members,
             },
-            **({"calibration": {"rows": len(self.calibration_x)}} if self.calibration_x is not None else {}),
+            **({"calibration": self.calibration.to_json()} if self.calibration is not None else {}),
             **self.info,
         }
 
@@ -360,11 +446,14 @@ class Router:
                 f"block.{i}.components": block.components,
             }
         arrays |= {f"net.{name}": getattr(self.ensemble, name) for name in TrunkEnsemble.ARRAYS}
-        if self.calibration_x is not None and self.calibration_tokens is not None:
+        if self.calibration is not None:
             arrays |= {
-                "calibration.x": self.calibration_x.astype(np.float32),
-                "calibration.input_tokens": self.calibration_tokens.astype(np.float32),  # exact below 2**24
+                "calibration.x": self.calibration.x.astype(np.float32),
+                "calibration.input_tokens": self.calibration.tokens.astype(np.float32),  # exact below 2**24
             }
+            if self.calibration.labels is not None:
+                labels = np.nan_to_num(self.calibration.labels, nan=MISSING_LABEL)
+                arrays["calibration.labels"] = labels.astype(np.float32)
         return arrays
 
     @classmethod
@@ -413,11 +502,7 @@ class Router:
         temperatures = shapes.get("calibration.temperature", (m,))
         if (temperatures <= 0).any():
             raise DataError("router.safetensors: calibration temperatures must be > 0")
-        calibration_x = calibration_tokens = None
-        if "calibration" in meta:
-            rows = int(meta["calibration"]["rows"])
-            calibration_x = shapes.get("calibration.x", (rows, d_in))
-            calibration_tokens = shapes.get("calibration.input_tokens", (rows,))
+        calibration = _calibration_rows(meta.get("calibration"), shapes, d_in, m)
         shapes.no_extras()
         info = {k: v for k, v in meta.items() if k not in _STRUCTURE_KEYS}
         return cls(
@@ -428,8 +513,7 @@ class Router:
             targets=targets,
             output_tokens=np.array([float(t["output_tokens"]) for t in meta["targets"]]),
             info=info,
-            calibration_x=calibration_x,
-            calibration_tokens=calibration_tokens,
+            calibration=calibration,
         )
 
     # ------------------------------------------------------------------ editing
@@ -457,8 +541,7 @@ class Router:
             targets=(*self.target_info, target),
             output_tokens=np.append(self.output_tokens, output_tokens),
             info=copy.deepcopy(self.info),
-            calibration_x=self.calibration_x,
-            calibration_tokens=self.calibration_tokens,
+            calibration=None if self.calibration is None else replace(self.calibration, labels=None),
         )
         router._loaded = list(self._loaded)
         router._cache_dir = self._cache_dir
@@ -499,6 +582,9 @@ class Router:
         )
 
 
+#: How many μ values a quality floor is tested over (a fixed-sequence test pays nothing for more).
+FLOOR_GRID_POINTS = 400
+
 _STRUCTURE_KEYS = frozenset(
     {"format", "format_version", "encoder", "encoders", "targets", "blocks", "net", "calibration"}
 )
@@ -525,6 +611,28 @@ class _ShapeCheck:
         extra = sorted(set(self.arrays) - self.used)
         if extra:
             raise DataError(f"router.safetensors holds arrays router.json does not describe: {extra}")
+
+
+def _calibration_rows(
+    spec: dict[str, Any] | None, shapes: _ShapeCheck, d_in: int, m: int
+) -> CalibrationRows | None:
+    """The calibration rows router.json describes (format 2 routers hold no labels)."""
+    if spec is None:
+        return None
+    rows = int(spec["rows"])
+    labels = None
+    if spec.get("labels"):
+        labels = shapes.get("calibration.labels", (rows, m)).astype(np.float64)
+        if (((labels < 0) & (labels != MISSING_LABEL)) | (labels > 1)).any():
+            raise DataError("router.safetensors: calibration labels must lie in [0, 1] (or -1 = missing)")
+        labels[labels == MISSING_LABEL] = np.nan
+    return CalibrationRows(
+        x=shapes.get("calibration.x", (rows, d_in)),
+        tokens=shapes.get("calibration.input_tokens", (rows,)),
+        labels=labels,
+        independent=bool(spec.get("independent", False)),
+        source=str(spec.get("source", "fit")),
+    )
 
 
 def _target_info(spec: dict[str, Any]) -> TargetInfo:
