@@ -346,7 +346,7 @@ def add_target(
     )
     chosen = [router.transform.blocks[i] for i in blocks]
     report = FitReport(
-        n_fit=len(fit_rows), n_val=len(val_rows),
+        n_fit=len(fit_rows), n_val=len(val_rows), n_calibration=0,
         layer_choice={target: sorted({layer for b in chosen if b.encoder == 0 for layer in b.layers})},
         **validation_metrics(p_val, y[val_rows], np.array([temperature]), [target]),
         member_val_loss=[h[2] for h in heads], kept_members=list(range(len(heads))),
