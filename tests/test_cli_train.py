@@ -74,7 +74,9 @@ def test_fit_writes_a_router_and_a_json_report(
     assert set(blob["val_auc"]) == set(TARGETS)
     assert all(blob["val_auc"][t] > 0.7 for t in TARGETS), blob["val_auc"]  # each target follows a topic word
     assert blob["layer_choice"] == {t: [1] for t in TARGETS}
-    assert blob["n_fit"] + blob["n_val"] == 240 and blob["router"] == str(output)
+    assert blob["n_fit"] + blob["n_val"] + blob["n_calibration"] == 240 and blob["router"] == str(output)
+    assert blob["n_calibration"] == 24  # 10% of the prompts held out for quality floors
+    assert "183 fit + 33 validation + 24 calibration" in out
     assert {"seconds_total", "seconds_fit", "ece_before", "ece_after", "temperatures"} <= set(blob)
     router = Router.load(output)
     assert router.targets == TARGETS and router.ensemble.n_members == 1
@@ -83,7 +85,9 @@ def test_fit_writes_a_router_and_a_json_report(
     assert settings == {
         "layers": [1], "n_layers": 1, "pooling": "both", "pca_k": 8, "seeds": 2, "keep": 1, "seed": 0,
         "val_share": 0.15, "init": "random", "aux_tasks": True, "depth_tolerance": 0.01,
+        "calibration_share": 0.1,
     }  # fmt: skip
+    assert router.calibration is not None and len(router.calibration) == 24 and router.calibration.independent
     assert [t.output_usd_per_mtok for t in router.target_info] == [1.5, 0.3, 15.0]
 
 
@@ -95,7 +99,9 @@ def test_fit_n_layers_val_share_and_seed_take_effect(
         assert run([*fit_args(data, tiny_llama_dir, output, cache), *options, "--json", str(report)]) == 0
         return Router.load(output), json.loads(report.read_text())
 
-    two, blob = fit("two", "--layers", "fisher", "--n-layers", "2", "--val-share", "0.3")
+    two, blob = fit(
+        "two", "--layers", "fisher", "--n-layers", "2", "--val-share", "0.3", "--calibration-share", "0"
+    )
     assert all(len(block.layers) == 2 for block in two.transform.blocks)  # the top 2 layers by J_lda
     assert all(
         len(blocks) == 2 and all(b.count("+") == 1 for b in blocks) for blocks in blob["blocks"].values()
@@ -119,7 +125,7 @@ def test_fit_with_fisher_limit_and_targets(
     assert run([*args, "--targets", "code-model,math-model", "--json", str(report)]) == 0
     blob = json.loads(report.read_text())
     assert set(blob["val_auc"]) == {"code-model", "math-model"}
-    assert blob["n_fit"] + blob["n_val"] == 100
+    assert blob["n_fit"] + blob["n_val"] + blob["n_calibration"] == 100
     # the default pooling "both": each target reads its best mean-pooled and its best last-token layer
     assert all(
         1 <= len(layers) <= 2 and 0 <= min(layers) <= max(layers) <= 4
@@ -207,7 +213,7 @@ def test_inspect_shows_encoder_targets_and_the_encoder_check(
     assert f"encoder: {tiny_llama_dir} (sha256" in out
     assert "installed encoders match" in out
     assert all(target in out for target in TARGETS[:2]) and TARGETS[2] not in out
-    assert "format version 2" in out and "blocks: mean:L1 (32 -> 8), last:L1 (32 -> 8)" in out
+    assert "format version 3" in out and "blocks: mean:L1 (32 -> 8), last:L1 (32 -> 8)" in out
     assert "max_tokens 256), runs layers 1" in out
     assert "net: 16 -> 256 -> 128 -> 2 (SharedTrunkNet), ensemble of 1" in out
 

@@ -351,11 +351,15 @@ def test_route_command_prints_the_decision_as_json(
     blob = route_json(path, capsys)
     assert {"target", "probabilities", "costs_usd", "reason", "policy", "knob", "candidates"} <= set(blob)
     assert list(blob["probabilities"]) == list(TARGETS) and list(blob["costs_usd"]) == list(TARGETS)
-    expected = router.route(PROMPTS[2])
-    assert (blob["target"], blob["policy"], blob["knob"]) == (expected.target, "budget", 0.0)
+    expected = router.route(PROMPTS[2])  # the default floor: within 1 point of the best single target
+    assert (blob["target"], blob["policy"], blob["knob"]) == (expected.target, "budget", expected.knob)
     assert blob["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
     assert blob["costs_usd"] == pytest.approx(expected.costs_usd, rel=1e-12)
-    assert blob["reason"].startswith("budget policy")
+    assert blob["reason"].startswith("quality floor within 1 point of")
+    assert blob["certificate"]["certified"] and blob["certificate"]["mu"] == expected.knob
+    assert blob["certificate"]["delta"] == 0.05 and blob["certificate"]["rows"] == len(router.calibration_x)
+    blob = route_json(path, capsys, "--budget", "0")
+    assert (blob["policy"], blob["knob"], blob["certificate"]) == ("budget", 0.0, None)
 
 
 def test_route_command_without_json_prints_a_table(
@@ -365,7 +369,9 @@ def test_route_command_without_json_prints_a_table(
     assert run(["route", str(path), PROMPTS[2]]) == 0
     out = one_line(capsys.readouterr().out)
     target = router.route(PROMPTS[2]).target
-    assert out.endswith(target) and f"→ {target}" in out and "route: budget policy" in out
+    assert out.endswith(target) and f"→ {target}" in out and "route: quality floor within 1 point" in out
+    assert "certificate: certified μ=" in out and "calibration rows" in out
+    assert "not held out of training" in out  # this router reuses its validation rows (share 0)
 
 
 def test_route_command_lambda_and_tolerance(

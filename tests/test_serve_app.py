@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from prefill_router.policy import QualityFloor
 from prefill_router.serve.app import create_app
 from prefill_router.serve.config import Profile, ServeConfig, UpstreamTarget
 from prefill_router.train import Router
@@ -112,15 +113,19 @@ def test_chat_is_routed_and_passed_through_byte_for_byte(client: httpx.Client, r
     response = chat(client)
     assert response.status_code == 200, response.text
     target = response.headers["x-router-target"]
-    p = router.predict_proba([CODE])[0]
-    assert target == TARGETS[int(np.argmax(p))]  # default: budget μ=0, the most likely
+    p, c = router.predict_proba([CODE])[0], router.costs([CODE])[0]
+    mu = router.certify(QualityFloor(within=0.01)).mu  # default: within 1 point of the best single target
+    assert mu is not None and target == TARGETS[int(np.argmax(p - mu * c))]
     assert response.content == completion_bytes(UPSTREAM_IDS[target])  # the upstream's bytes, its model name
     shown = dict(item.split("=") for item in response.headers["x-router-probabilities"].split(","))
     assert list(shown) == list(TARGETS)
     assert [float(v) for v in shown.values()] == pytest.approx(p.tolist(), abs=1e-3)
-    cost = router.costs([CODE])[0][TARGETS.index(target)]
+    cost = c[TARGETS.index(target)]
     assert float(response.headers["x-router-estimated-cost"]) == pytest.approx(cost, rel=1e-5)
-    assert response.headers["x-router-reason"].startswith("budget policy, mu=0: maximises p - mu*c")
+    assert response.headers["x-router-reason"].startswith(
+        f"quality floor within 1 point of {router.best_single} (delta=0.05, certified on "
+    )
+    assert f"budget policy, mu={mu:.2g}: maximises p - mu*c" in response.headers["x-router-reason"]
     assert response.headers["content-type"] == "application/json"
 
 

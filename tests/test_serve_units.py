@@ -14,6 +14,7 @@ import pytest
 
 from prefill_router.cli import run
 from prefill_router.errors import ConfigError
+from prefill_router.policy import QualityFloor
 from prefill_router.serve.batcher import MicroBatcher
 from prefill_router.serve.cache import LruCache, TextHasher
 from prefill_router.serve.config import OVERRIDE_FIELDS, ClientRights, Profile, ServeConfig
@@ -79,7 +80,7 @@ def test_a_valid_config_loads_from_yaml(tmp_path: Path) -> None:
         (
             {"client_rights": {"overrides": ["colour"]}},
             "client_rights.overrides must be a list of router fields among policy, knob, budget_usd, "
-            "allowed, max_cost_usd, session; got ['colour']",
+            "min_accuracy, within, delta, allowed, max_cost_usd, session; got ['colour']",
         ),
         (
             {"clients": {"batch": {"token_env": "PREFILL_ROUTER_TEST_UNSET"}}},
@@ -161,10 +162,16 @@ def test_overrides_are_validated() -> None:
     parsed = parse_overrides(
         {"policy": "tolerance", "knob": 0.1, "allowed": ["a"], "max_cost_usd": 1, "session": False}
     )
-    assert parsed == Overrides("tolerance", 0.1, None, ("a",), 1.0, False)
+    assert parsed == Overrides("tolerance", 0.1, None, allowed=("a",), max_cost_usd=1.0, session=False)
+    floor = parse_overrides({"within": "2pt:b", "delta": 0.1})
+    assert floor.floor == QualityFloor(within=0.02, relative_to="b", delta=0.1) and floor.delta is None
+    assert parse_overrides({"min_accuracy": 0.8}).floor == QualityFloor(min_accuracy=0.8)
+    assert parse_overrides({"delta": 0.2}) == Overrides(delta=0.2)  # the profile's floor at this risk
     for bad, param in [({"knob": -1}, "router.knob"), ({"allowed": []}, "router.allowed"),
                        ({"policy": "lambda", "knob": 2}, "router.knob"), ({"x": 1}, "router"),
-                       ({"session": "no"}, "router.session")]:  # fmt: skip
+                       ({"session": "no"}, "router.session"), ({"within": "one"}, "router.within"),
+                       ({"min_accuracy": 2}, "router.min_accuracy"), ({"delta": 0.7}, "router.delta"),
+                       ({"within": "1pt", "min_accuracy": 0.8}, "router.within")]:  # fmt: skip
         with pytest.raises(ApiError) as info:
             parse_overrides(bad)
         assert (info.value.status, info.value.param) == (400, param)

@@ -16,6 +16,7 @@ from prefill_router.cli._app import CacheOption, DatasetArg, RouterArg, app, con
 if TYPE_CHECKING:
     from prefill_router.data.dataset import RoutingDataset
     from prefill_router.evaluate.run import FeatureSet
+    from prefill_router.policy import QualityFloor
     from prefill_router.train import Router
 
 
@@ -35,13 +36,29 @@ def evaluate(
         Path | None, typer.Option(help="Write report.html (figures embedded) in this folder.")
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every metric as JSON.")] = None,
+    min_accuracy: Annotated[
+        float | None,
+        typer.Option(help="Also check this absolute quality floor (certified on the calibration rows)."),
+    ] = None,
+    within: Annotated[
+        str | None,
+        typer.Option(help="Also check this relative floor: '1pt[:TARGET]' or '99%[:TARGET]'."),
+    ] = None,
+    delta: Annotated[
+        float | None, typer.Option(help="Risk of the floors' certificates, in (0, 0.5] (default 0.05).")
+    ] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
     seed: Annotated[
         int, typer.Option(help="Seed of the bootstrap, the random baseline and the CV folds.")
     ] = 0,
     cache: CacheOption = None,
 ) -> None:
-    """Score the router and the baselines on the same rows with the same policy and cost code."""
+    """Score the router and the baselines on the same rows with the same policy and cost code.
+
+    On a split, budgets and quality floors (the default one, within 1 point of the best single
+    target at delta 0.05, and any --min-accuracy / --within) are solved on the router's calibration
+    rows and checked on the evaluation rows.
+    """
     from prefill_router.data.dataset import RoutingDataset
     from prefill_router.encode import default_cache_dir
     from prefill_router.evaluate import baselines as bl
@@ -49,6 +66,7 @@ def evaluate(
         budget_adherence,
         cross_validated,
         eval_costs,
+        floor_adherence,
         plan_evaluation,
         predict_rows,
         score,
@@ -58,6 +76,7 @@ def evaluate(
     started = time.perf_counter()
     # Everything that can fail without features fails here, before minutes of encoding.
     names = bl.parse_baselines(baselines)
+    floors = _floors(min_accuracy, within, delta)
     if json_out is not None:
         check_writable(json_out, what="--json file")
     if report is not None:
@@ -105,6 +124,10 @@ def evaluate(
             result["budgets"] = budget_adherence(
                 router, evaluation, predictions, costs, n_boot=bootstrap, seed=seed
             )
+            if router.calibration is not None and router.calibration.labels is not None:
+                result["floors"] = floor_adherence(
+                    router, evaluation, predictions, costs, floors, n_boot=bootstrap, seed=seed
+                )
     result["setup"] = {
         "where": where,
         "router": str(router_path),
@@ -189,8 +212,40 @@ def print_headline(result: dict[str, Any], where: str) -> None:
             f"[{got['cost_ci'][0]:.6f}, {got['cost_ci'][1]:.6f}], accuracy {got['accuracy']:.3f}"
         )
 
+    for row in result.get("floors", []):
+        console.print(_floor_line(row))
+
+
+def _floor_line(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"floor {row['floor']}: {row['error']}"
+    cert, got = row["certificate"], row["achieved"]
+    mu = "inf" if cert["mu"] is None else format(cert["mu"], ".3g")
+    how = f"μ {mu} certified" if cert["certified"] else f"nothing certified, all to {cert['fallback']}"
+    verdict = "[green]kept[/]" if row["kept"] else "[red]missed[/]"
+    return (
+        f"floor {cert['floor']} (δ {cert['delta']:g}, {cert['rows']:,} calibration rows): {how}; on the "
+        f"{row['rows']:,} evaluation rows accuracy {got['accuracy']:.3f} [{got['accuracy_ci'][0]:.3f}, "
+        f"{got['accuracy_ci'][1]:.3f}] vs floor {row['floor_accuracy']:.3f}: {verdict}, "
+        f"saving {_pct(row['savings'])} against {cert['reference']}"
+    )
+
 
 # ----------------------------------------------------------------------- helpers
+def _floors(min_accuracy: float | None, within: str | None, delta: float | None) -> list[QualityFloor]:
+    """The default floor, and the ones the options name (checked before any work)."""
+    from prefill_router.policy import QualityFloor
+    from prefill_router.policy.floor import DEFAULT_DELTA, DEFAULT_WITHIN
+
+    risk = DEFAULT_DELTA if delta is None else delta
+    floors = [QualityFloor(within=DEFAULT_WITHIN, delta=risk)]
+    if min_accuracy is not None:
+        floors.append(QualityFloor(min_accuracy=min_accuracy, delta=risk))
+    if within is not None:
+        floors.append(QualityFloor.parse(within, delta=risk))
+    return list(dict.fromkeys(floors))
+
+
 def _feature_set(
     router: Router, dataset: RoutingDataset, *, need_embed: bool, cache: Path | None
 ) -> FeatureSet:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -26,6 +27,10 @@ from prefill_router.cli._app import (
 )
 from prefill_router.errors import ConfigError
 
+if TYPE_CHECKING:
+    from prefill_router.policy import Budget, QualityFloor
+    from prefill_router.train import Router
+
 BudgetOption = Annotated[
     str | None,
     typer.Option(
@@ -35,6 +40,25 @@ BudgetOption = Annotated[
 LambdaOption = Annotated[float | None, typer.Option("--lambda", help="λ-utility policy, λ in [0, 1].")]
 ToleranceOption = Annotated[
     float | None, typer.Option(help="Tolerance policy: cheapest within τ of the best p.")
+]
+MinAccuracyOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Quality floor: the cheapest routing whose accuracy stays >= this (e.g. 0.85) with "
+        "probability >= 1 - delta, certified on the router's calibration rows."
+    ),
+]
+WithinOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Quality floor relative to a target: '1pt:TARGET' (within 1 point of it), '99%:TARGET' (of "
+        "its accuracy); no TARGET = the best single target. The default, without any policy option, "
+        "is '1pt' at delta 0.05."
+    ),
+]
+DeltaOption = Annotated[
+    float | None,
+    typer.Option(help="Risk of the quality floor's certificate, in (0, 0.5] (default 0.05)."),
 ]
 AllowOption = Annotated[str | None, typer.Option(help="Comma-separated targets allowed for this request.")]
 MaxCostOption = Annotated[float | None, typer.Option(help="Hard cap in USD for this request.")]
@@ -47,24 +71,35 @@ def route(
     budget: BudgetOption = None,
     lambda_: LambdaOption = None,
     tolerance: ToleranceOption = None,
+    min_accuracy: MinAccuracyOption = None,
+    within: WithinOption = None,
+    delta: DeltaOption = None,
     allow: AllowOption = None,
     max_cost: MaxCostOption = None,
     json_flag: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
     cache: CacheOption = None,
 ) -> None:
-    """One routing decision: the chosen target, every probability and cost, and why."""
+    """One routing decision: the chosen target, every probability and cost, and why.
+
+    Without a policy option the decision keeps the default quality floor: within 1 point of the
+    best single target's accuracy, certified at delta 0.05 on the router's calibration rows.
+    """
     from prefill_router.data.costs import check_priced
     from prefill_router.train import Router
 
-    policy, knob, spend = _policy_options(budget, lambda_, tolerance)
+    choice = policy_options(budget, lambda_, tolerance, min_accuracy, within, delta)
     router = Router.load(router_path, cache_dir=cache)
     check_priced(router.target_info, source=str(router_path))  # before the encoder loads
     allowed = _allowed(allow)
+    floor = choice.floor if choice.floor is not None else _default_floor(router, choice)
+    if floor is not None:
+        router.certify(floor)  # a floor that cannot be met fails before the encoder loads
     with console.status(f"loading encoder {', '.join(e.name for e in router.encoders)}"):
         router.loaded_encoders()  # load now, so the spinner covers it
     decision = router.route(
-        prompt, policy=policy, knob=knob, budget=spend, allowed=allowed, max_cost=max_cost
-    )
+        prompt, policy=choice.policy, knob=choice.knob, budget=choice.budget, floor=floor, allowed=allowed,
+        max_cost=max_cost,
+    )  # fmt: skip
     if json_flag:
         console.print_json(json.dumps(decision.to_json()))
         return
@@ -74,39 +109,100 @@ def route(
         cost = decision.costs_usd[name]
         table.add_row(mark + name, f"{decision.probabilities[name]:.3f}", f"{cost:.6f}")
     console.print(table)
+    if decision.certificate is not None:
+        console.print(certificate_line(decision.certificate))
     console.print(f"[bold]{decision.target}[/]")
 
 
-def _policy_options(
-    budget: str | None, lambda_: float | None, tolerance: float | None
-) -> tuple[str, float | None, Any]:
-    from prefill_router.policy import Budget
+NOT_INDEPENDENT = (
+    "; these calibration rows were not held out of training (calibration_share 0), so the guarantee "
+    "is not exact: refit with --calibration-share or run `prefill-router calibrate`"
+)
 
-    chosen = [
-        name
-        for name, value in (("budget", budget), ("lambda", lambda_), ("tolerance", tolerance))
-        if value is not None
-    ]
+
+@dataclass(frozen=True)
+class PolicyChoice:
+    """What the policy options asked for; all None: the router's default floor."""
+
+    policy: str | None = None
+    knob: float | None = None
+    budget: Budget | None = None
+    floor: QualityFloor | None = None
+    delta: float | None = None  # --delta alone: the default floor at this delta
+
+
+def policy_options(
+    budget: str | None,
+    lambda_: float | None,
+    tolerance: float | None,
+    min_accuracy: float | None = None,
+    within: str | None = None,
+    delta: float | None = None,
+) -> PolicyChoice:
+    """The policy the options name (one at most); ``--delta`` goes with a floor."""
+    from prefill_router.policy import QualityFloor
+    from prefill_router.policy.floor import DEFAULT_DELTA
+
+    given = (
+        ("budget", budget), ("lambda", lambda_), ("tolerance", tolerance), ("min-accuracy", min_accuracy),
+        ("within", within),
+    )  # fmt: skip
+    chosen = [name for name, value in given if value is not None]
     if len(chosen) > 1:
         raise ConfigError(f"choose one policy; got {' and '.join('--' + c for c in chosen)}")
+    if delta is not None and chosen and chosen[0] not in ("min-accuracy", "within"):
+        raise ConfigError(f"--delta is the risk of a quality floor; it does not go with --{chosen[0]}")
+    risk = DEFAULT_DELTA if delta is None else delta
+    if min_accuracy is not None:
+        return PolicyChoice(floor=QualityFloor(min_accuracy=min_accuracy, delta=risk))
+    if within is not None:
+        return PolicyChoice(floor=QualityFloor.parse(within, delta=risk))
     if lambda_ is not None:
-        return "lambda", lambda_, None
+        return PolicyChoice("lambda", lambda_)
     if tolerance is not None:
-        return "tolerance", tolerance, None
+        return PolicyChoice("tolerance", tolerance)
     if budget is None:
-        return "budget", 0.0, None
+        if delta is not None:
+            QualityFloor(within=0.01, delta=delta)  # checks the delta before anything loads
+        return PolicyChoice(delta=delta)
+    return _budget_choice(budget)
+
+
+def _budget_choice(budget: str) -> PolicyChoice:
+    from prefill_router.policy import Budget
+
     text = budget.strip()
     try:
         if text.startswith("$"):
-            return "budget", None, Budget(usd_per_request=float(text[1:]))
+            return PolicyChoice("budget", budget=Budget(usd_per_request=float(text[1:])))
         if text.endswith("%"):
-            return "budget", None, Budget(share_of_max=float(text[:-1]) / 100)
-        return "budget", float(text), None
+            return PolicyChoice("budget", budget=Budget(share_of_max=float(text[:-1]) / 100))
+        return PolicyChoice("budget", float(text))
     except ValueError as exc:
         raise ConfigError(
             f"--budget must be '$USD' per request, 'N%' of the most expensive target, or a μ >= 0; "
             f"got {budget!r}"
         ) from exc
+
+
+def _default_floor(router: Router, choice: PolicyChoice) -> QualityFloor | None:
+    """The router's default floor when no policy option was given (at ``--delta`` if given)."""
+    if choice.policy is not None:
+        return None
+    floor = router.default_floor()
+    if floor is None:
+        err_console.print(
+            "[yellow]this router stores no labelled calibration rows, so it routes to the most likely "
+            "target (μ = 0); run `prefill-router calibrate ROUTER DATA` for the certified default[/]"
+        )
+        return None
+    return floor if choice.delta is None else replace(floor, delta=choice.delta)
+
+
+def certificate_line(certificate: dict[str, Any]) -> str:
+    """The certificate of a floor for people: μ, savings, rows and δ, or why nothing was certified."""
+    caveat = "" if certificate.get("independent", True) else NOT_INDEPENDENT
+    return f"certificate: {certificate['message']}{caveat}"
 
 
 @app.command("route-batch")
@@ -128,6 +224,9 @@ def route_batch(
     budget: BudgetOption = None,
     lambda_: LambdaOption = None,
     tolerance: ToleranceOption = None,
+    min_accuracy: MinAccuracyOption = None,
+    within: WithinOption = None,
+    delta: DeltaOption = None,
     allow: AllowOption = None,
     max_cost: MaxCostOption = None,
     prompt_column: Annotated[str, typer.Option(help="Column holding the prompt text.")] = "prompt",
@@ -154,7 +253,7 @@ def route_batch(
     from prefill_router.train import Router
 
     # Everything that can fail without features fails here, before an encoder or Ray starts.
-    policy, knob, spend = _policy_options(budget, lambda_, tolerance)
+    options = policy_options(budget, lambda_, tolerance, min_accuracy, within, delta)
     session = ray_or_none(ray_address)  # before any work: a missing extra fails at once
     started = time.perf_counter()
     check_prompt_file(prompts, prompt_column, id_column)
@@ -162,12 +261,22 @@ def route_batch(
     check_writable(output, what="decisions file")
     router = Router.load(router_path, cache_dir=cache)
     check_priced(router.target_info, source=str(router_path))
-    if spend is not None:
-        knob = router.solve_budget(spend).mu
-    choice = BatchPolicy(policy, 0.0 if knob is None else knob, _allowed(allow), max_cost).check(
-        router.targets
-    )
+    policy, knob, allowed = options.policy or "budget", options.knob or 0.0, _allowed(allow)
+    if options.budget is not None:
+        knob = router.solve_budget(options.budget).mu
+    floor = options.floor if options.floor is not None else _default_floor(router, options)
+    certificate = None
+    if floor is not None:
+        from prefill_router.policy import floor_plan
+
+        certificate = router.certify(floor)
+        knob, floor_allowed, _ = floor_plan(certificate, allowed)
+        allowed = None if floor_allowed is None else tuple(floor_allowed)
+        console.print(certificate_line(certificate.to_json()))
+    choice = BatchPolicy(policy, knob, allowed, max_cost).check(router.targets)
     metadata = {"router": str(router_path), "prompts": str(prompts), **_choice_json(choice, budget)}
+    if certificate is not None:
+        metadata["certificate"] = certificate.to_json()
     with DecisionWriter(output, router.targets, metadata) as out:
         if session is None:
             batches = iter_prompt_file(prompts, batch_size, prompt_column, id_column)

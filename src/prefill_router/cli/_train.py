@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,6 +29,8 @@ from prefill_router.train.fit import DEFAULT_ENCODERS, TrainSettings
 DEFAULTS = TrainSettings()
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from prefill_router.data.dataset import RoutingDataset
     from prefill_router.encode import Encoder
     from prefill_router.train import FitReport, LayerFeatures, ProgressCallback, Router
@@ -289,6 +291,87 @@ def _parse_layer_option(value: str) -> str | tuple[int, ...]:
             f"got {value!r}"
         ) from exc
     return layers
+
+
+@app.command("calibrate")
+def calibrate_command(
+    router_path: RouterArg,
+    data: DatasetArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write here instead of replacing ROUTER (atomically)."),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="The split of DATA to calibrate on (required when DATA has splits)."),
+    ] = None,
+    limit: LimitOption = None,
+    cache: CacheOption = None,
+) -> None:
+    """Replace a router's calibration rows with labelled prompts, without retraining.
+
+    Quality floors are certified, and budgets solved, on these rows: labels of your own traffic
+    (prompts the router was never trained on) are the best calibration set.
+    """
+    from prefill_router.cli._route import certificate_line
+    from prefill_router.data.costs import check_priced
+    from prefill_router.encode import FeatureStore, default_cache_dir, extract_features
+    from prefill_router.train import LayerFeatures, Router, check_destination
+
+    check_destination(output or router_path)
+    router = Router.load(router_path, cache_dir=cache)
+    check_priced(router.target_info, source=str(router_path))
+    rows = _calibration_rows(data, split, limit)
+    labels = _router_labels(rows, router.targets, data)  # before any encoding
+    with console.status(f"loading encoders {', '.join(e.name for e in router.encoders)}"):
+        models = router.loaded_encoders()
+    store = FeatureStore(cache or default_cache_dir())
+    features = []
+    for index, model in enumerate(models):
+        with encode_progress(rows.n_prompts) as advance:
+            stored = extract_features(
+                model, rows.prompts.tolist(), store, layers=router.transform.layers_of(index),
+                poolings=router.transform.poolings_of(index), on_progress=advance,
+            )  # fmt: skip
+        features.append(LayerFeatures(stored.features, stored.key.poolings, stored.key.layers))
+    new = router.with_calibration(features, rows.prompts.tolist(), labels, source=f"{data}:{split or 'all'}")
+    destination = output or router_path
+    new.save(destination)
+    complete = int((labels == labels).all(axis=1).sum())  # NaN != NaN: rows with every label
+    console.print(
+        f"calibration rows: {rows.n_prompts:,} prompts of {data} ({complete:,} labelled for every target)"
+    )
+    floor = new.default_floor()
+    if floor is not None:
+        console.print(certificate_line(new.certify(floor).to_json()))
+    console.print(f"[bold green]router[/] {destination}")
+
+
+def _calibration_rows(data: str, split: str | None, limit: int | None) -> RoutingDataset:
+    from prefill_router.data.dataset import RoutingDataset
+
+    dataset = RoutingDataset.load(data)
+    names = dataset.split_names()
+    if split is None and names:
+        raise ConfigError(
+            f"{data} has splits ({', '.join(names)}): name the one to calibrate on with --split "
+            "(rows the router was not trained on)"
+        )
+    if split is not None:
+        if split not in names:
+            raise DataError(f"no split {split!r}; the splits are {', '.join(names) or 'none'}", source=data)
+        dataset = dataset.select(split=split)
+    if limit is not None:
+        dataset = dataset.take(range(min(limit, dataset.n_prompts)))
+    return dataset
+
+
+def _router_labels(rows: RoutingDataset, targets: Sequence[str], data: str) -> np.ndarray:
+    """(N, M) labels of ``rows`` in the router's target order; every target must be a column."""
+    missing = [t for t in targets if t not in rows.target_names]
+    if missing:
+        raise DataError(f"no labels for the router's targets {', '.join(missing)}", source=data)
+    return rows.labels[:, [rows.target_index(t) for t in targets]]
 
 
 def _training_rows(data: str, split: str, limit: int | None, targets: str | None) -> RoutingDataset:

@@ -56,6 +56,7 @@ from prefill_router.train.probe_cache import ProbeCache
 
 if TYPE_CHECKING:
     from prefill_router.encode import Encoder, FeatureStore
+    from prefill_router.policy import QualityFloor
 
 SAVINGS_LEVELS = (0.5, 0.7431)
 ROUTER_KEY = "prefill"
@@ -433,6 +434,51 @@ def budget_adherence(
             continue
         outcome_ = achieved(choose(p, c, "budget", solution.mu), y, c, n_boot=n_boot, seed=seed)
         rows.append({"share_of_max": share, **solution.to_json(), "achieved": outcome_})
+    return rows
+
+
+def floor_adherence(
+    router: Router,
+    evaluation: RoutingDataset,
+    predictions: Predictions,
+    costs: np.ndarray,
+    floors: Sequence[QualityFloor],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Quality floors certified on the router's calibration rows, then kept (or not) on the evaluation
+    rows: the certificate, the accuracy and cost achieved there with 95% bootstrap intervals, the
+    floor as an accuracy on those rows, and whether the routing stayed above it.
+
+    A router without labelled calibration rows, or a floor it cannot certify at all (ConfigError),
+    gives a row with the reason instead.
+    """
+    from prefill_router.policy import achieved, floor_plan
+    from prefill_router.policy.decision import allowed_mask
+
+    complete = ~np.isnan(evaluation.labels).any(axis=1) & np.isfinite(costs).all(axis=1)
+    p, y, c = predictions.probabilities[ROUTER_KEY][complete], evaluation.labels[complete], costs[complete]
+    rows: list[dict[str, Any]] = []
+    for floor in floors:
+        try:
+            certificate = router.certify(floor)
+        except ConfigError as exc:
+            rows.append({"floor": floor.to_json(), "error": str(exc)})
+            continue
+        mu, allowed, _ = floor_plan(certificate)
+        choice = choose(p, c, "budget", mu, allowed=allowed_mask(allowed, list(router.targets)))
+        got = achieved(choice, y, c, n_boot=n_boot, seed=seed)
+        reference = router.target_index(str(certificate.reference))
+        reference_accuracy = float(y[:, reference].mean())
+        wanted = floor.accuracy_given(reference_accuracy)
+        reference_cost = float(c[:, reference].mean())
+        rows.append({
+            "floor": floor.to_json(), "certificate": certificate.to_json(), "achieved": got,
+            "reference_accuracy": reference_accuracy, "floor_accuracy": wanted,
+            "kept": got["accuracy"] >= wanted - 1e-12, "reference_cost": reference_cost,
+            "savings": 1 - got["cost"] / reference_cost if reference_cost > 0 else 0.0, "rows": len(y),
+        })  # fmt: skip
     return rows
 
 

@@ -139,6 +139,13 @@ class QualityFloor:
             return f">= {self.min_accuracy * 100:g}% of {name}'s accuracy"
         return f"accuracy >= {self.min_accuracy:g}"
 
+    def accuracy_given(self, reference_accuracy: float) -> float:
+        """The floor as an accuracy, given the reference target's accuracy on the same rows."""
+        if self.within is not None:
+            return reference_accuracy - self.within
+        assert self.min_accuracy is not None
+        return self.min_accuracy * reference_accuracy if self.relative else self.min_accuracy
+
     def to_json(self) -> dict[str, Any]:
         """The floor as given."""
         return asdict(self)
@@ -165,6 +172,7 @@ class FloorCertificate:
     savings: float  # 1 - cost / reference_cost
     rows_needed: int | None  # about how many rows would certify μ = 0, when nothing was certified
     message: str  # one line for people
+    independent: bool = True  # the rows were never trained on (False: the guarantee is not exact)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (inf becomes null)."""
@@ -329,7 +337,7 @@ def certify_floor(
     zero_one = not floor.relative and bool(np.isin(y, (0.0, 1.0)).all())
     pv, method = p_values(losses, alpha, floor.delta, zero_one=zero_one)
     accepted = fixed_sequence(pv, floor.delta)
-    floor_accuracy = _floor_accuracy(floor, float(single[ref]))
+    floor_accuracy = floor.accuracy_given(float(single[ref]))
     ref_cost = float(c[:, ref].mean())
     text = floor.describe(reference if floor.relative else None)
     if accepted:
@@ -362,13 +370,6 @@ def certify_floor(
         reference_accuracy=float(single[ref]), floor_accuracy=floor_accuracy, cost=ref_cost,
         reference_cost=ref_cost, savings=0.0, rows_needed=needed, message=why,
     )  # fmt: skip
-
-
-def _floor_accuracy(floor: QualityFloor, reference_accuracy: float) -> float:
-    if floor.within is not None:
-        return reference_accuracy - floor.within
-    assert floor.min_accuracy is not None
-    return floor.min_accuracy * reference_accuracy if floor.relative else floor.min_accuracy
 
 
 def _savings(cost: float, reference_cost: float) -> float:

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,10 +38,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from prefill_router.errors import ConfigError, DataError, UnknownTargetError
-from prefill_router.policy import Budget, Decision, decide
+from prefill_router.policy import Budget, Decision, FloorCertificate, QualityFloor, decide, floor_decision
 from prefill_router.serve.batcher import MicroBatcher, QueueFullError, WorkerThread
 from prefill_router.serve.cache import LruCache, TextHasher
-from prefill_router.serve.config import OVERRIDE_FIELDS, ROUTER_MODEL, Client, Profile, ServeConfig
+from prefill_router.serve.config import (
+    DEFAULT_PROFILE,
+    OVERRIDE_FIELDS,
+    ROUTER_MODEL,
+    Client,
+    Profile,
+    ServeConfig,
+)
 from prefill_router.serve.decision_log import DecisionLog
 from prefill_router.serve.metrics import Metrics
 from prefill_router.serve.protocol import (
@@ -60,7 +67,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prefill_router.serve")
 _DEFAULT_KNOBS = {"budget": 0.0, "lambda": 1.0, "tolerance": 0.0}
-_ASCII = str.maketrans({"μ": "mu", "λ": "lambda", "τ": "tau", "−": "-", "·": "*", "ĉ": "c_norm", "…": "..."})
+_ASCII = str.maketrans(
+    {"μ": "mu", "λ": "lambda", "τ": "tau", "δ": "delta", "−": "-", "·": "*", "ĉ": "c_norm", "…": "..."}
+)
 _ENDPOINTS = ("/v1/chat/completions", "/v1/route", "/v1/models", "/health", "/ready", "/metrics")
 _WARM_RETRY_S = 30.0  # after a failed warm-up, how long requests go straight to the fallback
 _BUDGETS_KEPT = 1024  # solved μ per distinct budget_usd, least recently used out
@@ -125,6 +134,7 @@ class RoutingService:
         self._warm_at = -_WARM_RETRY_S
         self._warm_task: asyncio.Task[None] | None = None
         self._mus: LruCache[float] = LruCache(_BUDGETS_KEPT)
+        self._certificates: LruCache[FloorCertificate] = LruCache(_BUDGETS_KEPT)
         self._solver = WorkerThread("prefill-router-budget")  # μ solves: off the loop, one at a time
         self._clients = [(client.token_sha256, client) for client in config.all_clients()]
         self._anonymous = Client("anonymous", "", config.client_rights)
@@ -176,12 +186,20 @@ class RoutingService:
         else:
             self.metrics.cache_hits.inc()
         c = self.router.costs([text])[0]
-        policy, knob = await self._policy(profile, overrides)
+        floor = self._floor(profile, overrides)
         try:
-            decision = decide(
-                p, c, self.router.targets, policy, knob, allowed=overrides.allowed,
-                max_cost=overrides.max_cost_usd,
-            )  # fmt: skip
+            if floor is not None:
+                certificate = await self._certificate(floor, overrides)
+                decision = floor_decision(
+                    p, c, self.router.targets, certificate, allowed=overrides.allowed,
+                    max_cost=overrides.max_cost_usd,
+                )  # fmt: skip
+            else:
+                policy, knob = await self._policy(profile, overrides)
+                decision = decide(
+                    p, c, self.router.targets, policy, knob, allowed=overrides.allowed,
+                    max_cost=overrides.max_cost_usd,
+                )  # fmt: skip
         except (ConfigError, UnknownTargetError) as exc:
             raise ApiError(400, str(exc), param="router") from exc
         self.metrics.score_seconds.observe(time.perf_counter() - started)
@@ -209,6 +227,43 @@ class RoutingService:
         if not np.all(np.isfinite(p)):
             raise _UnscoredError("encoder", "scoring failed (non-finite probabilities)")
         return p
+
+    def _floor(self, profile: Profile, overrides: Overrides) -> QualityFloor | None:
+        """The floor this request keeps: its own, else its profile's (at a request's ``delta``)
+        unless it asks for a policy, knob or budget of its own."""
+        if overrides.floor is not None:
+            return overrides.floor
+        asks_policy = overrides.policy is not None or overrides.knob is not None
+        if profile.floor is None or asks_policy or overrides.budget_usd is not None:
+            if overrides.delta is not None:
+                raise ApiError(
+                    400, "router.delta is the risk of a quality floor; this request keeps none",
+                    param="router.delta",
+                )  # fmt: skip
+            return None
+        if profile.floor == DEFAULT_PROFILE.floor and not self.floors_available:
+            return None  # a router without labelled calibration rows: argmax, as it said at start
+        return profile.floor if overrides.delta is None else replace(profile.floor, delta=overrides.delta)
+
+    @property
+    def floors_available(self) -> bool:
+        """Does the router hold labelled calibration rows to certify floors on?"""
+        rows = self.router.calibration
+        return rows is not None and rows.labels is not None
+
+    async def _certificate(self, floor: QualityFloor, overrides: Overrides) -> FloorCertificate:
+        """The floor's certificate (certified off the event loop once, then kept)."""
+        key = repr(floor)
+        certificate = self._certificates.get(key)
+        if certificate is None:
+            param = "router.within" if overrides.floor is not None else "model"
+            try:
+                certify = self.router.certify
+                certificate = await self._solver.run(lambda: certify(floor))
+            except (ConfigError, DataError) as exc:
+                raise ApiError(400, f"{param}: {exc}", param=param) from exc
+            self._certificates.put(key, certificate)
+        return certificate
 
     async def _policy(self, profile: Profile, overrides: Overrides) -> tuple[str, float]:
         if overrides.budget_usd is not None:
@@ -360,6 +415,28 @@ def check_servable(router: Router, config: ServeConfig) -> None:
             "weighs cost; add their prices to the dataset (data import --prices FILE) and refit"
         )
     config.check_environment()
+    _check_floors(router, config)
+
+
+def _check_floors(router: Router, config: ServeConfig) -> None:
+    """Certify every floor of the config now (kept by the router), so none fails a request later;
+    the default floor on a router without labelled calibration rows becomes argmax, with a warning."""
+    labelled = router.calibration is not None and router.calibration.labels is not None
+    for name, profile in [(ROUTER_MODEL, config.default), *config.profiles.items()]:
+        if profile.floor is None:
+            continue
+        if not labelled and profile == DEFAULT_PROFILE:
+            log.warning(
+                "the router stores no labelled calibration rows: model %r routes to the most likely target "
+                "(run `prefill-router calibrate` for the certified default)",
+                name,
+            )
+            continue
+        try:
+            certificate = router.certify(profile.floor)
+        except (ConfigError, DataError) as exc:
+            raise ConfigError(f"cannot serve model {name!r}: {exc}") from exc
+        log.info("model %r: %s", name, certificate.message)
 
 
 def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:

@@ -10,10 +10,14 @@ Example ``serve.yaml``::
         timeout_s: 60
       llama-3-8b:
         base_url: http://localhost:4000/v1
-    policy: tolerance              # budget / lambda / tolerance
-    knob: 0.05                     # μ / λ / τ
-    profiles:                      # extra `model` names, each a policy and knob
+    floor: {within: 1pt}           # the default: within 1 point of the best single target, δ 0.05
+    # or a quality floor of your own: {within: "1pt:gpt-4o", delta: 0.1} / {min_accuracy: 0.85}
+    # or a policy and its knob instead of a floor:
+    # policy: tolerance            # budget / lambda / tolerance
+    # knob: 0.05                   # μ / λ / τ
+    profiles:                      # extra `model` names, each a floor or a policy and knob
       router-cheap: {policy: budget, knob: 2000}
+      router-safe: {within: "0pt:gpt-4o"}
     fallback: [llama-3-8b, gpt-4o] # encoder failure -> the first; upstream failure -> the next
     routing_text: last_user        # last_user / first_user / conversation
     client_tokens_env: ROUTER_TOKENS  # comma-separated bearer tokens (or client_tokens: [...])
@@ -28,7 +32,7 @@ Example ``serve.yaml``::
     drain_s: 5                     # after SIGTERM: in-flight requests finish, new ones get 503
     client_rights:                 # what a client token may do (default: everything)
       pin: true                    # name a target as `model`
-      overrides: [policy, knob, budget_usd, allowed, max_cost_usd, session]
+      overrides: [policy, knob, budget_usd, min_accuracy, within, delta, allowed, max_cost_usd, session]
     clients:                       # or one entry per client: its token's variable and rights
       batch-jobs: {token_env: BATCH_TOKEN, pin: false, overrides: [allowed, max_cost_usd]}
     decision_log_max_bytes: 100000000  # --log-decisions rotates past this size ...
@@ -51,13 +55,16 @@ from typing import Any
 import yaml
 
 from prefill_router.errors import ConfigError
+from prefill_router.policy.floor import DEFAULT_DELTA, DEFAULT_WITHIN, QualityFloor
 
 ROUTING_TEXTS = ("last_user", "first_user", "conversation")
 ROUTER_MODEL = "router"
 #: The fields of a request's ``router`` object (see :mod:`prefill_router.serve.protocol`).
-OVERRIDE_FIELDS = ("policy", "knob", "budget_usd", "allowed", "max_cost_usd", "session")
+OVERRIDE_FIELDS = (
+    "policy", "knob", "budget_usd", "min_accuracy", "within", "delta", "allowed", "max_cost_usd", "session",
+)  # fmt: skip
 _TOP_KEYS = {
-    "targets", "policy", "knob", "profiles", "fallback", "routing_text", "client_tokens",
+    "targets", "policy", "knob", "floor", "profiles", "fallback", "routing_text", "client_tokens",
     "client_tokens_env", "cache_size", "cache_key_env", "max_body_bytes", "max_batch", "max_wait_ms",
     "max_prompts", "max_queue", "score_timeout_s", "deadline_s", "drain_s", "client_rights", "clients",
     "decision_log_max_bytes", "decision_log_backups",
@@ -85,10 +92,16 @@ class UpstreamTarget:
 
 @dataclass(frozen=True)
 class Profile:
-    """A policy and its knob, selected by the request's ``model``."""
+    """A policy and its knob, or a quality floor, selected by the request's ``model``."""
 
     policy: str
     knob: float
+    floor: QualityFloor | None = None  # set: the floor's certified μ decides (policy and knob unused)
+
+
+#: The default profile: within 1 point of the best single target, δ 0.05 (argmax for a router
+#: without labelled calibration rows).
+DEFAULT_PROFILE = Profile("budget", 0.0, QualityFloor(within=DEFAULT_WITHIN, delta=DEFAULT_DELTA))
 
 
 @dataclass(frozen=True)
@@ -118,7 +131,7 @@ class ServeConfig:
     """Everything the proxy needs besides the router artifact."""
 
     targets: dict[str, UpstreamTarget]
-    default: Profile = Profile("budget", 0.0)
+    default: Profile = DEFAULT_PROFILE
     profiles: dict[str, Profile] = field(default_factory=dict)  # "router" is added as ``default``
     fallback: tuple[str, ...] = ()  # encoder failure -> fallback[0]; upstream failure -> next one
     routing_text: str = "last_user"
@@ -199,7 +212,7 @@ class ServeConfig:
         if unknown:
             raise ConfigError(f"unknown field {unknown[0]!r}; expected one of {', '.join(sorted(_TOP_KEYS))}")
         upstreams = _targets(data.get("targets"), targets)
-        default = _profile({"policy": data.get("policy", "budget"), "knob": data.get("knob", 0.0)}, "")
+        default = _default_profile(data)
         profiles = _profiles(data.get("profiles") or {}, targets)
         fallback = tuple(_names(data.get("fallback") or [], "fallback", targets))
         routing_text = data.get("routing_text", "last_user")
@@ -251,12 +264,25 @@ def _targets(raw: Any, names: Sequence[str]) -> dict[str, UpstreamTarget]:
     return out
 
 
-def _profile(raw: Any, where: str) -> Profile:
+def _default_profile(data: Mapping[str, Any]) -> Profile:
+    """The top-level ``floor`` or ``policy``/``knob`` (not both); neither: :data:`DEFAULT_PROFILE`."""
+    if "floor" in data:
+        if "policy" in data or "knob" in data:
+            raise ConfigError("set either floor or policy/knob at the top level, not both")
+        return _profile(data["floor"], "floor", floor_only=True)
+    if "policy" not in data and "knob" not in data:
+        return DEFAULT_PROFILE
+    return _profile({"policy": data.get("policy", "budget"), "knob": data.get("knob", 0.0)}, "")
+
+
+def _profile(raw: Any, where: str, *, floor_only: bool = False) -> Profile:
     from prefill_router.policy import POLICIES, check_knob
 
     prefix = f"{where}." if where else ""
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must be a mapping {{policy, knob}}")
+        raise ConfigError(f"{where} must be a mapping {{policy, knob}} or {{within | min_accuracy, delta}}")
+    if floor_only or any(key in raw for key in FLOOR_FIELDS):
+        return Profile("budget", 0.0, _floor(raw, where))
     policy = raw.get("policy", "budget")
     if policy not in POLICIES:
         raise ConfigError(f"{prefix}policy must be one of {', '.join(POLICIES)}; got {policy!r}")
@@ -269,9 +295,48 @@ def _profile(raw: Any, where: str) -> Profile:
         raise ConfigError(f"{prefix}knob: {exc}") from exc
 
 
+#: The fields of a quality floor, in a profile, the top-level ``floor`` and a request's ``router``.
+FLOOR_FIELDS = ("within", "min_accuracy", "delta")
+
+
+def _floor(raw: Mapping[str, Any], where: str) -> QualityFloor:
+    """A floor from ``{within: "1pt[:TARGET]" | min_accuracy: 0.85, delta: 0.05}``."""
+    unknown = sorted(set(raw) - set(FLOOR_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {unknown[0]!r} of a floor; expected {', '.join(FLOOR_FIELDS)}"
+        )
+    try:
+        return parse_floor(raw.get("within"), raw.get("min_accuracy"), raw.get("delta"))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def parse_floor(within: Any, min_accuracy: Any, delta: Any) -> QualityFloor:
+    """One floor from its fields as they come from YAML or JSON.
+
+    Raises:
+        ConfigError: both or neither of within / min_accuracy, or a bad value.
+    """
+    if (within is None) == (min_accuracy is None):
+        raise ConfigError("a quality floor needs exactly one of within ('1pt[:TARGET]') or min_accuracy")
+    risk = DEFAULT_DELTA if delta is None else delta
+    if isinstance(risk, bool) or not isinstance(risk, int | float):
+        raise ConfigError(f"delta must be a number in (0, 0.5]; got {delta!r}")
+    if within is not None:
+        if not isinstance(within, str):
+            raise ConfigError(f"within must read '1pt[:TARGET]' or '99%[:TARGET]'; got {within!r}")
+        return QualityFloor.parse(within, delta=float(risk))
+    if isinstance(min_accuracy, bool) or not isinstance(min_accuracy, int | float):
+        raise ConfigError(f"min_accuracy must be a number in (0, 1]; got {min_accuracy!r}")
+    return QualityFloor(min_accuracy=float(min_accuracy), delta=float(risk))
+
+
 def _profiles(raw: Any, targets: Sequence[str]) -> dict[str, Profile]:
     if not isinstance(raw, Mapping):
-        raise ConfigError("profiles must map model names to {policy, knob}")
+        raise ConfigError(
+            "profiles must map model names to {policy, knob} or a floor {within | min_accuracy}"
+        )
     for name in raw:
         if name == ROUTER_MODEL or name in targets:
             taken = "the router" if name == ROUTER_MODEL else "a target"

@@ -8,6 +8,8 @@ The override field, one extra object in a chat-completions or route request::
     {"model": "router", "messages": [...],
      "router": {"policy": "tolerance", "knob": 0.05,     # or lambda / budget (μ)
                 "budget_usd": 0.002,                      # a budget: μ solved on calibration rows
+                "within": "1pt:gpt-4o", "delta": 0.05,    # a quality floor, certified on them
+                "min_accuracy": 0.85,                     # (or an absolute one)
                 "allowed": ["small", "large"],            # candidate targets of this request
                 "max_cost_usd": 0.001,                    # hard cap on the estimated cost
                 "session": false}}                        # opt out of session affinity
@@ -23,7 +25,8 @@ from typing import Any
 
 from prefill_router.errors import ConfigError
 from prefill_router.policy import POLICIES, check_knob
-from prefill_router.serve.config import OVERRIDE_FIELDS
+from prefill_router.policy.floor import QualityFloor
+from prefill_router.serve.config import OVERRIDE_FIELDS, parse_floor
 
 _OVERRIDE_KEYS = OVERRIDE_FIELDS
 MAX_NAME_CHARS = 256  # a ``model`` or ``router.allowed`` name longer than this is refused unread
@@ -59,6 +62,8 @@ class Overrides:
     policy: str | None = None
     knob: float | None = None
     budget_usd: float | None = None
+    floor: QualityFloor | None = None  # a quality floor of this request
+    delta: float | None = None  # ``delta`` alone: the profile's floor at this risk
     allowed: tuple[str, ...] | None = None
     max_cost_usd: float | None = None
     session: bool = True  # False: neither reuse nor record this session's target
@@ -102,11 +107,30 @@ def parse_overrides(raw: Any) -> Overrides:
     session = raw.get("session", True)
     if not isinstance(session, bool):
         raise _bad("router.session must be true or false", "router.session")
+    floor, delta = _floor(raw)
     return Overrides(
-        policy=policy, knob=knob, budget_usd=_number(raw, "budget_usd"),
+        policy=policy, knob=knob, budget_usd=_number(raw, "budget_usd"), floor=floor, delta=delta,
         allowed=None if allowed is None else tuple(allowed), max_cost_usd=_number(raw, "max_cost_usd"),
         session=session,
     )  # fmt: skip
+
+
+def _floor(raw: Mapping[str, Any]) -> tuple[QualityFloor | None, float | None]:
+    """(the request's floor, or None; a lone ``delta`` for the profile's floor)."""
+    within, min_accuracy, delta = raw.get("within"), raw.get("min_accuracy"), raw.get("delta")
+    param = "router.within" if within is not None else "router.min_accuracy"
+    if within is None and min_accuracy is None:
+        if delta is None:
+            return None, None
+        param = "router.delta"
+        within = "1pt"  # only to check the delta; the profile's floor is used
+    try:
+        floor = parse_floor(within, min_accuracy, delta)
+    except ConfigError as exc:
+        raise _bad(f"{param}: {exc}", param) from exc
+    if param == "router.delta":
+        return None, floor.delta
+    return floor, None
 
 
 def _number(raw: Mapping[str, Any], key: str, *, infinite: bool = False) -> float | None:

@@ -295,10 +295,13 @@ class Router:
             rows = self.calibration
             p = apply_temperature(self.ensemble.probabilities(rows.x), self.temperatures)
             assert rows.labels is not None
-            self._certificates[floor] = certify_floor(
+            certificate = certify_floor(
                 p, self._costs_from_tokens(rows.tokens), rows.labels, self.targets, floor,
                 self.floor_grid(), best_single=self.best_single,
             )  # fmt: skip
+            if len(self._certificates) >= CERTIFICATES_KEPT:  # requests may name floors: stay bounded
+                del self._certificates[next(iter(self._certificates))]
+            self._certificates[floor] = replace(certificate, independent=rows.independent)
         return self._certificates[floor]
 
     def default_floor(self) -> QualityFloor | None:
@@ -548,6 +551,40 @@ class Router:
         router._allow_local_encoders = self._allow_local_encoders
         return router
 
+    def with_calibration(
+        self, features: EncoderFeatures, prompts: Sequence[str], labels: np.ndarray, source: str
+    ) -> Router:
+        """A new router whose calibration rows are these labelled prompts (nothing else changes).
+
+        Args:
+            features: the prompts' features under the router's encoders (one per encoder).
+            labels: (N, M) labels in the router's target order, NaN where missing.
+            source: where the rows come from (recorded in router.json).
+
+        Raises:
+            DataError: labels of the wrong shape or out of [0, 1].
+        """
+        labels = np.asarray(labels, dtype=np.float64)
+        if labels.shape != (len(prompts), len(self.targets)):
+            raise DataError(
+                f"calibration labels must be ({len(prompts)}, {len(self.targets)}); got {labels.shape}"
+            )
+        if ((labels < 0) | (labels > 1)).any():
+            raise DataError("calibration labels must lie in [0, 1] (NaN = missing)")
+        rows = CalibrationRows(
+            x=self.transform.transform(features), tokens=input_tokens(list(prompts)), labels=labels,
+            independent=True, source=source,
+        )  # fmt: skip
+        router = Router(
+            encoder=self.encoders, transform=self.transform, ensemble=self.ensemble,
+            temperatures=self.temperatures, targets=self.target_info, output_tokens=self.output_tokens,
+            info=copy.deepcopy(self.info), calibration=rows,
+        )  # fmt: skip
+        router._loaded = list(self._loaded)
+        router._cache_dir = self._cache_dir
+        router._allow_local_encoders = self._allow_local_encoders
+        return router
+
     def build_encoder(self, *, device: str = "auto", threads: int | None = None) -> Encoder:
         """A new primary encoder as this router was trained with (not attached: see
         :meth:`use_encoder`; :meth:`build_encoders` builds every encoder of a fused router)."""
@@ -582,6 +619,8 @@ class Router:
         )
 
 
+#: Certificates a router keeps (oldest out first).
+CERTIFICATES_KEPT = 64
 #: How many μ values a quality floor is tested over (a fixed-sequence test pays nothing for more).
 FLOOR_GRID_POINTS = 400
 
