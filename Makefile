@@ -45,6 +45,7 @@ format: setup
 demo: setup
 	$(BIN)/prefill-router data info bundled --plot demo/bundled.png
 	$(BIN)/prefill-router fit bundled -o demo/router --json demo/fit.json
+	$(BIN)/prefill-router route demo/router "Write a python function that reverses a linked list"
 	$(BIN)/prefill-router evaluate demo/router bundled --cv 5 --report demo --json demo/evaluation.json
 ifdef FULL
 	$(BIN)/prefill-router evaluate demo/router bundled --split test --report demo/split --json demo/evaluation_split.json

@@ -225,7 +225,11 @@ def test_evaluate_checks_the_floors_on_the_evaluation_rows(
 ) -> None:
     out = tmp_path / "metrics.json"
     args = ["evaluate", str(router_path), str(data_path), "--baselines", "none", "--bootstrap", "50"]
-    assert run([*args, "--within", "1pt:code-model", "--json", str(out), "--cache", str(cache)]) == 0
+    report = tmp_path / "report"
+    assert run([*args, "--within", "1pt:code-model", "--json", str(out), "--cache", str(cache),
+                "--report", str(report)]) == 0  # fmt: skip
+    page = (report / "report.html").read_text()
+    assert "<table id='floors'>" in page and "within 1 point of code-model (δ 0.05)" in page
     floors = json.loads(out.read_text())["floors"]
     assert [row["certificate"]["floor"] for row in floors][1] == "within 1 point of code-model"
     assert floors[0]["certificate"]["floor"].startswith("within 1 point of")  # the default one

@@ -11,7 +11,15 @@ import typer
 from rich.table import Table
 
 from prefill_router._files import atomic_path, check_writable
-from prefill_router.cli._app import CacheOption, DatasetArg, RouterArg, app, console, encode_progress
+from prefill_router.cli._app import (
+    CacheOption,
+    DatasetArg,
+    RouterArg,
+    app,
+    console,
+    encode_progress,
+    err_console,
+)
 
 if TYPE_CHECKING:
     from prefill_router.data.dataset import RoutingDataset
@@ -120,11 +128,18 @@ def evaluate(
             )
         costs = eval_costs(dataset, evaluation)
         result = score(evaluation, predictions, costs, n_boot=bootstrap, seed=seed)
+        if cv is not None and (min_accuracy is not None or within is not None):
+            err_console.print(
+                "note: with --cv each fold refits the router; a floor's coverage under CV is measured by "
+                "benchmarks/floor_coverage.py (evaluate on a split checks the router's own certificate)"
+            )
         if cv is None:
             result["budgets"] = budget_adherence(
                 router, evaluation, predictions, costs, n_boot=bootstrap, seed=seed
             )
-            if router.calibration is not None and router.calibration.labels is not None:
+            if router.calibration is None or router.calibration.labels is None:
+                err_console.print("note: the router stores no labelled calibration rows; no floor is checked")
+            else:
                 result["floors"] = floor_adherence(
                     router, evaluation, predictions, costs, floors, n_boot=bootstrap, seed=seed
                 )

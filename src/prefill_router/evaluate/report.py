@@ -237,6 +237,7 @@ always using {html.escape(result["most_expensive"]["name"])}. Savings at the bes
 <th>savings at best's accuracy</th><th>within 1 pt</th><th>within 2 pt</th><th>calls to best</th></tr>
 {rows}</table>
 {_budget_table(result.get("budgets", []))}
+{_floor_table(result.get("floors", []))}
 {images}</body></html>
 """
 
@@ -254,9 +255,35 @@ def _budget_table(budgets: list[dict[str, Any]]) -> str:
             f"<td>{got['accuracy']:.3f} [{got['accuracy_ci'][0]:.3f}, {got['accuracy_ci'][1]:.3f}]</td></tr>"
         )
     return (
-        "<h2>Budgets: solved on the router's validation rows, achieved on these</h2><table id='budgets'>"
+        "<h2>Budgets: solved on the router's calibration rows, achieved on these</h2><table id='budgets'>"
         "<tr><th>share of the dearest target</th><th>budget per request</th><th>achieved cost (95% CI)</th>"
         f"<th>accuracy (95% CI)</th></tr>{rows}</table>"
+    )
+
+
+def _floor_table(floors: list[dict[str, Any]]) -> str:
+    """Quality floors certified on the router's calibration rows, and kept or not on these."""
+    rows = ""
+    for f in floors:
+        if "error" in f:
+            name, error = html.escape(str(f["floor"])), html.escape(f["error"])
+            rows += f"<tr><td>{name}</td><td colspan='5'>{error}</td></tr>"
+            continue
+        cert, got = f["certificate"], f["achieved"]
+        mu = "∞" if cert["mu"] is None else f"{cert['mu']:.3g}"
+        how = f"μ {mu}" if cert["certified"] else f"none: all to {html.escape(str(cert['fallback']))}"
+        rows += (
+            f"<tr><td>{html.escape(cert['floor'])} (δ {cert['delta']:g})</td>"
+            f"<td>{how} ({cert['rows']:,} rows)</td><td>{f['floor_accuracy']:.3f}</td>"
+            f"<td>{got['accuracy']:.3f} [{got['accuracy_ci'][0]:.3f}, {got['accuracy_ci'][1]:.3f}]</td>"
+            f"<td>{'kept' if f['kept'] else 'missed'}</td><td>{f['savings']:.1%}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        "<h2>Quality floors: certified on the router's calibration rows, kept on these?</h2>"
+        "<table id='floors'><tr><th>floor</th><th>certified</th><th>floor here</th>"
+        f"<th>accuracy (95% CI)</th><th>kept</th><th>savings vs reference</th></tr>{rows}</table>"
     )
 
 
