@@ -213,6 +213,8 @@ def test_inspect_shows_encoder_targets_and_the_encoder_check(
     assert f"encoder: {tiny_llama_dir} (sha256" in out
     assert "installed encoders match" in out
     assert all(target in out for target in TARGETS[:2]) and TARGETS[2] not in out
+    assert "calibration rows: 24 from fit, held out of training, labelled" in out
+    assert "default floor: certified μ=" in out or "default floor: no μ certified" in out
     assert "format version 3" in out and "blocks: mean:L1 (32 -> 8), last:L1 (32 -> 8)" in out
     assert "max_tokens 256), runs layers 1" in out
     assert "net: 16 -> 256 -> 128 -> 2 (SharedTrunkNet), ensemble of 1" in out

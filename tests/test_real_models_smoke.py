@@ -48,7 +48,8 @@ def test_encode_fit_evaluate_and_route_with_the_real_encoders(
     router_dir, fitted = tmp_path / "router", tmp_path / "fit.json"
     assert run(["fit", str(small), "-o", str(router_dir), "--limit", "60", "--json", str(fitted)]) == 0
     report = json.loads(fitted.read_text())
-    assert report["n_fit"] + report["n_val"] == 60 and set(report["val_auc"]) == set(TARGETS)
+    assert report["n_fit"] + report["n_val"] + report["n_calibration"] == 60
+    assert report["n_calibration"] > 0 and set(report["val_auc"]) == set(TARGETS)
     router = Router.load(router_dir)
     assert router.encoder_identity.name == "smollm2-135m" and router.ensemble.n_members == 5
 
@@ -65,7 +66,7 @@ def test_encode_fit_evaluate_and_route_with_the_real_encoders(
     decision = json.loads(capsys.readouterr().out)
     assert decision["target"] in TARGETS and set(decision["probabilities"]) == set(TARGETS)
     assert all(0.0 < p < 1.0 for p in decision["probabilities"].values())
-
+    assert decision["certificate"]["rows"] == report["n_calibration"]  # the default floor
     # a new pool started from the trunk shipped in the package: its blocks, no probes
     warm = tmp_path / "warm"
     assert run(["fit", str(small), "-o", str(warm), "--limit", "60", "--init", "pretrained"]) == 0

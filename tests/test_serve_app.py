@@ -450,6 +450,7 @@ def test_the_decision_log_holds_hashes_not_text(client: httpx.Client, log_path: 
     record = json.loads(lines[-1])
     assert len(record["text_hash"]) == 64 and record["answered_by"] == record["target"]
     assert record["status"] == 200 and set(record["probabilities"]) == set(TARGETS)
+    assert record["floor"].startswith("within 1 point of")  # the default floor kept
 
 
 def test_the_official_openai_client_works(proxy: str) -> None:

@@ -229,11 +229,29 @@ def inspect(
             f"validation + {training.get('n_calibration', 0)} calibration), "
             f"data sha256 {str(training.get('fingerprint_sha256'))[:16]}…"
         )
+    _print_calibration(router)
     settings = info.get("settings")
     if settings:
         console.print("settings: " + json.dumps(settings, separators=(", ", ": ")), soft_wrap=True)
     for added in info.get("added_targets", []):
         console.print(f"added without retraining: {added['name']} (validation AUC {added['val_auc']:.3f})")
+
+
+def _print_calibration(router: Router) -> None:
+    """Where the calibration rows come from, and what the default floor certifies on them."""
+    rows = router.calibration
+    if rows is None:
+        console.print("calibration rows: none (budgets and quality floors need `prefill-router calibrate`)")
+        return
+    labels = "labelled" if rows.labels is not None else "no labels (run `prefill-router calibrate`)"
+    held = "held out of training" if rows.independent else "the validation rows (not held out)"
+    console.print(f"calibration rows: {len(rows):,} from {rows.source}, {held}, {labels}")
+    floor = router.default_floor()
+    if floor is not None:
+        try:
+            console.print(f"default floor: {router.certify(floor).message}")
+        except PrefillRouterError as exc:
+            console.print(f"default floor: [red]{exc}[/]")
 
 
 # ----------------------------------------------------------------------- helpers

@@ -548,6 +548,7 @@ async def _chat(service: RoutingService, request: Request, body: dict[str, Any],
         "source": routed.source, "target": routed.decision.target, "policy": routed.decision.policy,
         "knob": routed.decision.knob, "probabilities": routed.decision.probabilities,
         "estimated_cost_usd": routed.decision.costs_usd.get(routed.decision.target),
+        "floor": None if routed.decision.certificate is None else routed.decision.certificate["floor"],
     }  # fmt: skip
     answered: dict[str, Any] = {}
 
