@@ -97,7 +97,9 @@ class TrainSettings:
     # Share of the prompts (grouped by normalised text) held out of every training step and kept
     # in the artifact, with their labels, to certify quality floors (policy/floor.py) and solve
     # budgets on. 0: the validation rows serve instead (they steered early stopping and the
-    # temperatures, so a floor certified on them is not a finite-sample guarantee).
+    # temperatures, so a floor certified on them is not a finite-sample guarantee). Holding 10% out
+    # cost -0.0022 / -0.0022 / -0.0019 mean AUC on LLMRouter / MMLU-Pro / RouteLLM under grouped
+    # 5-fold CV (benchmarks/recipe.py, variant both+aux+depth-0.01+cal-0.1), within the 0.003 bound.
     calibration_share: float = 0.1
 
     def __post_init__(self) -> None:
