@@ -1,4 +1,4 @@
-"""Stage 5: routing policies (DESIGN §7), pure numpy.
+"""Stage 5: routing policies (DESIGN §7): numpy, and scipy (imported when used) for the floors' tests.
 
 ``choice`` picks one target per prompt (budget / lambda / tolerance, candidates, curves);
 ``budget`` solves μ for a budget and bootstraps what a choice achieves; ``floor`` certifies the

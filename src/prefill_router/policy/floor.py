@@ -304,26 +304,11 @@ def certify_floor(
         UnknownTargetError: a reference that is not a target.
         DataError: malformed arrays.
     """
-    c = _check_costs(c)
-    p = _check_matrix(p, "probabilities", c.shape)
-    y = np.asarray(y, dtype=float)
-    if y.shape != c.shape:
-        raise DataError(f"labels must have the costs' shape {c.shape}; got {y.shape}")
-    complete = ~np.isnan(y).any(axis=1)
-    p, c, y = (
-        p[complete],
-        c[complete],
-        _check_matrix(y[complete], "labels", (int(complete.sum()), c.shape[1])),
-    )
+    p, c, y = _complete_rows(p, c, y)
     names = list(targets)
     if len(names) != c.shape[1]:
         raise ConfigError(f"The 'targets' parameter must hold {c.shape[1]} names; got {len(names)}.")
     n = len(y)
-    if n == 0:
-        raise ConfigError(
-            "no calibration row has a label for every target; certify with labelled rows "
-            "(`prefill-router calibrate ROUTER DATA`)"
-        )
     single = y.mean(axis=0)
     best = best_single if best_single in names else names[int(np.argmax(single))]
     reference = resolve_reference(floor, names, best) if floor.relative else best
@@ -370,6 +355,23 @@ def certify_floor(
         reference_accuracy=float(single[ref]), floor_accuracy=floor_accuracy, cost=ref_cost,
         reference_cost=ref_cost, savings=0.0, rows_needed=needed, message=why,
     )  # fmt: skip
+
+
+def _complete_rows(p: np.ndarray, c: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The checked arrays of the rows with a label for every target (at least one such row)."""
+    c = _check_costs(c)
+    p = _check_matrix(p, "probabilities", c.shape)
+    y = np.asarray(y, dtype=float)
+    if y.shape != c.shape:
+        raise DataError(f"labels must have the costs' shape {c.shape}; got {y.shape}")
+    complete = ~np.isnan(y).any(axis=1)
+    if not complete.any():
+        raise ConfigError(
+            "no calibration row has a label for every target; certify with labelled rows "
+            "(`prefill-router calibrate ROUTER DATA`)"
+        )
+    labels = _check_matrix(y[complete], "labels", (int(complete.sum()), c.shape[1]))
+    return p[complete], c[complete], labels
 
 
 def _savings(cost: float, reference_cost: float) -> float:
