@@ -440,7 +440,11 @@ def floor_decision(
     max_cost: float | None = None,
 ) -> Decision:
     """Route one request under a certified floor: :func:`decide` with the certificate's μ (or its
-    fallback target), the floor in the reason and the certificate in the decision."""
+    fallback target), the floor in the reason and the certificate in the decision.
+
+    ``allowed`` and ``max_cost`` narrow this request's candidates; the certificate is that of the
+    unrestricted routing, so a request that restricts its candidates is not covered by it.
+    """
     mu, allow, head = floor_plan(certificate, allowed)
     decision = decide(p, c, targets, "budget", mu, allowed=allow, max_cost=max_cost)
     return replace(decision, reason=f"{head}; {decision.reason}", certificate=certificate.to_json())
