@@ -185,6 +185,16 @@ CASES: dict[str, tuple[str, int, str]] = {
         3,
         "cannot write the report",
     ),
+    "evaluate: a floor relative to an unknown target": (
+        "evaluate {router} {big} --within 1pt:code-modle",
+        2,
+        "unknown target 'code-modle'. Did you mean 'code-model'?",
+    ),
+    "evaluate: a bad delta": (
+        "evaluate {router} {big} --delta 0.9",
+        3,
+        "The 'delta' parameter must be in (0, 0.5]; got 0.9 instead.",
+    ),
     "evaluate: other targets than the router's": (
         "evaluate {router} bundled",
         2,

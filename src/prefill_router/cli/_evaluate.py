@@ -79,6 +79,7 @@ def evaluate(
         predict_rows,
         score,
     )
+    from prefill_router.policy import BEST_SINGLE
     from prefill_router.train import ProbeCache, Router, TrainSettings
 
     started = time.perf_counter()
@@ -90,6 +91,9 @@ def evaluate(
     if report is not None:
         check_writable(report / "report.html", what="report")
     router = Router.load(router_path, cache_dir=cache)
+    for floor in floors:  # an unknown reference fails now, not after the encoding
+        if floor.relative_to not in (None, BEST_SINGLE):
+            router.target_index(str(floor.relative_to))
     dataset = RoutingDataset.load(data)
     if limit is not None:
         dataset = dataset.take(range(min(limit, dataset.n_prompts)))
