@@ -236,7 +236,18 @@ def test_evaluate_checks_the_floors_on_the_evaluation_rows(
     for row in floors:
         assert row["rows"] == 80 and isinstance(row["kept"], bool)
         assert row["kept"] == (row["achieved"]["accuracy"] >= row["floor_accuracy"] - 1e-12)
+        high = row["achieved"]["accuracy_ci"][1]
+        expected = "kept" if row["kept"] else ("within noise" if high >= row["floor_accuracy"] else "missed")
+        assert row["verdict"] == expected
     assert "floor within 1 point of code-model (δ 0.05" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_floor_below_the_point_estimate_is_within_noise_until_the_interval_is_below() -> None:
+    from prefill_router.evaluate.run import _verdict
+
+    assert _verdict({"accuracy": 0.60, "accuracy_ci": [0.55, 0.65]}, 0.60) == "kept"
+    assert _verdict({"accuracy": 0.57, "accuracy_ci": [0.52, 0.62]}, 0.59) == "within noise"
+    assert _verdict({"accuracy": 0.50, "accuracy_ci": [0.45, 0.55]}, 0.59) == "missed"
 
 
 # ------------------------------------------------------------------------------------------- serve

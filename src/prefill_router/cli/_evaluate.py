@@ -241,7 +241,8 @@ def _floor_line(row: dict[str, Any]) -> str:
     cert, got = row["certificate"], row["achieved"]
     mu = "inf" if cert["mu"] is None else format(cert["mu"], ".3g")
     how = f"μ {mu} certified" if cert["certified"] else f"nothing certified, all to {cert['fallback']}"
-    verdict = "[green]kept[/]" if row["kept"] else "[red]missed[/]"
+    colour = {"kept": "green", "within noise": "yellow"}.get(row["verdict"], "red")
+    verdict = f"[{colour}]{row['verdict']}[/]"
     return (
         f"floor {cert['floor']} (δ {cert['delta']:g}, {cert['rows']:,} calibration rows): {how}; on the "
         f"{row['rows']:,} evaluation rows accuracy {got['accuracy']:.3f} [{got['accuracy_ci'][0]:.3f}, "

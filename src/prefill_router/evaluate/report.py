@@ -276,7 +276,7 @@ def _floor_table(floors: list[dict[str, Any]]) -> str:
             f"<tr><td>{html.escape(cert['floor'])} (δ {cert['delta']:g})</td>"
             f"<td>{how} ({cert['rows']:,} rows)</td><td>{f['floor_accuracy']:.3f}</td>"
             f"<td>{got['accuracy']:.3f} [{got['accuracy_ci'][0]:.3f}, {got['accuracy_ci'][1]:.3f}]</td>"
-            f"<td>{'kept' if f['kept'] else 'missed'}</td><td>{f['savings']:.1%}</td></tr>"
+            f"<td>{f['verdict']}</td><td>{f['savings']:.1%}</td></tr>"
         )
     if not rows:
         return ""

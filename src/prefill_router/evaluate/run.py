@@ -476,10 +476,19 @@ def floor_adherence(
         rows.append({
             "floor": floor.to_json(), "certificate": certificate.to_json(), "achieved": got,
             "reference_accuracy": reference_accuracy, "floor_accuracy": wanted,
-            "kept": got["accuracy"] >= wanted - 1e-12, "reference_cost": reference_cost,
+            "kept": got["accuracy"] >= wanted - 1e-12, "verdict": _verdict(got, wanted),
+            "reference_cost": reference_cost,
             "savings": 1 - got["cost"] / reference_cost if reference_cost > 0 else 0.0, "rows": len(y),
         })  # fmt: skip
     return rows
+
+
+def _verdict(achieved: dict[str, Any], floor: float) -> str:
+    """kept (accuracy at or above the floor), within noise (below it, but the floor is inside the
+    accuracy's 95% interval: these rows cannot tell), or missed (the whole interval is below)."""
+    if achieved["accuracy"] >= floor - 1e-12:
+        return "kept"
+    return "within noise" if achieved["accuracy_ci"][1] >= floor else "missed"
 
 
 def eval_costs(dataset: RoutingDataset, evaluation: RoutingDataset) -> np.ndarray:
