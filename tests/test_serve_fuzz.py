@@ -73,6 +73,9 @@ good_overrides = st.fixed_dictionaries(
         "allowed": st.lists(st.sampled_from(TARGETS), min_size=1, max_size=3, unique=True),
         "max_cost_usd": st.floats(min_value=0, max_value=0.01),
         "session": st.booleans(),
+        "within": st.sampled_from(["1pt", "2pt:poem-model", "99%", "0pt:code-model", "50%:math-model"]),
+        "min_accuracy": st.floats(min_value=0.01, max_value=1),
+        "delta": st.floats(min_value=0.01, max_value=0.5),
     },
 )
 bad_overrides = (
@@ -85,6 +88,11 @@ bad_overrides = (
             "allowed": st.lists(st.sampled_from(TARGETS) | texts, max_size=4) | any_json,
             "max_cost_usd": numbers | any_json,
             "session": st.booleans() | any_json,
+            "within": texts
+            | st.sampled_from(["nanpt", "1e400pt", "1.2.3pt", "1pt:\ud800", "-1pt"])
+            | any_json,
+            "min_accuracy": numbers | any_json,
+            "delta": numbers | any_json,
             "colour": any_json,
         },
     )
