@@ -14,8 +14,8 @@ from prefill_router.errors import (
     PrefillRouterError,
     UnknownTargetError,
 )
-from prefill_router.policy.floor import QualityFloor
-from prefill_router.train.router import Router
+from prefill_router.policy import Budget, QualityFloor, RoutePlan, Router, RouteRequest
+from prefill_router.train.trainer import RouterTrainer
 
 try:
     __version__: str = metadata.version("prefill-router")  # pyproject.toml's, as installed
@@ -23,13 +23,17 @@ except metadata.PackageNotFoundError:  # run from a source tree that was never i
     __version__ = "0+unknown"
 
 __all__ = [
+    "Budget",
     "ConfigError",
     "DataError",
     "EncodeError",
     "MissingDependencyError",
     "PrefillRouterError",
     "QualityFloor",
+    "RoutePlan",
+    "RouteRequest",
     "Router",
+    "RouterTrainer",
     "RoutingDataset",
     "TargetInfo",
     "UnknownTargetError",

@@ -1,7 +1,8 @@
 """Offline routing of a prompt file: one decision per prompt, locally or on a Ray cluster.
 
 Each batch of prompts is scored by the router, priced, and routed by a vectorised policy that
-makes exactly the choice :meth:`Router.route` makes for one prompt. A prompt that cannot be
+makes exactly the choice :meth:`Router.route` makes for one prompt (both take a
+:class:`~prefill_router.policy.RoutePlan`). A prompt that cannot be
 routed (missing, empty, or one the encoder fails on) gets an ``error`` and no target; the other
 prompts of its batch are routed as usual. Decisions stream to the output file (Parquet, JSON Lines
 or CSV by suffix), which appears atomically when the run completes.
@@ -19,7 +20,6 @@ import contextlib
 import json
 import tempfile
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,36 +36,14 @@ from prefill_router.data.prompt_files import (
     prompt_sources,
     resolve_columns,
 )
-from prefill_router.errors import ConfigError, DataError
-from prefill_router.policy import check_knob, choose
-from prefill_router.policy.decision import allowed_mask
-from prefill_router.train import Router
+from prefill_router.errors import DataError
+from prefill_router.policy import RoutePlan, Router
 
-__all__ = ["BatchPolicy", "DecisionWriter", "decision_schema", "route_prompts", "route_prompts_ray"]
+__all__ = ["DecisionWriter", "decision_schema", "route_prompts", "route_prompts_ray"]
 
 DEFAULT_BATCH_SIZE = 256
 _ARTIFACT_FILES = ("router.json", "router.safetensors")
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets evaluate (CSV injection)
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """The policy every prompt of a batch run is routed by (a budget is solved to μ beforehand)."""
-
-    policy: str = "budget"
-    knob: float = 0.0
-    allowed: tuple[str, ...] | None = None
-    max_cost: float | None = None
-
-    def check(self, targets: Sequence[str]) -> BatchPolicy:
-        """Validate against the router's targets; returns self. Raises ConfigError / UnknownTargetError."""
-        check_knob(self.policy, self.knob)
-        allowed_mask(self.allowed, list(targets))
-        if self.max_cost is not None and not self.max_cost >= 0:
-            raise ConfigError(
-                f"The 'max_cost' option must be a USD amount >= 0; got {self.max_cost!r} instead."
-            )
-        return self
 
 
 def decision_schema(targets: Sequence[str]) -> pa.Schema:
@@ -81,7 +59,7 @@ def decision_schema(targets: Sequence[str]) -> pa.Schema:
 
 
 def route_prompts(
-    router: Router, ids: Sequence[str], prompts: Sequence[str | None], choice: BatchPolicy
+    router: Router, ids: Sequence[str], prompts: Sequence[str | None], choice: RoutePlan
 ) -> pa.Table:
     """Decisions for one batch of prompts, as a table of :func:`decision_schema`.
 
@@ -99,10 +77,7 @@ def route_prompts(
     cost = np.full(n, np.nan)
     if rows:
         c = router.costs([str(prompts[i]) for i in rows])
-        columns = choose(
-            p[rows], c, choice.policy, choice.knob,
-            allowed=allowed_mask(choice.allowed, names), max_cost=choice.max_cost,
-        )  # fmt: skip
+        columns = choice.choose(p[rows], c, names)
         for k, (row, column) in enumerate(zip(rows, columns.tolist(), strict=True)):
             target[row], cost[row] = names[column], c[k, column]
     arrays = [pa.array(list(ids), pa.string()), pa.array(target, pa.string()), _nullable(cost)]
@@ -153,7 +128,7 @@ class DecisionWriter:
     Example::
 
         with DecisionWriter("decisions.parquet", router.targets, {"policy": "budget"}) as out:
-            out.write(route_prompts(router, ids, prompts, BatchPolicy()))
+            out.write(route_prompts(router, ids, prompts, RoutePlan()))
     """
 
     def __init__(self, path: str | Path, targets: Sequence[str], metadata: dict[str, Any]) -> None:
@@ -226,7 +201,7 @@ def route_prompts_ray(
     ray: Any,
     router_path: str | Path,
     prompts_path: str | Path,
-    choice: BatchPolicy,
+    choice: RoutePlan,
     plan: WorkerPlan,
     *,
     prompt_column: str = "prompt",
@@ -284,7 +259,7 @@ class _RouteWorker:
     """One Ray actor: loads the router (from the artifact's bytes) and its encoder once."""
 
     def __init__(
-        self, files: dict[str, bytes], cache_dir: str | None, choice: BatchPolicy, plan: WorkerPlan,
+        self, files: dict[str, bytes], cache_dir: str | None, choice: RoutePlan, plan: WorkerPlan,
         columns: PromptColumns,
     ) -> None:  # fmt: skip
         with tempfile.TemporaryDirectory() as folder:

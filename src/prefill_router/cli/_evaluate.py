@@ -24,8 +24,7 @@ from prefill_router.cli._app import (
 if TYPE_CHECKING:
     from prefill_router.data.dataset import RoutingDataset
     from prefill_router.evaluate.run import FeatureSet
-    from prefill_router.policy import QualityFloor
-    from prefill_router.train import Router
+    from prefill_router.policy import QualityFloor, Router
 
 
 @app.command("evaluate")
@@ -79,8 +78,8 @@ def evaluate(
         predict_rows,
         score,
     )
-    from prefill_router.policy import BEST_SINGLE
-    from prefill_router.train import ProbeCache, Router, TrainSettings
+    from prefill_router.policy import BEST_SINGLE, Router
+    from prefill_router.train import ProbeCache, TrainSettings
 
     started = time.perf_counter()
     # Everything that can fail without features fails here, before minutes of encoding.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,8 +27,7 @@ from prefill_router.cli._app import (
 from prefill_router.errors import ConfigError
 
 if TYPE_CHECKING:
-    from prefill_router.policy import Budget, QualityFloor
-    from prefill_router.train import Router
+    from prefill_router.policy import RoutePlan, Router, RouteRequest
 
 BudgetOption = Annotated[
     str | None,
@@ -85,21 +83,17 @@ def route(
     best single target's accuracy, certified at delta 0.05 on the router's calibration rows.
     """
     from prefill_router.data.costs import check_priced
-    from prefill_router.train import Router
+    from prefill_router.policy import Router
 
-    choice = policy_options(budget, lambda_, tolerance, min_accuracy, within, delta)
+    request = policy_options(
+        budget, lambda_, tolerance, min_accuracy, within, delta, _allowed(allow), max_cost
+    )
     router = Router.load(router_path, cache_dir=cache)
     check_priced(router.target_info, source=str(router_path))  # before the encoder loads
-    allowed = _allowed(allow)
-    floor = choice.floor if choice.floor is not None else _default_floor(router, choice)
-    if floor is not None:
-        router.certify(floor)  # a floor that cannot be met fails before the encoder loads
+    plan = _plan(router, request)  # a floor that cannot be met fails before the encoder loads
     with console.status(f"loading encoder {', '.join(e.name for e in router.encoders)}"):
         router.loaded_encoders()  # load now, so the spinner covers it
-    decision = router.route(
-        prompt, policy=choice.policy, knob=choice.knob, budget=choice.budget, floor=floor, allowed=allowed,
-        max_cost=max_cost,
-    )  # fmt: skip
+    decision = plan.decide(router.predict_proba([prompt])[0], router.costs([prompt])[0], router.targets)
     if json_flag:
         console.print_json(json.dumps(decision.to_json()))
         return
@@ -120,17 +114,6 @@ NOT_INDEPENDENT = (
 )
 
 
-@dataclass(frozen=True)
-class PolicyChoice:
-    """What the policy options asked for; all None: the router's default floor."""
-
-    policy: str | None = None
-    knob: float | None = None
-    budget: Budget | None = None
-    floor: QualityFloor | None = None
-    delta: float | None = None  # --delta alone: the default floor at this delta
-
-
 def policy_options(
     budget: str | None,
     lambda_: float | None,
@@ -138,9 +121,11 @@ def policy_options(
     min_accuracy: float | None = None,
     within: str | None = None,
     delta: float | None = None,
-) -> PolicyChoice:
-    """The policy the options name (one at most); ``--delta`` goes with a floor."""
-    from prefill_router.policy import QualityFloor
+    allowed: tuple[str, ...] | None = None,
+    max_cost: float | None = None,
+) -> RouteRequest:
+    """The request the policy options name (one policy at most; ``--delta`` goes with a floor)."""
+    from prefill_router.policy import QualityFloor, RouteRequest
     from prefill_router.policy.floor import DEFAULT_DELTA
 
     given = (
@@ -152,32 +137,31 @@ def policy_options(
         raise ConfigError(f"choose one policy; got {' and '.join('--' + c for c in chosen)}")
     if delta is not None and chosen and chosen[0] not in ("min-accuracy", "within"):
         raise ConfigError(f"--delta is the risk of a quality floor; it does not go with --{chosen[0]}")
+    limits: dict[str, Any] = {"allowed": allowed, "max_cost": max_cost}
     risk = DEFAULT_DELTA if delta is None else delta
     if min_accuracy is not None:
-        return PolicyChoice(floor=QualityFloor(min_accuracy=min_accuracy, delta=risk))
+        return RouteRequest(floor=QualityFloor(min_accuracy=min_accuracy, delta=risk), **limits)
     if within is not None:
-        return PolicyChoice(floor=QualityFloor.parse(within, delta=risk))
+        return RouteRequest(floor=QualityFloor.parse(within, delta=risk), **limits)
     if lambda_ is not None:
-        return PolicyChoice("lambda", lambda_)
+        return RouteRequest("lambda", lambda_, **limits)
     if tolerance is not None:
-        return PolicyChoice("tolerance", tolerance)
+        return RouteRequest("tolerance", tolerance, **limits)
     if budget is None:
-        if delta is not None:
-            QualityFloor(within=0.01, delta=delta)  # checks the delta before anything loads
-        return PolicyChoice(delta=delta)
-    return _budget_choice(budget)
+        return RouteRequest(delta=delta, **limits)  # the default floor (RouteRequest checks the delta)
+    return _budget_request(budget, limits)
 
 
-def _budget_choice(budget: str) -> PolicyChoice:
-    from prefill_router.policy import Budget
+def _budget_request(budget: str, limits: dict[str, Any]) -> RouteRequest:
+    from prefill_router.policy import Budget, RouteRequest
 
     text = budget.strip()
     try:
         if text.startswith("$"):
-            return PolicyChoice("budget", budget=Budget(usd_per_request=float(text[1:])))
+            return RouteRequest(budget=Budget(usd_per_request=float(text[1:])), **limits)
         if text.endswith("%"):
-            return PolicyChoice("budget", budget=Budget(share_of_max=float(text[:-1]) / 100))
-        return PolicyChoice("budget", float(text))
+            return RouteRequest(budget=Budget(share_of_max=float(text[:-1]) / 100), **limits)
+        return RouteRequest("budget", float(text), **limits)
     except ValueError as exc:
         raise ConfigError(
             f"--budget must be '$USD' per request, 'N%' of the most expensive target, or a μ >= 0; "
@@ -185,18 +169,12 @@ def _budget_choice(budget: str) -> PolicyChoice:
         ) from exc
 
 
-def _default_floor(router: Router, choice: PolicyChoice) -> QualityFloor | None:
-    """The router's default floor when no policy option was given (at ``--delta`` if given)."""
-    if choice.policy is not None:
-        return None
-    floor = router.default_floor()
-    if floor is None:
-        err_console.print(
-            "[yellow]this router stores no labelled calibration rows, so it routes to the most likely "
-            "target (μ = 0); run `prefill-router calibrate ROUTER DATA` for the certified default[/]"
-        )
-        return None
-    return floor if choice.delta is None else replace(floor, delta=choice.delta)
+def _plan(router: Router, request: RouteRequest) -> RoutePlan:
+    """The router's plan for ``request``; says so when the default floor cannot be kept."""
+    plan = router.plan(request)
+    if plan.note is not None:
+        err_console.print(f"[yellow]{plan.note}[/]")
+    return plan
 
 
 def certificate_line(certificate: dict[str, Any]) -> str:
@@ -253,11 +231,13 @@ def route_batch(
         iter_prompt_file,
         prompt_format,
     )
-    from prefill_router.route_batch import BatchPolicy, DecisionWriter, route_prompts, route_prompts_ray
-    from prefill_router.train import Router
+    from prefill_router.policy import Router
+    from prefill_router.route_batch import DecisionWriter, route_prompts, route_prompts_ray
 
     # Everything that can fail without features fails here, before an encoder or Ray starts.
-    options = policy_options(budget, lambda_, tolerance, min_accuracy, within, delta)
+    request = policy_options(
+        budget, lambda_, tolerance, min_accuracy, within, delta, _allowed(allow), max_cost
+    )
     session = ray_or_none(ray_address)  # before any work: a missing extra fails at once
     started = time.perf_counter()
     check_prompt_file(prompts, prompt_column, id_column)
@@ -265,22 +245,14 @@ def route_batch(
     check_writable(output, what="decisions file")
     router = Router.load(router_path, cache_dir=cache)
     check_priced(router.target_info, source=str(router_path))
-    policy, knob, allowed = options.policy or "budget", options.knob or 0.0, _allowed(allow)
-    if options.budget is not None:
-        knob = router.solve_budget(options.budget).mu
-    floor = options.floor if options.floor is not None else _default_floor(router, options)
-    certificate = None
-    if floor is not None:
-        from prefill_router.policy import floor_plan
-
-        certificate = router.certify(floor)
-        knob, floor_allowed, _ = floor_plan(certificate, allowed)
-        allowed = None if floor_allowed is None else tuple(floor_allowed)
-        console.print(certificate_line(certificate.to_json()))
-    choice = BatchPolicy(policy, knob, allowed, max_cost).check(router.targets)
-    metadata = {"router": str(router_path), "prompts": str(prompts), **_choice_json(choice, budget)}
-    if certificate is not None:
-        metadata["certificate"] = certificate.to_json()
+    choice = _plan(router, request)
+    if choice.certificate is not None:
+        console.print(certificate_line(choice.certificate.to_json()))
+    described = choice.to_json()
+    metadata = {
+        "router": str(router_path), "prompts": str(prompts), "policy": described.pop("policy"),
+        "knob": described.pop("knob"), "budget": budget, **described,
+    }  # fmt: skip
     with DecisionWriter(output, router.targets, metadata) as out:
         if session is None:
             batches = iter_prompt_file(prompts, batch_size, prompt_column, id_column)
@@ -303,13 +275,6 @@ def route_batch(
                         out.write(table)
                         advance(table.num_rows)
     _print_batch_summary(out.counts, out.rows, output, time.perf_counter() - started)
-
-
-def _choice_json(choice: Any, budget: str | None) -> dict[str, Any]:
-    return {
-        "policy": choice.policy, "knob": choice.knob, "budget": budget,
-        "allowed": None if choice.allowed is None else list(choice.allowed), "max_cost_usd": choice.max_cost,
-    }  # fmt: skip
 
 
 def _print_batch_summary(counts: dict[str, int], rows: int, output: Path, seconds: float) -> None:

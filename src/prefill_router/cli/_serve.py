@@ -60,9 +60,9 @@ def serve(
         raise ConfigError("pass exactly one of --config FILE or --upstream URL")
     import uvicorn
 
+    from prefill_router.policy import Router
     from prefill_router.serve.app import create_app
     from prefill_router.serve.config import ServeConfig
-    from prefill_router.train import Router
 
     router = Router.load(router_path, cache_dir=cache, allow_local_encoders=allow_local_encoder)
     if config is not None:

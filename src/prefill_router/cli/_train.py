@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
     from prefill_router.data.dataset import RoutingDataset
     from prefill_router.encode import Encoder
-    from prefill_router.train import FitReport, LayerFeatures, ProgressCallback, Router
+    from prefill_router.policy import Router
+    from prefill_router.train import FitReport, LayerFeatures, ProgressCallback
 
 SplitOption = Annotated[str, typer.Option(help="Train on this split (all rows when the data has no splits).")]
 LimitOption = Annotated[int | None, typer.Option(help="Only the first N rows of the split, in file order.")]
@@ -105,7 +106,8 @@ def fit(
     cache: CacheOption = None,
 ) -> None:
     """Fit a router: encode (cached), choose layers, transform, train the ensemble, calibrate, save."""
-    from prefill_router.train import check_destination, fit_router
+    from prefill_router.train import check_destination
+    from prefill_router.train.trainer import RouterTrainer
 
     started = time.perf_counter()
     # Everything that can fail without features fails here, before minutes of encoding.
@@ -117,20 +119,16 @@ def fit(
     check_destination(output)
     if json_out is not None:
         check_writable(json_out, what="--json file")
-    encoders = _fit_encoders(encoder, dtype, init)
+    trainer = RouterTrainer(encoder, settings=settings, dtype=dtype, max_tokens=max_tokens, cache_dir=cache)
     train = _training_rows(data, split, limit, targets)
-    _check_fit_rows(train, data)
-    models = [_load_encoder(name, dtype=kind, max_tokens=max_tokens, cache=cache) for name, kind in encoders]
-    _check_layers(settings, models[0])
+    trainer.check(train, source=data)
+    with console.status(f"loading encoders {', '.join(name for name, _ in trainer.encoders)}"):
+        models = trainer.load_encoders()
     features = [_features(model, train, cache) for model in models]
     fit_started = time.perf_counter()
     with _fit_progress() as notify:
-        from prefill_router.encode import default_cache_dir
-        from prefill_router.train import EncoderIdentity, ProbeCache
-
-        identities = [EncoderIdentity.of(model) for model in models]
-        probes = ProbeCache(Path(cache or default_cache_dir()) / "probes")
-        router, report = fit_router(train, features, identities, settings, notify, probe_cache=probes)
+        trainer.on_progress = notify
+        router, report = trainer.fit_features(train, features, models)
     fit_seconds = time.perf_counter() - fit_started
     router.save(output)
     _print_fit(
@@ -165,10 +163,10 @@ def add_target_command(
 ) -> None:
     """Add a target to a router without retraining: one new head on the frozen trunk."""
     from prefill_router.data.costs import check_priced
-    from prefill_router.train import Router, add_target, check_destination, check_new_target
+    from prefill_router.train import RouterModel, add_target, check_destination, check_new_target
 
     check_destination(output or router_path)
-    router = Router.load(router_path, cache_dir=cache)
+    router = RouterModel.load(router_path, cache_dir=cache)
     train = _training_rows(data, split, limit, None)
     check_priced(check_new_target(router, train, target).targets, source=data)  # before any encoding
     with console.status(f"loading encoders {', '.join(e.name for e in router.encoders)}"):
@@ -189,7 +187,7 @@ def inspect(
     cache: CacheOption = None,
 ) -> None:
     """What a router artifact holds: encoder, targets, layers, net, calibration, training data."""
-    from prefill_router.train import Router
+    from prefill_router.policy import Router
 
     router = Router.load(router_path, check_encoder=False)
     document = json.loads((router_path / "router.json").read_text(encoding="utf-8"))
@@ -255,47 +253,6 @@ def _print_calibration(router: Router) -> None:
 
 
 # ----------------------------------------------------------------------- helpers
-def _fit_encoders(names: list[str] | None, dtype: str, init: str) -> list[tuple[str, str]]:
-    """(name, dtype) of each encoder a fit reads: the options', or a pretrained trunk's own."""
-    if init == "random":
-        from prefill_router.encode.models import check_encoder_exists
-
-        chosen = list(dict.fromkeys(names or DEFAULT_ENCODERS))
-        for name in chosen:  # every encoder known and installed before the first one loads
-            check_encoder_exists(name)
-        return [(name, dtype) for name in chosen]
-    from prefill_router.train.pretrained import load_trunk
-
-    trunk = load_trunk(init)
-    theirs = [(e.name, e.dtype) for e in trunk.encoders]
-    if names and list(dict.fromkeys(names)) != [name for name, _ in theirs]:
-        raise ConfigError(
-            f"--init {init} reads the encoders it was trained on ({', '.join(n for n, _ in theirs)}); "
-            f"got --encoder {' --encoder '.join(names)}. Leave --encoder out with --init."
-        )
-    return theirs
-
-
-def _check_fit_rows(train: RoutingDataset, data: str) -> None:
-    """The training rows can fit a router, and every target has a price (a router weighs cost)."""
-    from prefill_router.data.costs import check_priced
-    from prefill_router.train import check_training_data
-
-    check_priced(train.targets, source=data)
-    try:
-        check_training_data(train)
-    except DataError as exc:
-        raise DataError(str(exc), source=data) from exc
-
-
-def _check_layers(settings: TrainSettings, first: Encoder) -> None:
-    """An explicit --layers list must name layers of the (first) encoder."""
-    if not isinstance(settings.layers, str):
-        from prefill_router.encode import parse_layers
-
-        parse_layers(list(settings.layers), first.n_layers)
-
-
 def _parse_layer_option(value: str) -> str | tuple[int, ...]:
     from prefill_router.probe import STRATEGIES
 
@@ -333,8 +290,9 @@ def calibrate_command(
     """
     from prefill_router.cli._route import certificate_line
     from prefill_router.data.costs import check_priced
-    from prefill_router.encode import FeatureStore, default_cache_dir, extract_features
-    from prefill_router.train import LayerFeatures, Router, check_destination
+    from prefill_router.policy import Router
+    from prefill_router.train import check_destination
+    from prefill_router.train.trainer import stored_features
 
     check_destination(output or router_path)
     router = Router.load(router_path, cache_dir=cache)
@@ -343,15 +301,19 @@ def calibrate_command(
     labels = _router_labels(rows, router.targets, data)  # before any encoding
     with console.status(f"loading encoders {', '.join(e.name for e in router.encoders)}"):
         models = router.loaded_encoders()
-    store = FeatureStore(cache or default_cache_dir())
     features = []
     for index, model in enumerate(models):
         with encode_progress(rows.n_prompts) as advance:
-            stored = extract_features(
-                model, rows.prompts.tolist(), store, layers=router.transform.layers_of(index),
-                poolings=router.transform.poolings_of(index), on_progress=advance,
-            )  # fmt: skip
-        features.append(LayerFeatures(stored.features, stored.key.poolings, stored.key.layers))
+            features.append(
+                stored_features(
+                    model,
+                    rows.prompts.tolist(),
+                    cache,
+                    layers=router.transform.layers_of(index),
+                    poolings=router.transform.poolings_of(index),
+                    on_encode=advance,
+                )
+            )
     new = router.with_calibration(features, rows.prompts.tolist(), labels, source=f"{data}:{split or 'all'}")
     destination = output or router_path
     new.save(destination)
@@ -419,14 +381,11 @@ def _load_encoder(name: str, *, dtype: str, max_tokens: int | None, cache: Path 
 
 def _features(model: Encoder, dataset: RoutingDataset, cache: Path | None) -> LayerFeatures:
     """Every layer, both poolings (the ``encode`` defaults, so its cache is reused)."""
-    console.print(f"features of {model.name} ({model.dtype})")
-    from prefill_router.encode import FeatureStore, default_cache_dir, extract_features
-    from prefill_router.train import LayerFeatures
+    from prefill_router.train.trainer import stored_features
 
-    store = FeatureStore(cache or default_cache_dir())
+    console.print(f"features of {model.name} ({model.dtype})")
     with encode_progress(dataset.n_prompts) as advance:
-        stored = extract_features(model, dataset.prompts.tolist(), store, on_progress=advance)
-    return LayerFeatures(stored.features, stored.key.poolings, stored.key.layers)
+        return stored_features(model, dataset.prompts.tolist(), cache, on_encode=advance)
 
 
 @contextlib.contextmanager

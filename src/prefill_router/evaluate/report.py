@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from prefill_router.evaluate.run import Predictions
-    from prefill_router.train import Router
+    from prefill_router.policy import Router
 
 ORDER = (
     "prefill",

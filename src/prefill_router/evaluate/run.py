@@ -43,11 +43,10 @@ from prefill_router.evaluate.metrics import (
     savings_at_accuracy,
     target_quality,
 )
-from prefill_router.policy import Curve, choose, policy_curve
+from prefill_router.policy import Curve, Router, choose, policy_curve
 from prefill_router.train import (
     EncoderIdentity,
     LayerFeatures,
-    Router,
     TrainSettings,
     check_training_data,
     fit_router,
@@ -151,7 +150,8 @@ def predict_split(
     train = train.select(targets=evaluation.target_names)  # baselines' columns follow the evaluation's
     if router is None:
         step("fitting the router")
-        router, _ = fit_router(train, f_train.encoders, f_train.identities, settings, probe_cache=probe_cache)
+        model, _ = fit_router(train, f_train.encoders, f_train.identities, settings, probe_cache=probe_cache)
+        router = Router.of(model)
     out.probabilities[ROUTER_KEY] = _columns(
         router.predict_proba_features(f_eval.encoders), router.targets, evaluation
     )
@@ -420,20 +420,21 @@ def budget_adherence(
     A share below what the cheapest routing spends (targets priced close together) has no μ and
     is left out, rather than failing an evaluation at its very end.
     """
-    from prefill_router.policy import Budget, achieved
+    from prefill_router.policy import Budget, RouteRequest, achieved
 
-    if router.calibration_x is None or router.calibration_tokens is None:
+    if router.calibration is None:
         return []
     complete = ~np.isnan(evaluation.labels).any(axis=1) & np.isfinite(costs).all(axis=1)
     p, y, c = predictions.probabilities[ROUTER_KEY][complete], evaluation.labels[complete], costs[complete]
     rows = []
     for share in shares:
         try:
-            solution = router.solve_budget(Budget(share_of_max=share))
+            plan = router.plan(RouteRequest(budget=Budget(share_of_max=share)))
         except ConfigError:  # below the cheapest routing: no μ meets it
             continue
-        outcome_ = achieved(choose(p, c, "budget", solution.mu), y, c, n_boot=n_boot, seed=seed)
-        rows.append({"share_of_max": share, **solution.to_json(), "achieved": outcome_})
+        assert plan.solution is not None
+        outcome_ = achieved(plan.choose(p, c, router.targets), y, c, n_boot=n_boot, seed=seed)
+        rows.append({"share_of_max": share, **plan.solution.to_json(), "achieved": outcome_})
     return rows
 
 
@@ -454,21 +455,20 @@ def floor_adherence(
     A router without labelled calibration rows, or a floor it cannot certify at all (ConfigError),
     gives a row with the reason instead.
     """
-    from prefill_router.policy import achieved, floor_plan
-    from prefill_router.policy.decision import allowed_mask
+    from prefill_router.policy import RouteRequest, achieved
 
     complete = ~np.isnan(evaluation.labels).any(axis=1) & np.isfinite(costs).all(axis=1)
     p, y, c = predictions.probabilities[ROUTER_KEY][complete], evaluation.labels[complete], costs[complete]
     rows: list[dict[str, Any]] = []
     for floor in floors:
         try:
-            certificate = router.certify(floor)
+            plan = router.plan(RouteRequest(floor=floor))
         except ConfigError as exc:
             rows.append({"floor": floor.to_json(), "error": str(exc)})
             continue
-        mu, allowed, _ = floor_plan(certificate)
-        choice = choose(p, c, "budget", mu, allowed=allowed_mask(allowed, list(router.targets)))
-        got = achieved(choice, y, c, n_boot=n_boot, seed=seed)
+        certificate = plan.certificate
+        assert certificate is not None
+        got = achieved(plan.choose(p, c, router.targets), y, c, n_boot=n_boot, seed=seed)
         reference = router.target_index(str(certificate.reference))
         reference_accuracy = float(y[:, reference].mean())
         wanted = floor.accuracy_given(reference_accuracy)

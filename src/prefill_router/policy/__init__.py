@@ -2,7 +2,8 @@
 
 ``choice`` picks one target per prompt (budget / lambda / tolerance, candidates, curves);
 ``budget`` solves μ for a budget and bootstraps what a choice achieves; ``floor`` certifies the
-cheapest μ that keeps a quality floor with probability >= 1 − δ; ``decision`` explains one.
+cheapest μ that keeps a quality floor with probability >= 1 − δ; ``decision`` explains one;
+``routing`` is the :class:`Router` that puts them together for route, route-batch, serve and evaluate.
 """
 
 from prefill_router.policy.budget import (
@@ -14,6 +15,7 @@ from prefill_router.policy.budget import (
     solve_budget,
 )
 from prefill_router.policy.choice import (
+    DEFAULT_KNOBS,
     POLICIES,
     Curve,
     candidate_mask,
@@ -29,12 +31,13 @@ from prefill_router.policy.floor import (
     FloorCertificate,
     QualityFloor,
     certify_floor,
-    floor_decision,
     floor_plan,
 )
+from prefill_router.policy.routing import RoutePlan, Router, RouteRequest
 
 __all__ = [
     "BEST_SINGLE",
+    "DEFAULT_KNOBS",
     "POLICIES",
     "Budget",
     "BudgetSolution",
@@ -42,6 +45,9 @@ __all__ = [
     "Decision",
     "FloorCertificate",
     "QualityFloor",
+    "RoutePlan",
+    "RouteRequest",
+    "Router",
     "achieved",
     "bootstrap_interval",
     "candidate_mask",
@@ -50,7 +56,6 @@ __all__ = [
     "choose",
     "decide",
     "default_knobs",
-    "floor_decision",
     "floor_plan",
     "format_usd",
     "mu_grid",

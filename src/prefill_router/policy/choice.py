@@ -34,6 +34,9 @@ from prefill_router._json import finite_or_none
 from prefill_router.errors import ConfigError, DataError
 
 POLICIES = ("budget", "lambda", "tolerance")
+#: The knob of a policy named without one, on every path (route, route-batch, serve, evaluate):
+#: μ = 0 (the most likely target), λ = 1 (probability only), τ = 0 (the most likely, cheapest on ties).
+DEFAULT_KNOBS = {"budget": 0.0, "lambda": 1.0, "tolerance": 0.0}
 
 #: Scores (and costs) closer than this share of their magnitude count as equal.
 _RTOL = 1e-12

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,6 @@ from prefill_router._json import finite_or_none
 from prefill_router.errors import ConfigError, DataError, UnknownTargetError
 from prefill_router.policy.budget import format_usd
 from prefill_router.policy.choice import _check_costs, _check_matrix, _choose
-from prefill_router.policy.decision import Decision, decide
 
 #: ``relative_to`` naming the best single target (highest accuracy on the router's training rows).
 BEST_SINGLE = "best-single"
@@ -428,23 +427,3 @@ def floor_plan(
     if allowed is None or c.fallback in allowed:
         return 0.0, [c.fallback], f"{head}, so its reference {c.fallback}"
     return 0.0, allowed, f"{head}; the request excludes {c.fallback}, so the most likely allowed target"
-
-
-def floor_decision(
-    p: np.ndarray,
-    c: np.ndarray,
-    targets: Sequence[str],
-    certificate: FloorCertificate,
-    *,
-    allowed: Sequence[str] | None = None,
-    max_cost: float | None = None,
-) -> Decision:
-    """Route one request under a certified floor: :func:`decide` with the certificate's μ (or its
-    fallback target), the floor in the reason and the certificate in the decision.
-
-    ``allowed`` and ``max_cost`` narrow this request's candidates; the certificate is that of the
-    unrestricted routing, so a request that restricts its candidates is not covered by it.
-    """
-    mu, allow, head = floor_plan(certificate, allowed)
-    decision = decide(p, c, targets, "budget", mu, allowed=allow, max_cost=max_cost)
-    return replace(decision, reason=f"{head}; {decision.reason}", certificate=certificate.to_json())

@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from prefill_router.errors import ConfigError, DataError, UnknownTargetError
-from prefill_router.policy import Budget, Decision, FloorCertificate, QualityFloor, decide, floor_decision
+from prefill_router.policy import DEFAULT_KNOBS, Budget, Decision, FloorCertificate, QualityFloor, RoutePlan
 from prefill_router.serve.batcher import MicroBatcher, QueueFullError, WorkerThread
 from prefill_router.serve.cache import LruCache, TextHasher
 from prefill_router.serve.config import (
@@ -63,10 +63,9 @@ from prefill_router.serve.protocol import (
 from prefill_router.serve.upstream import forward, new_client
 
 if TYPE_CHECKING:
-    from prefill_router.train.router import Router
+    from prefill_router.policy import Router
 
 log = logging.getLogger("prefill_router.serve")
-_DEFAULT_KNOBS = {"budget": 0.0, "lambda": 1.0, "tolerance": 0.0}
 _ASCII = str.maketrans(
     {"μ": "mu", "λ": "lambda", "τ": "tau", "δ": "delta", "−": "-", "·": "*", "ĉ": "c_norm", "…": "..."}
 )
@@ -190,16 +189,11 @@ class RoutingService:
         try:
             if floor is not None:
                 certificate = await self._certificate(floor, overrides)
-                decision = floor_decision(
-                    p, c, self.router.targets, certificate, allowed=overrides.allowed,
-                    max_cost=overrides.max_cost_usd,
-                )  # fmt: skip
+                plan = RoutePlan.keeping(certificate, overrides.allowed, overrides.max_cost_usd)
             else:
                 policy, knob = await self._policy(profile, overrides)
-                decision = decide(
-                    p, c, self.router.targets, policy, knob, allowed=overrides.allowed,
-                    max_cost=overrides.max_cost_usd,
-                )  # fmt: skip
+                plan = RoutePlan(policy, knob, overrides.allowed, overrides.max_cost_usd)
+            decision = plan.decide(p, c, self.router.targets)
         except (ConfigError, UnknownTargetError) as exc:
             raise ApiError(400, str(exc), param="router") from exc
         self.metrics.score_seconds.observe(time.perf_counter() - started)
@@ -281,7 +275,7 @@ class RoutingService:
         if overrides.knob is not None:
             knob = overrides.knob
         else:
-            knob = profile.knob if policy == profile.policy else _DEFAULT_KNOBS[policy]
+            knob = profile.knob if policy == profile.policy else DEFAULT_KNOBS[policy]
         try:
             from prefill_router.policy import check_knob
 

@@ -17,7 +17,8 @@ from prefill_router.train.fit import (
 )
 from prefill_router.train.net import NetSettings, TrunkEnsemble, masked_bce
 from prefill_router.train.probe_cache import ProbeCache
-from prefill_router.train.router import CalibrationRows, EncoderIdentity, Router
+from prefill_router.train.router import CalibrationRows, EncoderIdentity, RouterModel
+from prefill_router.train.trainer import RouterTrainer
 from prefill_router.train.transform import FeatureBlock, FeatureTransform, LayerFeatures, fit_transform
 
 __all__ = [
@@ -31,7 +32,8 @@ __all__ = [
     "NetSettings",
     "ProbeCache",
     "ProgressCallback",
-    "Router",
+    "RouterModel",
+    "RouterTrainer",
     "TrainSettings",
     "TrunkEnsemble",
     "add_target",

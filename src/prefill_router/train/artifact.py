@@ -3,21 +3,31 @@
 No pickle anywhere: the JSON holds every setting and name, safetensors holds every array (and,
 in its string metadata, the target names and encoder hash the arrays were saved with, so an edit
 to one file without the other is caught). The folder is written atomically. Reading checks the
-format and version, parses both files and checks that every array is finite; the router checks
-the shapes against the JSON (:meth:`prefill_router.Router.load`).
+format and version, parses both files and checks that every array is finite.
+
+The codec between a router and those files lives here too: :func:`router_document` turns a
+router's parts into (router.json, arrays) and :func:`router_parts` turns them back, checking every
+array's shape against the JSON, so the router itself never reads or writes a file format.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from prefill_router._files import atomic_dir, default_file_mode
+from prefill_router.data.dataset import TargetInfo, target_name_problem
 from prefill_router.errors import DataError
+from prefill_router.train.net import TrunkEnsemble
+from prefill_router.train.transform import FeatureBlock, FeatureTransform
+
+if TYPE_CHECKING:
+    from prefill_router.train.router import RouterModel
 
 FORMAT = "prefill-router"
 #: Bumped on any change a reader of the previous version cannot handle. Version 2: a list of
@@ -150,3 +160,199 @@ def _read_tensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise DataError(f"unreadable ({exc}); the file is truncated or corrupt", source=str(path)) from exc
     return arrays, stamp
+
+
+# ---------------------------------------------------------------------------------------------------
+# the codec between a router and the two files
+
+#: Missing calibration labels are stored as this value (safetensors arrays must be finite).
+MISSING_LABEL = -1.0
+
+#: router.json keys that describe the router's structure; every other key is carried as ``info``.
+_STRUCTURE_KEYS = frozenset(
+    {"format", "format_version", "encoder", "encoders", "targets", "blocks", "net", "calibration"}
+)
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationRows:
+    """Held-out labelled rows kept in the artifact: budgets are solved and floors certified on them."""
+
+    x: np.ndarray  # (n, d_in) the net's input
+    tokens: np.ndarray  # (n,) input tokens of each prompt (its cost on each target)
+    labels: np.ndarray | None = None  # (n, M) labels, NaN where missing; None before floors existed
+    independent: bool = False  # never trained, early-stopped or temperature-scaled on
+    source: str = "fit"  # fit, or the labelled data `prefill-router calibrate` read
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``calibration`` object of router.json."""
+        return {
+            "rows": len(self.x), "labels": self.labels is not None, "independent": self.independent,
+            "source": self.source,
+        }  # fmt: skip
+
+
+def router_document(router: RouterModel) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(router.json without the format fields, the arrays by name) of ``router``."""
+    ensemble, transform = router.ensemble, router.transform
+    meta = {
+        "encoders": [identity.to_json() for identity in router.encoders],
+        "targets": [
+            {**t.to_json(), "output_tokens": float(router.output_tokens[j]),
+             "blocks": list(transform.target_blocks[t.name])}
+            for j, t in enumerate(router.target_info)
+        ],
+        "blocks": [
+            {"encoder": b.encoder, "pooling": b.pooling, "layers": list(b.layers),
+             "n_in": int(b.mean.shape[0]), "n_out": b.n_out}
+            for b in transform.blocks
+        ],
+        "net": {
+            "d_in": int(ensemble.w1.shape[1]),
+            "hidden": [int(ensemble.w1.shape[2]), int(ensemble.w2.shape[2])],
+            "n_targets": ensemble.n_targets, "members": ensemble.n_members,
+        },
+        **({"calibration": router.calibration.to_json()} if router.calibration is not None else {}),
+        **router.info,
+    }  # fmt: skip
+    arrays: dict[str, np.ndarray] = {"calibration.temperature": router.temperatures}
+    for i, block in enumerate(transform.blocks):
+        arrays |= {
+            f"block.{i}.mean": block.mean,
+            f"block.{i}.scale": block.scale,
+            f"block.{i}.components": block.components,
+        }
+    arrays |= {f"net.{name}": getattr(ensemble, name) for name in TrunkEnsemble.ARRAYS}
+    rows = router.calibration
+    if rows is not None:
+        arrays |= {
+            "calibration.x": rows.x.astype(np.float32),
+            "calibration.input_tokens": rows.tokens.astype(np.float32),  # exact below 2**24
+        }
+        if rows.labels is not None:
+            arrays["calibration.labels"] = np.nan_to_num(rows.labels, nan=MISSING_LABEL).astype(np.float32)
+    return meta, arrays
+
+
+def router_parts(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The keyword arguments of :class:`~prefill_router.train.router.RouterModel` that an artifact's
+    router.json and arrays describe, every array's shape checked against the JSON.
+
+    Raises:
+        DataError: a structure that does not add up (the message names what); KeyError, TypeError
+            or ValueError from a malformed router.json (the caller names the file).
+    """
+    from prefill_router.train.router import EncoderIdentity
+
+    shapes = _ShapeCheck(arrays)
+    # Format 1 had one encoder ("encoder") and one block per target ("block").
+    encoders = [EncoderIdentity(**e) for e in (meta["encoders"] if "encoders" in meta else [meta["encoder"]])]
+    blocks = [_block(i, spec, shapes, len(encoders)) for i, spec in enumerate(meta["blocks"])]
+    targets = [_target_info(t) for t in meta["targets"]]
+    names = [t.name for t in targets]
+    for name in names:
+        if problem := target_name_problem(name):
+            raise DataError(f"router.json: {problem}")
+    if len(set(names)) != len(names):
+        raise DataError(f"router.json names a target twice: {names}")
+    target_blocks = {
+        t["name"]: tuple(int(b) for b in t["blocks"]) if "blocks" in t else (int(t["block"]),)
+        for t in meta["targets"]
+    }
+    bad = [n for n, b in target_blocks.items() if not b or not all(0 <= i < len(blocks) for i in b)]
+    if bad:
+        raise DataError(f"router.json: target {bad[0]!r} points at a block that does not exist")
+    net, m = meta["net"], len(targets)
+    s, d_in, (h1, h2) = int(net["members"]), sum(b.n_out for b in blocks), (int(h) for h in net["hidden"])
+    ensemble = TrunkEnsemble(
+        w1=shapes.get("net.w1", (s, d_in, h1)), b1=shapes.get("net.b1", (s, h1)),
+        w2=shapes.get("net.w2", (s, h1, h2)), b2=shapes.get("net.b2", (s, h2)),
+        w3=shapes.get("net.w3", (s, h2, m)), b3=shapes.get("net.b3", (s, m)),
+    )  # fmt: skip
+    temperatures = shapes.get("calibration.temperature", (m,))
+    if (temperatures <= 0).any():
+        raise DataError("router.safetensors: calibration temperatures must be > 0")
+    calibration = _calibration_rows(meta.get("calibration"), shapes, d_in, m)
+    shapes.no_extras()
+    return {
+        "encoder": encoders,
+        "transform": FeatureTransform(tuple(blocks), target_blocks),
+        "ensemble": ensemble,
+        "temperatures": temperatures,
+        "targets": targets,
+        "output_tokens": np.array([float(t["output_tokens"]) for t in meta["targets"]]),
+        "info": {k: v for k, v in meta.items() if k not in _STRUCTURE_KEYS},
+        "calibration": calibration,
+    }
+
+
+class _ShapeCheck:
+    """Hands out arrays by name after checking their shape; remembers which were used."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays, self.used = arrays, set[str]()
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if name not in self.arrays:
+            raise DataError(f"router.safetensors lacks the array {name!r}")
+        array = self.arrays[name]
+        if array.shape != shape:
+            raise DataError(
+                f"router.safetensors: array {name!r} has shape {array.shape}; router.json implies {shape}"
+            )
+        self.used.add(name)
+        return array.astype(np.float32, copy=False)
+
+    def no_extras(self) -> None:
+        extra = sorted(set(self.arrays) - self.used)
+        if extra:
+            raise DataError(f"router.safetensors holds arrays router.json does not describe: {extra}")
+
+
+def _block(index: int, spec: dict[str, Any], shapes: _ShapeCheck, n_encoders: int) -> FeatureBlock:
+    n_in, n_out, encoder = int(spec["n_in"]), int(spec["n_out"]), int(spec.get("encoder", 0))
+    if not 0 <= encoder < n_encoders:
+        raise DataError(f"router.json: block {index} reads encoder {encoder}; there are {n_encoders}")
+    return FeatureBlock(
+        pooling=str(spec["pooling"]),
+        layers=tuple(int(layer) for layer in spec["layers"]),
+        mean=shapes.get(f"block.{index}.mean", (n_in,)),
+        scale=shapes.get(f"block.{index}.scale", (n_in,)),
+        components=shapes.get(f"block.{index}.components", (n_out, n_in)),
+        encoder=encoder,
+    )
+
+
+def _calibration_rows(
+    spec: dict[str, Any] | None, shapes: _ShapeCheck, d_in: int, m: int
+) -> CalibrationRows | None:
+    """The calibration rows router.json describes (format 2 routers hold no labels)."""
+    if spec is None:
+        return None
+    rows = int(spec["rows"])
+    labels = None
+    if spec.get("labels"):
+        labels = shapes.get("calibration.labels", (rows, m)).astype(np.float64)
+        if (((labels < 0) & (labels != MISSING_LABEL)) | (labels > 1)).any():
+            raise DataError("router.safetensors: calibration labels must lie in [0, 1] (or -1 = missing)")
+        labels[labels == MISSING_LABEL] = np.nan
+    return CalibrationRows(
+        x=shapes.get("calibration.x", (rows, d_in)),
+        tokens=shapes.get("calibration.input_tokens", (rows,)),
+        labels=labels,
+        independent=bool(spec.get("independent", False)),
+        source=str(spec.get("source", "fit")),
+    )
+
+
+def _target_info(spec: dict[str, Any]) -> TargetInfo:
+    return TargetInfo(
+        name=str(spec["name"]),
+        input_usd_per_mtok=spec.get("input_usd_per_mtok"),
+        output_usd_per_mtok=spec.get("output_usd_per_mtok"),
+        price_source=spec.get("price_source"),
+        price_derived=bool(spec.get("price_derived", False)),
+    )

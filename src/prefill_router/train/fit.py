@@ -1,9 +1,10 @@
 """Fitting a router: layer choice -> transform -> SharedTrunkNet ensemble -> calibration.
 
 :func:`fit_router` takes a dataset's training rows and their pooled features (from the feature
-store or an encoder) and returns a :class:`Router` plus a :class:`FitReport`. A grouped 15%
-validation split (no prompt text on both sides) drives early stopping, the choice of the best
-``keep`` of ``seeds`` members, and the per-target temperatures; the scaler and PCA never see it.
+store or an encoder) and returns a :class:`~prefill_router.train.RouterModel` plus a
+:class:`FitReport`. A grouped 15% validation split (no prompt text on both sides) drives early
+stopping, the choice of the best ``keep`` of ``seeds`` members, and the per-target temperatures;
+the scaler and PCA never see it.
 :func:`add_target` trains one more head on a router's frozen trunk.
 """
 
@@ -13,7 +14,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from prefill_router.train.calibration import (
 from prefill_router.train.net import NetSettings, TrainedMember, TrunkEnsemble, train_head, train_nets
 from prefill_router.train.pretrained import check_trunk_fits, initial_from_trunk, load_trunk
 from prefill_router.train.probe_cache import ProbeCache
-from prefill_router.train.router import CalibrationRows, EncoderIdentity, Router
+from prefill_router.train.router import CalibrationRows, EncoderIdentity, RouterModel
 from prefill_router.train.transform import (
     BlockChoice,
     EncoderFeatures,
@@ -60,6 +61,8 @@ SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {
     "depth_tolerance": 0.0,
     "calibration_share": 0.0,
 }
+#: A router class (add_target returns one of the class it is given).
+R = TypeVar("R", bound=RouterModel)
 #: Fewer training rows than this cannot fit PCA, a net and a validation split sensibly.
 MIN_ROWS = 50
 #: Each target needs at least this many labelled rows of each class (correct / wrong).
@@ -191,7 +194,7 @@ def fit_router(
     *,
     probe_cache: ProbeCache | None = None,
     blocks: Sequence[BlockChoice] | None = None,
-) -> tuple[Router, FitReport]:
+) -> tuple[RouterModel, FitReport]:
     """Fit a router on every row of ``dataset`` (already restricted to the training split).
 
     Args:
@@ -283,7 +286,7 @@ def fit_router(
         member_val_loss=losses, kept_members=kept, seconds=seconds,
         blocks={t: [block_name(*b) for b in blocks] for t, blocks in choice.items()},
     )  # fmt: skip
-    router = Router(
+    router = RouterModel(
         encoder=identities,
         transform=transform,
         ensemble=ensemble,
@@ -306,12 +309,12 @@ def fit_router(
 
 
 def add_target(
-    router: Router,
+    router: R,
     dataset: RoutingDataset,
     target: str,
     features: EncoderFeatures,
     settings: TrainSettings | None = None,
-) -> tuple[Router, FitReport]:
+) -> tuple[R, FitReport]:
     """A new router with a head for ``target`` trained on the frozen trunk; nothing else changes.
 
     ``dataset`` holds the training rows with the new target's labels; ``features`` are their
@@ -557,7 +560,7 @@ def _routing_heads(member: TrainedMember, n_targets: int) -> TrainedMember:
     return replace(member, weights=weights)
 
 
-def _check_trunk_encoders(trunk: Router, identities: Sequence[EncoderIdentity]) -> None:
+def _check_trunk_encoders(trunk: RouterModel, identities: Sequence[EncoderIdentity]) -> None:
     """A pretrained trunk reads its own encoders' features: the fit must be given exactly those."""
     if tuple(identities) != trunk.encoders:
         theirs = ", ".join(f"{e.name} ({e.dtype})" for e in trunk.encoders)
@@ -632,7 +635,7 @@ def _train_members(
     return members
 
 
-def check_new_target(router: Router, dataset: RoutingDataset, target: str) -> RoutingDataset:
+def check_new_target(router: RouterModel, dataset: RoutingDataset, target: str) -> RoutingDataset:
     """The rows of ``dataset`` labelled for ``target`` (its column alone), if :func:`add_target`
     can train a head for it; needs no features, so it runs before any encoding.
 
@@ -676,7 +679,7 @@ def check_training_data(dataset: RoutingDataset, features: LayerFeatures | None 
             )
 
 
-def _shared_blocks(router: Router) -> tuple[int, ...]:
+def _shared_blocks(router: RouterModel) -> tuple[int, ...]:
     """The blocks an added target is listed under: the most common choice among the router's
     targets (its head reads the whole trunk, so this is for reports only)."""
     from collections import Counter

@@ -28,7 +28,7 @@ import numpy as np
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.errors import ConfigError
 from prefill_router.train.net import NetSettings, TrunkEnsemble, initial_weights, train_head
-from prefill_router.train.router import EncoderIdentity, Router
+from prefill_router.train.router import EncoderIdentity, RouterModel
 from prefill_router.train.transform import BlockChoice, LayerFeatures
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def shipped_trunk_path() -> Path:
     return Path(str(resources.files("prefill_router.train").joinpath("resources", "pretrained")))
 
 
-def load_trunk(source: str) -> Router:
+def load_trunk(source: str) -> RouterModel:
     """The trunk named by an ``init`` setting: ``pretrained`` (the shipped one) or a trunk folder.
 
     Raises:
@@ -63,7 +63,7 @@ def load_trunk(source: str) -> Router:
             f"The 'init' setting must be one of {', '.join(INITS)} or a trunk folder; {source!r} "
             f"does not exist{'; ' + where if where else ''}"
         )
-    return Router.load(path, check_encoder=False)
+    return RouterModel.load(path, check_encoder=False)
 
 
 def head_name(dataset: str, target: str) -> str:
@@ -71,7 +71,7 @@ def head_name(dataset: str, target: str) -> str:
     return f"{dataset}{HEAD_SEPARATOR}{target}"
 
 
-def known_targets(trunk: Router) -> dict[str, list[int]]:
+def known_targets(trunk: RouterModel) -> dict[str, list[int]]:
     """Target name -> the columns of the trunk's heads for it (one per dataset it was seen in)."""
     out: dict[str, list[int]] = {}
     for column, name in enumerate(trunk.targets):
@@ -80,7 +80,7 @@ def known_targets(trunk: Router) -> dict[str, list[int]]:
 
 
 def initial_from_trunk(
-    trunk: Router,
+    trunk: RouterModel,
     targets: Sequence[str],
     settings: NetSettings,
     seeds: Sequence[int],
@@ -122,7 +122,7 @@ def initial_from_trunk(
     return out | {"w3": w3, "b3": b3}
 
 
-def check_trunk_fits(trunk: Router, d_in: int, hidden: tuple[int, int]) -> None:
+def check_trunk_fits(trunk: RouterModel, d_in: int, hidden: tuple[int, int]) -> None:
     """Raise ConfigError unless the trunk's net has this input width and hidden sizes."""
     ensemble: TrunkEnsemble = trunk.ensemble
     shape = (int(ensemble.w1.shape[1]), (int(ensemble.w1.shape[2]), int(ensemble.w2.shape[2])))
@@ -157,7 +157,7 @@ def pretrain_trunk(
     settings: TrainSettings | None = None,
     *,
     on_progress: ProgressCallback | None = None,
-) -> Router:
+) -> RouterModel:
     """Train a trunk on every target of every dataset: one head per dataset x target.
 
     Args:
