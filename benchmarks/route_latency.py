@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._processes import proxy_process, upstream_process  # noqa: E402
 
+from prefill_router import Router  # noqa: E402
 from prefill_router.data.dataset import RoutingDataset  # noqa: E402
 from prefill_router.encode import Encoder  # noqa: E402
-from prefill_router.train import Router  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

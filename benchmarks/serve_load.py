@@ -98,7 +98,7 @@ def offline(router_dir: Path, prompts: Sequence[str]) -> dict[str, Any]:
     """The router's throughput on the same prompts in this process, servers not started: all at once
     (the encoder sorts them by length), and in consecutive slices of 32 and of 1 (what micro-batches
     of random arrivals can get at best, without HTTP)."""
-    from prefill_router.train import Router
+    from prefill_router import Router
 
     router = Router.load(router_dir)
     router.predict_proba(list(prompts[:8]))  # warm: load, prefix cache
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--time-limit-s", type=float, default=180.0, help="per phase")
     parser.add_argument("--output", type=Path, default=RESULTS / "serve_load.json")
     args = parser.parse_args()
-    from prefill_router.train import Router
+    from prefill_router import Router
 
     targets = list(Router.load(args.router).targets)
     prompts = bundled_prompts(args.prompts)

@@ -236,8 +236,8 @@ def _fit_tiny_router(model_dir: Path, cache: Path, folder: Path) -> Path:
 
 def load_tiny_router(path: Path, model_dir: Path, cache: Path) -> Any:
     """Load the saved tiny router with a one-thread encoder."""
+    from prefill_router import Router
     from prefill_router.encode import Encoder
-    from prefill_router.train import Router
 
     router = Router.load(path, cache_dir=cache)
     router.use_encoder(Encoder(str(model_dir), dtype="float32", threads=1, cache_dir=cache))

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from prefill_router import Router
 from prefill_router.cli import run
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
-from prefill_router.train import Router
 
 TARGETS = ("math-model", "poem-model", "code-model")
 SMALL = ["--seeds", "2", "--keep", "1", "--pca", "8"]  # the defaults train 10 nets for up to 150 epochs

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from prefill_router import Router
 from prefill_router.data.dataset import RoutingDataset
 from prefill_router.evaluate.report import headline_rows, write_report
 from prefill_router.evaluate.run import Predictions, eval_costs, predict_split, score
-from prefill_router.train import Router, fit_router
+from prefill_router.train import fit_router
 from tests.test_evaluate_run import SETTINGS, SYNTHETIC, halves, planted
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

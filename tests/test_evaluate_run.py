@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from prefill_router import Router
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.errors import ConfigError, DataError
 from prefill_router.evaluate.baselines import KNN_KS, LEARNED, random_probabilities
@@ -26,7 +27,6 @@ from prefill_router.train import (
     EncoderIdentity,
     LayerFeatures,
     NetSettings,
-    Router,
     TrainSettings,
     fit_router,
 )
@@ -106,7 +106,7 @@ def data() -> tuple[RoutingDataset, FeatureSet]:
 def router(data: tuple[RoutingDataset, FeatureSet]) -> Router:
     train, _, f_train, _ = halves(*data)
     fitted, _ = fit_router(train, f_train.encoder, SYNTHETIC, SETTINGS)
-    return fitted
+    return Router.of(fitted)
 
 
 @pytest.fixture(scope="module")

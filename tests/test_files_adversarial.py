@@ -22,13 +22,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from prefill_router import Router
 from prefill_router.cli import run
 from prefill_router.data.importers import import_dataset
 from prefill_router.data.prices import PriceTable
 from prefill_router.encode.store import FeatureStore
 from prefill_router.errors import ConfigError, DataError
 from prefill_router.route_batch import DecisionWriter
-from prefill_router.train import Router
 from prefill_router.train.artifact import read_artifact, write_artifact
 from tests.serve_support import build_tiny_router
 from tests.test_store import KEY, PROMPTS, FakeEncoder, expected, key_dir

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from prefill_router import Router
 from prefill_router.cli import run
 from prefill_router.encode import Encoder, FeatureStore, extract_features
 from prefill_router.errors import ConfigError
@@ -23,7 +24,7 @@ from prefill_router.policy import QualityFloor
 from prefill_router.policy.choice import _choose
 from prefill_router.serve.app import create_app
 from prefill_router.serve.config import Profile, ServeConfig, UpstreamTarget
-from prefill_router.train import EncoderIdentity, LayerFeatures, Router, fit_router
+from prefill_router.train import EncoderIdentity, LayerFeatures, fit_router
 from prefill_router.train.calibration import apply_temperature
 from tests.serve_support import UPSTREAM_IDS, FakeBehaviour, ServerThread, fake_upstream, running_proxy
 from tests.test_route import PROMPTS, SETTINGS, TARGETS, topics
@@ -74,7 +75,7 @@ def calibration_accuracy_at_argmax(router: Router) -> float:
     rows = router.calibration
     assert rows is not None and rows.labels is not None
     p = apply_temperature(router.ensemble.probabilities(rows.x), router.temperatures)
-    c = router._costs_from_tokens(rows.tokens)
+    c = router.costs_from_tokens(rows.tokens)
     choice = _choose(p, c, "budget", 0.0, np.ones(c.shape, dtype=bool))
     return float(rows.labels[np.arange(len(c)), choice].mean())
 

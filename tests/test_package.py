@@ -8,13 +8,17 @@ import sys
 import prefill_router
 
 PUBLIC_API = [
+    "Budget",
     "ConfigError",
     "DataError",
     "EncodeError",
     "MissingDependencyError",
     "PrefillRouterError",
     "QualityFloor",
+    "RoutePlan",
+    "RouteRequest",
     "Router",
+    "RouterTrainer",
     "RoutingDataset",
     "TargetInfo",
     "UnknownTargetError",

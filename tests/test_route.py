@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from prefill_router import Router
 from prefill_router.cli import run
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.errors import ConfigError, UnknownTargetError
-from prefill_router.policy import Budget, QualityFloor, choose, format_usd
-from prefill_router.train import EncoderIdentity, LayerFeatures, Router, fit_router, read_artifact
+from prefill_router.policy import DEFAULT_KNOBS, Budget, QualityFloor, RouteRequest, choose, format_usd
+from prefill_router.train import EncoderIdentity, LayerFeatures, fit_router, read_artifact
 from prefill_router.train.calibration import apply_temperature
 from prefill_router.train.fit import validation_split
 from tests.test_evaluate_run import NAMES, PRICES, SETTINGS, SYNTHETIC, planted
@@ -46,7 +47,8 @@ def synthetic() -> tuple[Router, RoutingDataset, LayerFeatures]:
         dataset.prompt_ids, dataset.prompts, dataset.tasks, dataset.splits, dataset.labels, dataset.targets,
         output_tokens=output_tokens,
     )  # fmt: skip
-    router, _ = fit_router(dataset, features.encoder, SYNTHETIC, SETTINGS)
+    model, _ = fit_router(dataset, features.encoder, SYNTHETIC, SETTINGS)
+    router = Router.of(model)
     return router, dataset, features.encoder
 
 
@@ -218,7 +220,8 @@ def tiny(
     # not every training row: `evaluate` refitting the router instead of applying it would show
     train = np.flatnonzero(dataset.splits == "train")[:140]
     train_feats = LayerFeatures(feats.values[train], feats.poolings, feats.layers)
-    router, _ = fit_router(dataset.take(train), train_feats, EncoderIdentity.of(encoder), SETTINGS)
+    model, _ = fit_router(dataset.take(train), train_feats, EncoderIdentity.of(encoder), SETTINGS)
+    router = Router.of(model)
     router.use_encoder(encoder)
     folder = tmp_path_factory.mktemp("tiny")
     return router, router.save(folder / "router"), dataset.save(folder / "topics.parquet"), feats
@@ -260,6 +263,53 @@ def test_route_without_a_policy_keeps_the_default_floor(
             f"quality floor within 1 point of {router.best_single} (δ=0.05, certified on "
             f"{certificate.rows} calibration rows); budget policy"
         )
+
+
+def test_a_policy_named_without_its_knob_takes_the_shared_default(
+    tiny: tuple[Router, Path, Path, LayerFeatures],
+) -> None:
+    """One set of default knobs on every path: λ = 1 (probability only), as serve has always used;
+    Router.route once gave λ = 0 (the cheapest target) here."""
+    router = tiny[0]
+    assert DEFAULT_KNOBS == {"budget": 0.0, "lambda": 1.0, "tolerance": 0.0}
+    for policy, knob in DEFAULT_KNOBS.items():
+        decision = router.route(PROMPTS[0], policy=policy)
+        assert (decision.policy, decision.knob) == (policy, knob)
+        assert decision.target == router.route(PROMPTS[0], policy=policy, knob=knob).target
+    assert router.plan(RouteRequest("lambda")).knob == 1.0
+
+
+def test_a_request_resolves_once_into_a_plan_that_decides_like_route(
+    tiny: tuple[Router, Path, Path, LayerFeatures],
+) -> None:
+    router = tiny[0]
+    p, c = router.predict_proba(list(PROMPTS)), router.costs(list(PROMPTS))
+    requests = [
+        RouteRequest(), RouteRequest("tolerance", 0.2), RouteRequest(budget=Budget(share_of_max=0.5)),
+        RouteRequest(floor=QualityFloor(within=0.05), allowed=("code-model", "math-model")),
+        RouteRequest("lambda", 0.5, max_cost=1e-4),
+    ]  # fmt: skip
+    for request in requests:
+        plan = router.plan(request)
+        one = [plan.decide(p[i], c[i], router.targets).target for i in range(len(PROMPTS))]
+        assert [router.targets[j] for j in plan.choose(p, c, router.targets)] == one
+        kwargs = {
+            "policy": request.policy,
+            "knob": request.knob,
+            "budget": request.budget,
+            "floor": request.floor,
+        }
+        routed = [
+            router.route(t, **kwargs, allowed=request.allowed, max_cost=request.max_cost) for t in PROMPTS
+        ]
+        assert [d.target for d in routed] == one
+    assert router.plan(RouteRequest(delta=0.2)).certificate.delta == 0.2  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="'delta' is the risk of the default floor"):
+        RouteRequest("budget", 0.0, delta=0.1)
+    with pytest.raises(ConfigError, match="'max_cost' option must be a USD amount >= 0"):
+        RouteRequest(max_cost=-1.0)
+    with pytest.raises(UnknownTargetError, match="poem-modle"):
+        router.plan(RouteRequest(allowed=("poem-modle",)))
 
 
 def test_route_policies_lambda_one_and_a_large_tolerance(

@@ -13,20 +13,19 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from prefill_router import Router
 from prefill_router._ray import WorkerPlan, plan_workers, require_ray
 from prefill_router.cli import run
 from prefill_router.cli._app import with_optional_values
 from prefill_router.data.prompt_files import count_rows, iter_prompt_file, read_prompt_file
 from prefill_router.errors import ConfigError, DataError, MissingDependencyError, UnknownTargetError
-from prefill_router.policy import Budget
+from prefill_router.policy import Budget, RoutePlan
 from prefill_router.route_batch import (
-    BatchPolicy,
     DecisionWriter,
     decision_schema,
     route_prompts,
     route_prompts_ray,
 )
-from prefill_router.train import Router
 from tests.serve_support import build_tiny_router, load_tiny_router
 from tests.test_route import topics
 
@@ -153,9 +152,9 @@ def test_bad_prompt_files_are_refused_with_the_reason(
 # ================================================================================ routing
 def test_batch_decisions_equal_per_prompt_decisions(router: Router) -> None:
     prompts = texts()
-    for choice in [BatchPolicy(), BatchPolicy("budget", 3e3), BatchPolicy("tolerance", 0.1),
-                   BatchPolicy("lambda", 0.5), BatchPolicy(allowed=("poem-model", "code-model")),
-                   BatchPolicy(max_cost=1e-6)]:  # fmt: skip
+    for choice in [RoutePlan(), RoutePlan("budget", 3e3), RoutePlan("tolerance", 0.1),
+                   RoutePlan("lambda", 0.5), RoutePlan(allowed=("poem-model", "code-model")),
+                   RoutePlan(max_cost=1e-6)]:  # fmt: skip
         table = route_prompts(router, [f"q{i}" for i in range(len(prompts))], prompts, choice).to_pylist()
         for row, prompt in zip(table, prompts, strict=True):
             one = router.route(
@@ -174,7 +173,7 @@ def test_batch_decisions_equal_per_prompt_decisions(router: Router) -> None:
 
 def test_unroutable_prompts_get_an_error_and_the_rest_are_routed(router: Router) -> None:
     prompts: list[str | None] = [texts(1)[0], "", None, "  \n", texts(2)[0]]
-    rows = route_prompts(router, list("abcde"), prompts, BatchPolicy()).to_pylist()
+    rows = route_prompts(router, list("abcde"), prompts, RoutePlan()).to_pylist()
     assert [r["error"] for r in rows] == [None, "empty prompt", "missing prompt (null)", "empty prompt", None]
     assert [r["target"] is None for r in rows] == [False, True, True, True, False]
     assert all(r[f"p_{router.targets[0]}"] is None for r in rows[1:4])
@@ -182,11 +181,11 @@ def test_unroutable_prompts_get_an_error_and_the_rest_are_routed(router: Router)
 
 def test_a_batch_policy_is_checked_against_the_router(router: Router) -> None:
     with pytest.raises(UnknownTargetError, match="poem-modle"):
-        BatchPolicy(allowed=("poem-modle",)).check(router.targets)
+        RoutePlan(allowed=("poem-modle",)).check(router.targets)
     with pytest.raises(ConfigError, match=r"must be a number in \[0, 1\] for the lambda policy"):
-        BatchPolicy("lambda", 2.0).check(router.targets)
+        RoutePlan("lambda", 2.0).check(router.targets)
     with pytest.raises(ConfigError, match=r"The 'max_cost' option must be a USD amount >= 0; got -1"):
-        BatchPolicy(max_cost=-1).check(router.targets)
+        RoutePlan(max_cost=-1).check(router.targets)
 
 
 @pytest.mark.parametrize("kind", ["parquet", "jsonl", "csv"])
@@ -196,7 +195,7 @@ def test_the_decision_writer_streams_batches_into_one_file(router: Router, tmp_p
     with DecisionWriter(out, router.targets, {"policy": "budget"}) as writer:
         for start in (0, 3):
             ids = [f"q{i}" for i in range(start, start + 3)]
-            writer.write(route_prompts(router, ids, prompts[start : start + 3], BatchPolicy()))
+            writer.write(route_prompts(router, ids, prompts[start : start + 3], RoutePlan()))
     assert writer.rows == 6 and sum(writer.counts.values()) == 6
     frame = {"parquet": pd.read_parquet, "csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True)}[
         kind
@@ -213,7 +212,7 @@ def test_a_failed_run_leaves_no_partial_decisions_file(router: Router, tmp_path:
 
     def killed_half_way() -> None:
         with DecisionWriter(out, router.targets, {}) as writer:
-            writer.write(route_prompts(router, ["a"], texts(1), BatchPolicy()))
+            writer.write(route_prompts(router, ["a"], texts(1), RoutePlan()))
             raise RuntimeError("killed half way")
 
     with pytest.raises(RuntimeError, match="killed half way"):
@@ -322,9 +321,7 @@ def test_batch_routing_on_ray_refuses_a_folder_that_is_no_artifact(tmp_path: Pat
     prompts = write_prompts(tmp_path, texts(2))
     plan = WorkerPlan(1, 1.0, 0.0, "cpu")
     with pytest.raises(DataError, match=r"not a router artifact: No such file or directory: .*router\.json"):
-        route_prompts_ray(
-            None, tmp_path / "nothing", prompts, BatchPolicy(), plan
-        )  # fails before Ray is used
+        route_prompts_ray(None, tmp_path / "nothing", prompts, RoutePlan(), plan)  # fails before Ray is used
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from prefill_router import Router
 from prefill_router._ray import plan_workers
 from prefill_router.cli import run
 from prefill_router.data.dataset import RoutingDataset
@@ -22,8 +23,8 @@ from prefill_router.encode import Encoder, FeatureStore, extract_features, featu
 from prefill_router.encode.distributed import extract_features_ray
 from prefill_router.encode.store import FeatureJob
 from prefill_router.errors import EncodeError
-from prefill_router.route_batch import BatchPolicy, route_prompts_ray
-from prefill_router.train import Router
+from prefill_router.policy import RoutePlan
+from prefill_router.route_batch import route_prompts_ray
 from tests.serve_support import build_tiny_router, load_tiny_router
 from tests.test_route import topics
 from tests.tiny_models import build_tiny_llama
@@ -165,7 +166,7 @@ def test_batch_routing_on_ray_equals_per_prompt_routing(
     cluster: Any, router: Router, router_path: Path, cache: Path, tmp_path: Path
 ) -> None:
     path, texts = prompt_file(tmp_path)
-    choice = BatchPolicy("budget", 0.0)
+    choice = RoutePlan("budget", 0.0)
     plan = plan_workers(cluster, workers=2, worker_cpus=1)
     total, tables = route_prompts_ray(cluster, router_path, path, choice, plan, batch_size=4, cache_dir=cache)
     out = pd.concat([t.to_pandas() for t in tables], ignore_index=True)

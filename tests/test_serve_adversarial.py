@@ -24,11 +24,11 @@ import httpx
 import numpy as np
 import pytest
 
+from prefill_router import Router
 from prefill_router.data.dataset import TargetInfo
 from prefill_router.errors import ConfigError
 from prefill_router.serve.app import create_app
 from prefill_router.serve.config import Client, ClientRights, ServeConfig, UpstreamTarget
-from prefill_router.train import Router
 from tests.serve_support import (
     KEY_FRAGMENT,
     UPSTREAM_IDS,

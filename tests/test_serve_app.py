@@ -14,10 +14,10 @@ import httpx
 import numpy as np
 import pytest
 
+from prefill_router import Router
 from prefill_router.policy import QualityFloor
 from prefill_router.serve.app import create_app
 from prefill_router.serve.config import Profile, ServeConfig, UpstreamTarget
-from prefill_router.train import Router
 from tests.serve_support import (
     UPSTREAM_IDS,
     FakeBehaviour,

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefill_router.train import Router
+from prefill_router import Router
 from tests.serve_support import (
     FakeBehaviour,
     ServerThread,

@@ -19,6 +19,7 @@ import pytest
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from prefill_router import Router
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.errors import DataError, EncodeError
 from prefill_router.train import (
@@ -26,7 +27,6 @@ from prefill_router.train import (
     EncoderIdentity,
     LayerFeatures,
     NetSettings,
-    Router,
     TrainSettings,
     fit_router,
     read_artifact,
@@ -88,7 +88,8 @@ def test_a_fresh_process_predicts_the_same(router: Router, saved: Path, tmp_path
         """
         import sys
         import numpy as np
-        from prefill_router.train import LayerFeatures, Router
+        from prefill_router import Router
+        from prefill_router.train import LayerFeatures
 
         router = Router.load(sys.argv[1], check_encoder=False)
         values = np.load(sys.argv[2])

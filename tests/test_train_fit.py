@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from prefill_router import Router
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.errors import ConfigError, DataError, UnknownTargetError
 from prefill_router.train import (
@@ -17,7 +18,6 @@ from prefill_router.train import (
     FitReport,
     LayerFeatures,
     NetSettings,
-    Router,
     TrainSettings,
     add_target,
     fit_router,

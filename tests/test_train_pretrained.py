@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from prefill_router import Router
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.errors import ConfigError
 from prefill_router.train import (
     EncoderIdentity,
     LayerFeatures,
     NetSettings,
-    Router,
     TrainSettings,
     fit_router,
 )

@@ -3,8 +3,7 @@
 Importing this package is cheap: it never loads torch, transformers, FastAPI or Ray.
 """
 
-from importlib import metadata
-
+from prefill_router._version import __version__
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
 from prefill_router.errors import (
     ConfigError,
@@ -16,11 +15,6 @@ from prefill_router.errors import (
 )
 from prefill_router.policy import Budget, QualityFloor, RoutePlan, Router, RouteRequest
 from prefill_router.train.trainer import RouterTrainer
-
-try:
-    __version__: str = metadata.version("prefill-router")  # pyproject.toml's, as installed
-except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "Budget",

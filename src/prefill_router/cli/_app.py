@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from prefill_router import __version__
 from prefill_router._ray import LOCAL, ray_session, require_ray
+from prefill_router._version import __version__
 from prefill_router.errors import PrefillRouterError
 
 app = typer.Typer(

@@ -61,12 +61,11 @@ NO_FLOOR_NOTE = (
 
 @dataclass(frozen=True)
 class RouteRequest:
-    """What a request (or a batch run) asks for: at most one of a floor, a budget, or a policy and
-    its knob; nothing of them = the router's default floor (at ``delta`` when given).
+    """What a request (or a batch run) asks for: a floor, else a budget, else a policy and its knob
+    (the first one set wins); none of them = the router's default floor (at ``delta`` when given).
 
     Raises:
-        ConfigError: a floor or budget together with a policy or knob, ``delta`` with anything but
-            the default floor, a negative ``max_cost``.
+        ConfigError: ``delta`` with anything but the default floor, a negative ``max_cost``.
     """
 
     policy: str | None = None  # budget | lambda | tolerance
@@ -80,18 +79,10 @@ class RouteRequest:
     def __post_init__(self) -> None:
         if self.allowed is not None:
             object.__setattr__(self, "allowed", tuple(self.allowed))
-        asked = [name for name in ("floor", "budget") if getattr(self, name) is not None]
-        own_policy = self.knob is not None or self.policy not in (None, "budget")
-        if own_policy or (self.policy is not None and not asked):
-            asked.append("policy")
-        if len(asked) > 1:
-            raise ConfigError(
-                f"a request keeps one of a floor, a budget or a policy; got {' and '.join(asked)}"
-            )
         if self.delta is not None:
-            if asked:
+            if not self.wants_default:
                 raise ConfigError(
-                    f"'delta' is the risk of the default floor; it does not go with a {asked[0]}"
+                    "'delta' is the risk of the default floor; give a floor its own delta instead"
                 )
             QualityFloor(within=DEFAULT_WITHIN, delta=self.delta)  # checks it
         if self.max_cost is not None and not self.max_cost >= 0:

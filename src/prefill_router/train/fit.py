@@ -700,7 +700,7 @@ def fingerprint(dataset: RoutingDataset) -> str:
 def _router_info(dataset: RoutingDataset, settings: TrainSettings, report: FitReport) -> dict[str, Any]:
     from datetime import UTC, datetime
 
-    from prefill_router import __version__
+    from prefill_router._version import __version__
 
     metrics = report.to_json()
     return {
