@@ -650,3 +650,72 @@ def test_a_damaged_superset_chunk_is_encoded_again(tmp_path: Path) -> None:
         )
     assert fake.calls == 1 and (stored.computed_chunks, stored.reused_chunks) == (1, 2)
     np.testing.assert_array_equal(stored.features, expected(PROMPTS)[:, :, [2]])
+
+
+# --- the on-disk format is pinned -----------------------------------------------------------------
+
+# Digests and file hashes as the store wrote them before it became a package (issue 18, item 4):
+# computed with that code (commit e5cee0b) by this very test. A change here means every cache
+# under ~/.cache/prefill-router would be missed (or misread): bump STORE_FORMAT_VERSION instead.
+PINNED_DIGESTS = {
+    "float16": "22b6a15929643de3b4ca5df60f2add85da99cb4717fd924f0d3a5a8d8c279110",
+    "float32": "75cf9b61128b0da9fe8070771d85807c55fddbeb04a14a3f10f6ff3de619e9c4",
+}
+PINNED_FILES = {
+    "float16": {
+        "chunks/02590e2265388dc1e300e8b6ac30de5bff66fec006fe316d54ea42709a4fb2c7.json": "1b2b52732b1cf5f7",
+        "chunks/02590e2265388dc1e300e8b6ac30de5bff66fec006fe316d54ea42709a4fb2c7.npy": "c8d04c642c403db5",
+        "chunks/2dc7857a2c886e61833831aacc06edb3563a0f50a7133781a8d15c018dbd27cf.json": "ea12d3740fe4c4df",
+        "chunks/2dc7857a2c886e61833831aacc06edb3563a0f50a7133781a8d15c018dbd27cf.npy": "96048bc6ffb62fed",
+        "chunks/75eac070f568242c8d8914484e63bf787b29e4926cc1705219d309eb3cb54803.json": "c9743a6917e34d57",
+        "chunks/75eac070f568242c8d8914484e63bf787b29e4926cc1705219d309eb3cb54803.npy": "4f7374fa33db63c4",
+        "key.json": "0e01bfe1948019cf",
+        "views/75c3c2705f2ca367a115dca199c841d37b97e266ee38351f6dd2f231435c1b1b.json": "2bef4955db5afa83",
+        "views/75c3c2705f2ca367a115dca199c841d37b97e266ee38351f6dd2f231435c1b1b.npy": "dfd1dd327b7a3b2b",
+    },
+    "float32": {
+        "chunks/2d39b812415f904cd33722a4cb3ee8a4d0af9075eebeeadf85a3d5888e7d2871.json": "a146f9e2eba60204",
+        "chunks/2d39b812415f904cd33722a4cb3ee8a4d0af9075eebeeadf85a3d5888e7d2871.npy": "1222358410b31774",
+        "chunks/529921b7d491de27cfa9f8a3651b8e718c71fb7e61f4a74b003bff0bc52f838f.json": "53165e288a8b1737",
+        "chunks/529921b7d491de27cfa9f8a3651b8e718c71fb7e61f4a74b003bff0bc52f838f.npy": "5c13b047e58daa1c",
+        "chunks/fc63440dafd41c6ae95df3cf2336765e4ea45f2556c9d7e4b32e077bff9fcb1d.json": "b9661d940807f5a9",
+        "chunks/fc63440dafd41c6ae95df3cf2336765e4ea45f2556c9d7e4b32e077bff9fcb1d.npy": "8bd4f01d649ae025",
+        "key.json": "16dcb2c3f2b412c5",
+        "views/a72b487a03e32bf6a78b50bf1f1f2ffc5daa6e2eb42d3e0d1747985256c2f070.json": "b57116dddaf603c9",
+        "views/a72b487a03e32bf6a78b50bf1f1f2ffc5daa6e2eb42d3e0d1747985256c2f070.npy": "784166ffa812f8d7",
+    },
+}
+
+
+def exact_features(prompts: Sequence[str]) -> ChunkResult:
+    """Features exactly representable in float16 (no random draws), so the bytes are portable."""
+    lengths = np.array([len(p) for p in prompts], dtype=np.float32)[:, None, None, None]
+    features = lengths + np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3) / 4  # (n, 2, 2, 3)
+    return ChunkResult(features, sum(len(p) for p in prompts), 0, sum(p == "" for p in prompts))
+
+
+@pytest.mark.parametrize("storage", ["float16", "float32"])
+def test_keys_paths_and_bytes_are_those_existing_caches_hold(tmp_path: Path, storage: str) -> None:
+    """A cache written before a refactor is still hit: same key digest, same file names, same bytes."""
+    import hashlib
+
+    key = FeatureKey("pin-encoder", "ab" * 32, "chat", 512, "float32", ("mean", "last"), (0, 3), storage)
+    prompts = ["", "hi", "naïve café ☕", "What is 2+2?", "\ud800 lone"]  # a lone surrogate hashes too
+    FeatureStore(tmp_path).get_or_compute(key, prompts, exact_features, chunk_size=2)
+    digest, files = PINNED_DIGESTS[storage], PINNED_FILES[storage]
+    assert key.digest() == digest
+    folder = tmp_path / "features" / digest[:16]
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name == ".lock":
+            continue
+        data = path.read_bytes()
+        if path.parent.name == "views" and path.suffix == ".json":  # its file_stamp is this machine's
+            manifest = json.loads(data)
+            del manifest["file_stamp"]
+            data = json.dumps(manifest, sort_keys=True).encode()
+        found[path.relative_to(folder).as_posix()] = hashlib.sha256(data).hexdigest()[:16]
+    assert found == files
+    again = FeatureStore(tmp_path).get_or_compute(key, prompts, FakeEncoder(), chunk_size=2)  # type: ignore[arg-type]
+    assert again.computed_chunks == 0
+    np.testing.assert_array_equal(again.features, exact_features(prompts).features.astype(key.disk_dtype))
