@@ -1,4 +1,4 @@
-"""Tests of prefill_router.encode.store: the on-disk feature cache.
+"""Tests of prefill_router.encode.store (the package): the on-disk feature cache.
 
 The store never needs a real encoder: a fake compute callback made of deterministic numpy (one
 seeded random draw per prompt text) stands in for it, and counts its calls.
@@ -315,16 +315,17 @@ FeatureStore(sys.argv[1]).get_or_compute(KEY, PROMPTS, compute, chunk_size=2)
 KILL_BEFORE_MANIFEST = """
 import os, sys
 import prefill_router.encode.store as store
+import prefill_router.encode.store.chunks as chunks
 from tests.test_store import KEY, PROMPTS, FakeEncoder
 
-write_json, manifests = store._write_json, []
+write_json, manifests = chunks._write_json, []
 def dying_write_json(path, data):
     if path.parent.name == "chunks":
         if len(manifests) == 2:  # the third chunk's .npy is on disk, its manifest never will be
             os._exit(1)
         manifests.append(path)
     write_json(path, data)
-store._write_json = dying_write_json
+chunks._write_json = dying_write_json  # the chunk manifest writer
 store.FeatureStore(sys.argv[1]).get_or_compute(KEY, PROMPTS, FakeEncoder(), chunk_size=2)
 """
 
