@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from prefill_router.encode.identity import EncoderIdentity
 from prefill_router.encode.store import (
     ChunkResult,
     FeatureJob,
@@ -35,11 +36,9 @@ POOLINGS = ("mean", "last")
 LAYERS = (0, 1, 2, 4)
 HIDDEN = 8
 KEY = FeatureKey(
-    encoder="tiny-test",
-    weights_sha256="ab" * 32,
-    view="chat",
-    max_tokens=16,
-    dtype="float32",
+    encoder=EncoderIdentity(
+        name="tiny-test", weights_sha256="ab" * 32, view="chat", max_tokens=16, dtype="float32"
+    ),
     poolings=POOLINGS,
     layers=LAYERS,
 )
@@ -90,6 +89,13 @@ class FakeEncoder:
             n_truncated=sum(len(p) > 16 for p in prompts),
             n_empty=sum(p == "" for p in prompts),
         )
+
+
+def rekey(key: FeatureKey, **changes: Any) -> FeatureKey:
+    """``key`` with some fields changed, named as in key.json (``encoder`` is the identity's name)."""
+    own = {name: changes.pop(name) for name in ("poolings", "layers") if name in changes}
+    identity = {("name" if name == "encoder" else name): value for name, value in changes.items()}
+    return dataclasses.replace(key, encoder=dataclasses.replace(key.encoder, **identity), **own)
 
 
 def run(
@@ -264,7 +270,7 @@ def test_same_texts_in_another_order_is_another_view(tmp_path: Path) -> None:
     ],
 )
 def test_every_field_changes_the_key_digest(field: str, value: Any) -> None:
-    changed = dataclasses.replace(KEY, **{field: value})
+    changed = rekey(KEY, **{field: value})
     assert changed.digest() != KEY.digest()
     assert len(changed.digest()) == 64
     int(changed.digest(), 16)
@@ -272,7 +278,7 @@ def test_every_field_changes_the_key_digest(field: str, value: Any) -> None:
 
 def test_key_digest_is_stable_and_ignores_container_types() -> None:
     loose: list[Any] = [np.int64(16), "float32", ["mean", "last"], [np.int64(0), 1, 2, 4]]
-    as_lists = FeatureKey("tiny-test", "ab" * 32, "chat", *loose)
+    as_lists = FeatureKey(EncoderIdentity("tiny-test", "ab" * 32, "chat", *loose[:2]), *loose[2:])
     assert as_lists == KEY
     assert as_lists.digest() == KEY.digest()
     assert hash(as_lists) == hash(KEY)
@@ -294,7 +300,22 @@ def test_key_digest_is_stable_and_ignores_container_types() -> None:
 )
 def test_bad_keys_are_rejected(field: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        dataclasses.replace(KEY, **{field: value})
+        rekey(KEY, **{field: value})
+
+
+def test_a_key_round_trips_through_its_flat_json() -> None:
+    """key.json (and a Ray worker's argument) hold the key flat; from_json reads the same key back."""
+    for key in (KEY, rekey(KEY, storage="float32")):
+        assert FeatureKey.from_json(json.loads(json.dumps(key.to_json()))) == key
+    assert KEY.to_json()["encoder"] == KEY.encoder.name == "tiny-test"
+    with pytest.raises(TypeError):
+        FeatureKey.from_json({**KEY.to_json(), "pooling": "mean"})  # a field to_json never writes
+
+
+def test_the_encoder_part_of_a_key_is_an_encoder_identity() -> None:
+    message = r"^The 'encoder' parameter must be an EncoderIdentity; got 'tiny-test' instead\.$"
+    with pytest.raises(ConfigError, match=message):
+        FeatureKey("tiny-test", POOLINGS, LAYERS)  # type: ignore[arg-type]
 
 
 # --- interrupted runs and damage ------------------------------------------------------------------
@@ -431,7 +452,7 @@ def test_the_float16_maximum_itself_is_stored(tmp_path: Path) -> None:
 
 
 def test_float32_storage_keeps_values_float16_cannot_hold(tmp_path: Path) -> None:
-    key = dataclasses.replace(KEY, storage="float32")
+    key = rekey(KEY, storage="float32")
     store = FeatureStore(tmp_path)
     stored = store.get_or_compute(key, PROMPTS, FakeEncoder(poison={PROMPTS[5]: 70000.5}), chunk_size=4)
     assert stored.features.dtype == np.float32
@@ -446,9 +467,9 @@ def test_float32_storage_keeps_values_float16_cannot_hold(tmp_path: Path) -> Non
 
 def test_the_storage_dtype_is_part_of_the_key_but_float16_keys_are_unchanged() -> None:
     assert "storage" not in KEY.to_json()  # caches written before the field existed stay valid
-    wide = dataclasses.replace(KEY, storage="float32")
+    wide = rekey(KEY, storage="float32")
     assert wide.to_json()["storage"] == "float32" and wide.digest() != KEY.digest()
-    assert KEY.digest() == FeatureKey(**{**KEY.to_json(), "storage": "float16"}).digest()
+    assert KEY.digest() == FeatureKey.from_json({**KEY.to_json(), "storage": "float16"}).digest()
     # the digest float16 keys had before the field existed (store format 1), computed independently
     import hashlib
 
@@ -461,7 +482,7 @@ def test_the_storage_dtype_is_part_of_the_key_but_float16_keys_are_unchanged() -
     with pytest.raises(
         ConfigError, match=r"^The 'storage' parameter must be one of float16, float32; got 'int8'"
     ):
-        dataclasses.replace(KEY, storage="int8")
+        rekey(KEY, storage="int8")
 
 
 def test_the_float16_overflow_message_says_how_to_keep_the_values(tmp_path: Path) -> None:
@@ -563,7 +584,7 @@ def test_layer_slice_errors_name_the_stored_layers(tmp_path: Path) -> None:
 
 
 def test_clear_one_key_then_all(tmp_path: Path) -> None:
-    other = dataclasses.replace(KEY, view="raw")
+    other = rekey(KEY, view="raw")
     run(tmp_path)
     run(tmp_path, key=other)
     (tmp_path / "models").mkdir()
@@ -629,7 +650,7 @@ def test_a_subset_of_stored_layers_and_poolings_is_read_not_encoded(tmp_path: Pa
 )
 def test_a_key_that_is_not_a_subset_is_encoded(tmp_path: Path, change: dict[str, Any]) -> None:
     run(tmp_path)
-    other = dataclasses.replace(KEY, **change)
+    other = rekey(KEY, **change)
     fake = FakeEncoder()
     FeatureStore(tmp_path).get_or_compute(other, PROMPTS, fake, chunk_size=4)  # type: ignore[arg-type]
     assert fake.calls == 3
@@ -700,7 +721,9 @@ def test_keys_paths_and_bytes_are_those_existing_caches_hold(tmp_path: Path, sto
     """A cache written before a refactor is still hit: same key digest, same file names, same bytes."""
     import hashlib
 
-    key = FeatureKey("pin-encoder", "ab" * 32, "chat", 512, "float32", ("mean", "last"), (0, 3), storage)
+    key = FeatureKey(
+        EncoderIdentity("pin-encoder", "ab" * 32, "chat", 512, "float32", storage), ("mean", "last"), (0, 3)
+    )
     prompts = ["", "hi", "naïve café ☕", "What is 2+2?", "\ud800 lone"]  # a lone surrogate hashes too
     FeatureStore(tmp_path).get_or_compute(key, prompts, exact_features, chunk_size=2)
     digest, files = PINNED_DIGESTS[storage], PINNED_FILES[storage]

@@ -24,6 +24,7 @@ import numpy as np
 
 from prefill_router.data.costs import input_tokens, price_costs_from_tokens
 from prefill_router.data.dataset import TargetInfo, target_name_problem
+from prefill_router.encode.identity import EncoderIdentity as EncoderIdentity  # re-exported: its old home
 from prefill_router.errors import ConfigError, DataError, EncodeError, UnknownTargetError
 from prefill_router.train.artifact import read_artifact, write_artifact
 from prefill_router.train.calibration import apply_temperature
@@ -57,37 +58,6 @@ class CalibrationRows:
             "rows": len(self.x), "labels": self.labels is not None, "independent": self.independent,
             "source": self.source,
         }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class EncoderIdentity:
-    """Everything that fixes the features an encoder produces."""
-
-    name: str  # registered name or local model folder
-    weights_sha256: str
-    view: str  # chat / raw
-    max_tokens: int
-    dtype: str
-    storage: str = "float16"  # how the feature store keeps its features (what the router rounds to)
-
-    @classmethod
-    def of(cls, encoder: Encoder) -> EncoderIdentity:
-        """The identity of a loaded encoder."""
-        return cls(
-            encoder.name, encoder.weights_sha256, encoder.view.name, encoder.view.max_tokens, encoder.dtype,
-            encoder.storage,
-        )  # fmt: skip
-
-    def to_json(self) -> dict[str, Any]:
-        """One ``encoders`` object of router.json."""
-        return {
-            "name": self.name,
-            "weights_sha256": self.weights_sha256,
-            "view": self.view,
-            "max_tokens": self.max_tokens,
-            "dtype": self.dtype,
-            "storage": self.storage,
-        }
 
 
 class Router:

@@ -35,10 +35,11 @@ Example::
     X = stored.pooled("mean")[:, -1]  # (N, hidden), last stored layer
 """
 
+from prefill_router.encode.identity import DEFAULT_STORAGE, STORAGE_DTYPES, EncoderIdentity
 from prefill_router.encode.store.cache import FeatureStore, default_cache_dir
 from prefill_router.encode.store.chunks import ChunkResult, check_chunk_result
 from prefill_router.encode.store.job import Chunk, FeatureJob, superset_keys
-from prefill_router.encode.store.key import DEFAULT_STORAGE, STORAGE_DTYPES, STORE_FORMAT_VERSION, FeatureKey
+from prefill_router.encode.store.key import STORE_FORMAT_VERSION, FeatureKey
 from prefill_router.encode.store.views import StoredFeatures
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "STORE_FORMAT_VERSION",
     "Chunk",
     "ChunkResult",
+    "EncoderIdentity",
     "FeatureJob",
     "FeatureKey",
     "FeatureStore",

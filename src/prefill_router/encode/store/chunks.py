@@ -58,7 +58,7 @@ def check_chunk_result(
             f"compute returned hidden size {features.shape[3]} for chunk {index}, but earlier chunks "
             f"of this key have hidden size {hidden}; inconsistent shapes."
         )
-    _check_values(features, index, start, key.storage)
+    _check_values(features, index, start, key.encoder.storage)
     return _check_counts(result, n, index)
 
 

@@ -193,17 +193,15 @@ def superset_keys(features_dir: Path, key: FeatureKey) -> list[FeatureKey]:
     """The other keys stored under ``features_dir`` whose features hold every layer and pooling of
     ``key`` for the same encoder, weights, view, truncation, compute dtype and storage; the
     smallest first (the least to read). Unreadable ``key.json`` files are skipped: this is a cache."""
-    same = ("encoder", "weights_sha256", "view", "max_tokens", "dtype", "storage")
     found = []
     for path in sorted(features_dir.glob("*/key.json")):
         try:
-            blob = json.loads(path.read_text(encoding="utf-8"))["key"]
-            other = FeatureKey(**blob)
+            other = FeatureKey.from_json(json.loads(path.read_text(encoding="utf-8"))["key"])
         except (OSError, ValueError, KeyError, TypeError, ConfigError):
             continue
         if (
             other != key
-            and all(getattr(other, name) == getattr(key, name) for name in same)
+            and other.encoder == key.encoder
             and set(key.layers) <= set(other.layers)
             and set(key.poolings) <= set(other.poolings)
         ):

@@ -1,5 +1,5 @@
-"""The store's keys: :class:`FeatureKey` (everything that changes the features) and the digests
-that name a key's folder, a chunk's files and a prompt list's view.
+"""The store's keys: :class:`FeatureKey` (an encoder identity plus the poolings and layers kept)
+and the digests that name a key's folder, a chunk's files and a prompt list's view.
 
 The digests are the cache's addresses: any change to how they are computed makes every existing
 cache under ``~/.cache/prefill-router`` unreachable, so they change only with
@@ -10,62 +10,60 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from prefill_router.encode.identity import DEFAULT_STORAGE, STORAGE_DTYPES, EncoderIdentity
 from prefill_router.errors import ConfigError
 
 #: Bumped whenever the on-disk layout or the digests change; it is part of every key digest, so
 #: files written by an older layout are simply never looked up again.
 STORE_FORMAT_VERSION = 1
 
-#: How features may be kept on disk. float16 halves the size and is precise enough for encoders
-#: whose activations stay well under its 65,504 maximum; Gemma-3-270M's residual stream grows to
-#: several 10^4 (33,000 on 32 bundled prompts, ~60,700 seen on larger sets), at the edge of that
-#: range, so its features are kept as float32.
-STORAGE_DTYPES: dict[str, np.dtype[Any]] = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
-DEFAULT_STORAGE = "float16"
-
 
 @dataclass(frozen=True)
 class FeatureKey:
-    """Everything that changes the features, except the prompt texts.
+    """Everything that changes the features, except the prompt texts: the encoder's identity
+    (weights, view, truncation, compute and storage dtypes) plus the poolings and layers kept.
 
     Two runs share cached features exactly when their keys are equal. The store checks the
     structure of the fields (types, non-empty, sorted layers) but not their vocabulary: which
-    views, dtypes and poolings exist is the encoder's business.
+    views, dtypes and poolings exist is the encoder's business. On disk (``key.json``) and in the
+    digest the key is flat, with the identity's ``name`` as ``encoder`` (:meth:`to_json`).
 
     Example::
 
-        key = FeatureKey("smollm2-135m", sha, "chat", 512, "float32", ("mean", "last"), (0, 15, 30))
+        identity = EncoderIdentity("smollm2-135m", sha, "chat", 512, "float32")
+        key = FeatureKey(identity, ("mean", "last"), (0, 15, 30))
     """
 
-    encoder: str  # registered name or local path
-    weights_sha256: str  # hash of the weights actually loaded, so a changed model is a new key
-    view: str  # "chat" | "raw"
-    max_tokens: int  # truncation length
-    dtype: str  # "float32" | "bfloat16": compute dtype, not the storage dtype
+    encoder: EncoderIdentity  # which encoder, run how; its storage is the on-disk dtype
     poolings: tuple[str, ...]  # in the order of axis 1 of the features, e.g. ("mean", "last")
     layers: tuple[int, ...]  # sorted; 0 = embedding output, as in DESIGN.md §4
-    storage: str = DEFAULT_STORAGE  # on-disk dtype: "float16" | "float32" (see STORAGE_DTYPES)
 
     def __post_init__(self) -> None:
-        for name in ("encoder", "weights_sha256", "view", "dtype"):
-            _require(_is_nonempty_str(getattr(self, name)), name, "a non-empty string", getattr(self, name))
+        encoder = self.encoder
+        _require(isinstance(encoder, EncoderIdentity), "encoder", "an EncoderIdentity", encoder)
+        strings = {
+            "encoder": encoder.name, "weights_sha256": encoder.weights_sha256, "view": encoder.view,
+            "dtype": encoder.dtype,
+        }  # fmt: skip
+        for name, value in strings.items():  # named as in key.json, where the name is "encoder"
+            _require(_is_nonempty_str(value), name, "a non-empty string", value)
         _require(
-            _is_int(self.max_tokens) and self.max_tokens > 0, "max_tokens", "a positive int", self.max_tokens
-        )
+            _is_int(encoder.max_tokens) and encoder.max_tokens > 0,
+            "max_tokens", "a positive int", encoder.max_tokens,
+        )  # fmt: skip
         poolings = _as_tuple(self.poolings)
         _require(
             bool(poolings) and all(map(_is_nonempty_str, poolings)) and len(set(poolings)) == len(poolings),
             "poolings", "a non-empty tuple of distinct names", self.poolings,
         )  # fmt: skip
-        _require(
-            self.storage in STORAGE_DTYPES, "storage", f"one of {', '.join(STORAGE_DTYPES)}", self.storage
-        )
+        storages = f"one of {', '.join(STORAGE_DTYPES)}"
+        _require(encoder.storage in STORAGE_DTYPES, "storage", storages, encoder.storage)
         layers = _as_tuple(self.layers)
         layers_ok = all(_is_int(x) and x >= 0 for x in layers) and list(layers) == sorted(set(layers))
         _require(
@@ -74,31 +72,44 @@ class FeatureKey:
         )  # fmt: skip
         # Plain Python values whatever the caller passed (lists, numpy ints), so the key stays
         # hashable and its JSON, hence its digest, never depends on the caller's container types.
-        object.__setattr__(self, "max_tokens", int(self.max_tokens))
+        object.__setattr__(self, "encoder", replace(encoder, max_tokens=int(encoder.max_tokens)))
         object.__setattr__(self, "poolings", poolings)
         object.__setattr__(self, "layers", tuple(int(x) for x in layers))
 
     @property
     def disk_dtype(self) -> np.dtype[Any]:
         """The numpy dtype the features are stored in."""
-        return STORAGE_DTYPES[self.storage]
+        return STORAGE_DTYPES[self.encoder.storage]
 
     def to_json(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict (tuples become lists).
+        """The fields as a flat JSON-ready dict (tuples become lists), as ``key.json`` holds them.
 
         ``storage`` appears only when it is not the default float16, so keys (and digests) of
         float16 features are the same as before the field existed: existing caches stay valid.
         """
+        encoder = self.encoder
         return {
-            "encoder": self.encoder,
-            "weights_sha256": self.weights_sha256,
-            "view": self.view,
-            "max_tokens": self.max_tokens,
-            "dtype": self.dtype,
+            "encoder": encoder.name,
+            "weights_sha256": encoder.weights_sha256,
+            "view": encoder.view,
+            "max_tokens": encoder.max_tokens,
+            "dtype": encoder.dtype,
             "poolings": list(self.poolings),
             "layers": list(self.layers),
-            **({} if self.storage == DEFAULT_STORAGE else {"storage": self.storage}),
+            **({} if encoder.storage == DEFAULT_STORAGE else {"storage": encoder.storage}),
         }
+
+    @classmethod
+    def from_json(cls, blob: Mapping[str, Any]) -> FeatureKey:
+        """The key of a :meth:`to_json` dict (a ``key.json``'s ``key``, a Ray worker's argument).
+
+        Raises:
+            ConfigError: a field of the wrong type or value.
+            KeyError, TypeError: a field missing, or one :meth:`to_json` never writes.
+        """
+        fields = dict(blob)
+        poolings, layers, name = fields.pop("poolings"), fields.pop("layers"), fields.pop("encoder")
+        return cls(EncoderIdentity(name, **fields), poolings, layers)
 
     def digest(self) -> str:
         """The sha256 hex digest of a canonical JSON of every field and the store format version."""
