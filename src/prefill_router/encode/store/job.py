@@ -43,6 +43,7 @@ class Chunk:
 
     @property
     def n_rows(self) -> int:
+        """How many prompts the chunk holds."""
         return self.stop - self.start
 
 
