@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from prefill_router._ray import WorkerPlan
 from prefill_router.encode import Encoder, feature_key
-from prefill_router.encode.distributed import EncoderSpec, _EncodeWorker
+from prefill_router.encode.distributed import _EncodeWorker
 from prefill_router.errors import EncodeError
 from tests.tiny_models import build_tiny_llama
 
@@ -22,13 +23,14 @@ def test_a_worker_whose_encoder_hashes_differently_refuses_to_start(
     key = feature_key(driver, (1, 2), ("mean",))
     plan = WorkerPlan(workers=1, cpus=1, gpus=0, device="cpu")
     other = build_tiny_llama(tmp_path / "other", poison="é")  # the same model but one poisoned embedding
-    elsewhere = EncoderSpec(str(other), "chat", driver.view.max_tokens, "float32")
+    # the driver's key, but its encoder's name leads this worker to the poisoned weights
+    elsewhere = dataclasses.replace(key, encoder=dataclasses.replace(key.encoder, name=str(other)))
     message = (
         re.escape(f"this Ray worker's encoder {other} differs from the driver's (weights sha256 ")
         + "[0-9a-f]{16}"
-        + re.escape(f"… vs {key.weights_sha256[:16]}…); install the same model package on every node")
+        + re.escape(f"… vs {key.encoder.weights_sha256[:16]}…); install the same model package on every node")
     )
     with pytest.raises(EncodeError, match=f"^{message}$"):
-        _EncodeWorker(elsewhere, key.to_json(), 2048, plan)
-    same = _EncodeWorker(EncoderSpec.of(driver), key.to_json(), 2048, plan)  # the driver's own: accepted
+        _EncodeWorker(elsewhere.to_json(), None, 2048, plan)
+    same = _EncodeWorker(key.to_json(), None, 2048, plan)  # the driver's own: accepted
     assert same.key == key

@@ -1,4 +1,4 @@
-"""Tests of prefill_router.encode.store: the on-disk feature cache.
+"""Tests of prefill_router.encode.store (the package): the on-disk feature cache.
 
 The store never needs a real encoder: a fake compute callback made of deterministic numpy (one
 seeded random draw per prompt text) stands in for it, and counts its calls.
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from prefill_router.encode.identity import EncoderIdentity
 from prefill_router.encode.store import (
     ChunkResult,
     FeatureJob,
@@ -35,11 +36,9 @@ POOLINGS = ("mean", "last")
 LAYERS = (0, 1, 2, 4)
 HIDDEN = 8
 KEY = FeatureKey(
-    encoder="tiny-test",
-    weights_sha256="ab" * 32,
-    view="chat",
-    max_tokens=16,
-    dtype="float32",
+    encoder=EncoderIdentity(
+        name="tiny-test", weights_sha256="ab" * 32, view="chat", max_tokens=16, dtype="float32"
+    ),
     poolings=POOLINGS,
     layers=LAYERS,
 )
@@ -90,6 +89,13 @@ class FakeEncoder:
             n_truncated=sum(len(p) > 16 for p in prompts),
             n_empty=sum(p == "" for p in prompts),
         )
+
+
+def rekey(key: FeatureKey, **changes: Any) -> FeatureKey:
+    """``key`` with some fields changed, named as in key.json (``encoder`` is the identity's name)."""
+    own = {name: changes.pop(name) for name in ("poolings", "layers") if name in changes}
+    identity = {("name" if name == "encoder" else name): value for name, value in changes.items()}
+    return dataclasses.replace(key, encoder=dataclasses.replace(key.encoder, **identity), **own)
 
 
 def run(
@@ -264,7 +270,7 @@ def test_same_texts_in_another_order_is_another_view(tmp_path: Path) -> None:
     ],
 )
 def test_every_field_changes_the_key_digest(field: str, value: Any) -> None:
-    changed = dataclasses.replace(KEY, **{field: value})
+    changed = rekey(KEY, **{field: value})
     assert changed.digest() != KEY.digest()
     assert len(changed.digest()) == 64
     int(changed.digest(), 16)
@@ -272,7 +278,7 @@ def test_every_field_changes_the_key_digest(field: str, value: Any) -> None:
 
 def test_key_digest_is_stable_and_ignores_container_types() -> None:
     loose: list[Any] = [np.int64(16), "float32", ["mean", "last"], [np.int64(0), 1, 2, 4]]
-    as_lists = FeatureKey("tiny-test", "ab" * 32, "chat", *loose)
+    as_lists = FeatureKey(EncoderIdentity("tiny-test", "ab" * 32, "chat", *loose[:2]), *loose[2:])
     assert as_lists == KEY
     assert as_lists.digest() == KEY.digest()
     assert hash(as_lists) == hash(KEY)
@@ -294,7 +300,22 @@ def test_key_digest_is_stable_and_ignores_container_types() -> None:
 )
 def test_bad_keys_are_rejected(field: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        dataclasses.replace(KEY, **{field: value})
+        rekey(KEY, **{field: value})
+
+
+def test_a_key_round_trips_through_its_flat_json() -> None:
+    """key.json (and a Ray worker's argument) hold the key flat; from_json reads the same key back."""
+    for key in (KEY, rekey(KEY, storage="float32")):
+        assert FeatureKey.from_json(json.loads(json.dumps(key.to_json()))) == key
+    assert KEY.to_json()["encoder"] == KEY.encoder.name == "tiny-test"
+    with pytest.raises(TypeError):
+        FeatureKey.from_json({**KEY.to_json(), "pooling": "mean"})  # a field to_json never writes
+
+
+def test_the_encoder_part_of_a_key_is_an_encoder_identity() -> None:
+    message = r"^The 'encoder' parameter must be an EncoderIdentity; got 'tiny-test' instead\.$"
+    with pytest.raises(ConfigError, match=message):
+        FeatureKey("tiny-test", POOLINGS, LAYERS)  # type: ignore[arg-type]
 
 
 # --- interrupted runs and damage ------------------------------------------------------------------
@@ -315,16 +336,17 @@ FeatureStore(sys.argv[1]).get_or_compute(KEY, PROMPTS, compute, chunk_size=2)
 KILL_BEFORE_MANIFEST = """
 import os, sys
 import prefill_router.encode.store as store
+import prefill_router.encode.store.chunks as chunks
 from tests.test_store import KEY, PROMPTS, FakeEncoder
 
-write_json, manifests = store._write_json, []
+write_json, manifests = chunks._write_json, []
 def dying_write_json(path, data):
     if path.parent.name == "chunks":
         if len(manifests) == 2:  # the third chunk's .npy is on disk, its manifest never will be
             os._exit(1)
         manifests.append(path)
     write_json(path, data)
-store._write_json = dying_write_json
+chunks._write_json = dying_write_json  # the chunk manifest writer
 store.FeatureStore(sys.argv[1]).get_or_compute(KEY, PROMPTS, FakeEncoder(), chunk_size=2)
 """
 
@@ -430,7 +452,7 @@ def test_the_float16_maximum_itself_is_stored(tmp_path: Path) -> None:
 
 
 def test_float32_storage_keeps_values_float16_cannot_hold(tmp_path: Path) -> None:
-    key = dataclasses.replace(KEY, storage="float32")
+    key = rekey(KEY, storage="float32")
     store = FeatureStore(tmp_path)
     stored = store.get_or_compute(key, PROMPTS, FakeEncoder(poison={PROMPTS[5]: 70000.5}), chunk_size=4)
     assert stored.features.dtype == np.float32
@@ -445,9 +467,9 @@ def test_float32_storage_keeps_values_float16_cannot_hold(tmp_path: Path) -> Non
 
 def test_the_storage_dtype_is_part_of_the_key_but_float16_keys_are_unchanged() -> None:
     assert "storage" not in KEY.to_json()  # caches written before the field existed stay valid
-    wide = dataclasses.replace(KEY, storage="float32")
+    wide = rekey(KEY, storage="float32")
     assert wide.to_json()["storage"] == "float32" and wide.digest() != KEY.digest()
-    assert KEY.digest() == FeatureKey(**{**KEY.to_json(), "storage": "float16"}).digest()
+    assert KEY.digest() == FeatureKey.from_json({**KEY.to_json(), "storage": "float16"}).digest()
     # the digest float16 keys had before the field existed (store format 1), computed independently
     import hashlib
 
@@ -460,7 +482,7 @@ def test_the_storage_dtype_is_part_of_the_key_but_float16_keys_are_unchanged() -
     with pytest.raises(
         ConfigError, match=r"^The 'storage' parameter must be one of float16, float32; got 'int8'"
     ):
-        dataclasses.replace(KEY, storage="int8")
+        rekey(KEY, storage="int8")
 
 
 def test_the_float16_overflow_message_says_how_to_keep_the_values(tmp_path: Path) -> None:
@@ -562,7 +584,7 @@ def test_layer_slice_errors_name_the_stored_layers(tmp_path: Path) -> None:
 
 
 def test_clear_one_key_then_all(tmp_path: Path) -> None:
-    other = dataclasses.replace(KEY, view="raw")
+    other = rekey(KEY, view="raw")
     run(tmp_path)
     run(tmp_path, key=other)
     (tmp_path / "models").mkdir()
@@ -628,7 +650,7 @@ def test_a_subset_of_stored_layers_and_poolings_is_read_not_encoded(tmp_path: Pa
 )
 def test_a_key_that_is_not_a_subset_is_encoded(tmp_path: Path, change: dict[str, Any]) -> None:
     run(tmp_path)
-    other = dataclasses.replace(KEY, **change)
+    other = rekey(KEY, **change)
     fake = FakeEncoder()
     FeatureStore(tmp_path).get_or_compute(other, PROMPTS, fake, chunk_size=4)  # type: ignore[arg-type]
     assert fake.calls == 3
@@ -650,3 +672,74 @@ def test_a_damaged_superset_chunk_is_encoded_again(tmp_path: Path) -> None:
         )
     assert fake.calls == 1 and (stored.computed_chunks, stored.reused_chunks) == (1, 2)
     np.testing.assert_array_equal(stored.features, expected(PROMPTS)[:, :, [2]])
+
+
+# --- the on-disk format is pinned -----------------------------------------------------------------
+
+# Digests and file hashes as the store wrote them before it became a package (issue 18, item 4):
+# computed with that code (commit e5cee0b) by this very test. A change here means every cache
+# under ~/.cache/prefill-router would be missed (or misread): bump STORE_FORMAT_VERSION instead.
+PINNED_DIGESTS = {
+    "float16": "22b6a15929643de3b4ca5df60f2add85da99cb4717fd924f0d3a5a8d8c279110",
+    "float32": "75cf9b61128b0da9fe8070771d85807c55fddbeb04a14a3f10f6ff3de619e9c4",
+}
+PINNED_FILES = {
+    "float16": {
+        "chunks/02590e2265388dc1e300e8b6ac30de5bff66fec006fe316d54ea42709a4fb2c7.json": "1b2b52732b1cf5f7",
+        "chunks/02590e2265388dc1e300e8b6ac30de5bff66fec006fe316d54ea42709a4fb2c7.npy": "c8d04c642c403db5",
+        "chunks/2dc7857a2c886e61833831aacc06edb3563a0f50a7133781a8d15c018dbd27cf.json": "ea12d3740fe4c4df",
+        "chunks/2dc7857a2c886e61833831aacc06edb3563a0f50a7133781a8d15c018dbd27cf.npy": "96048bc6ffb62fed",
+        "chunks/75eac070f568242c8d8914484e63bf787b29e4926cc1705219d309eb3cb54803.json": "c9743a6917e34d57",
+        "chunks/75eac070f568242c8d8914484e63bf787b29e4926cc1705219d309eb3cb54803.npy": "4f7374fa33db63c4",
+        "key.json": "0e01bfe1948019cf",
+        "views/75c3c2705f2ca367a115dca199c841d37b97e266ee38351f6dd2f231435c1b1b.json": "2bef4955db5afa83",
+        "views/75c3c2705f2ca367a115dca199c841d37b97e266ee38351f6dd2f231435c1b1b.npy": "dfd1dd327b7a3b2b",
+    },
+    "float32": {
+        "chunks/2d39b812415f904cd33722a4cb3ee8a4d0af9075eebeeadf85a3d5888e7d2871.json": "a146f9e2eba60204",
+        "chunks/2d39b812415f904cd33722a4cb3ee8a4d0af9075eebeeadf85a3d5888e7d2871.npy": "1222358410b31774",
+        "chunks/529921b7d491de27cfa9f8a3651b8e718c71fb7e61f4a74b003bff0bc52f838f.json": "53165e288a8b1737",
+        "chunks/529921b7d491de27cfa9f8a3651b8e718c71fb7e61f4a74b003bff0bc52f838f.npy": "5c13b047e58daa1c",
+        "chunks/fc63440dafd41c6ae95df3cf2336765e4ea45f2556c9d7e4b32e077bff9fcb1d.json": "b9661d940807f5a9",
+        "chunks/fc63440dafd41c6ae95df3cf2336765e4ea45f2556c9d7e4b32e077bff9fcb1d.npy": "8bd4f01d649ae025",
+        "key.json": "16dcb2c3f2b412c5",
+        "views/a72b487a03e32bf6a78b50bf1f1f2ffc5daa6e2eb42d3e0d1747985256c2f070.json": "b57116dddaf603c9",
+        "views/a72b487a03e32bf6a78b50bf1f1f2ffc5daa6e2eb42d3e0d1747985256c2f070.npy": "784166ffa812f8d7",
+    },
+}
+
+
+def exact_features(prompts: Sequence[str]) -> ChunkResult:
+    """Features exactly representable in float16 (no random draws), so the bytes are portable."""
+    lengths = np.array([len(p) for p in prompts], dtype=np.float32)[:, None, None, None]
+    features = lengths + np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3) / 4  # (n, 2, 2, 3)
+    return ChunkResult(features, sum(len(p) for p in prompts), 0, sum(p == "" for p in prompts))
+
+
+@pytest.mark.parametrize("storage", ["float16", "float32"])
+def test_keys_paths_and_bytes_are_those_existing_caches_hold(tmp_path: Path, storage: str) -> None:
+    """A cache written before a refactor is still hit: same key digest, same file names, same bytes."""
+    import hashlib
+
+    key = FeatureKey(
+        EncoderIdentity("pin-encoder", "ab" * 32, "chat", 512, "float32", storage), ("mean", "last"), (0, 3)
+    )
+    prompts = ["", "hi", "naïve café ☕", "What is 2+2?", "\ud800 lone"]  # a lone surrogate hashes too
+    FeatureStore(tmp_path).get_or_compute(key, prompts, exact_features, chunk_size=2)
+    digest, files = PINNED_DIGESTS[storage], PINNED_FILES[storage]
+    assert key.digest() == digest
+    folder = tmp_path / "features" / digest[:16]
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name == ".lock":
+            continue
+        data = path.read_bytes()
+        if path.parent.name == "views" and path.suffix == ".json":  # its file_stamp is this machine's
+            manifest = json.loads(data)
+            del manifest["file_stamp"]
+            data = json.dumps(manifest, sort_keys=True).encode()
+        found[path.relative_to(folder).as_posix()] = hashlib.sha256(data).hexdigest()[:16]
+    assert found == files
+    again = FeatureStore(tmp_path).get_or_compute(key, prompts, FakeEncoder(), chunk_size=2)  # type: ignore[arg-type]
+    assert again.computed_chunks == 0
+    np.testing.assert_array_equal(again.features, exact_features(prompts).features.astype(key.disk_dtype))

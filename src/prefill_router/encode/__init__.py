@@ -7,6 +7,7 @@ Ray only when :func:`extract_features_ray` is handed a Ray session.
 from prefill_router.encode.distributed import extract_features_ray
 from prefill_router.encode.encoder import POOLINGS, EncodedFeatures, Encoder, parse_layers, parse_poolings
 from prefill_router.encode.extract import export_npz, extract_features, feature_key
+from prefill_router.encode.identity import EncoderIdentity
 from prefill_router.encode.models import DEFAULT_ENCODER, ENCODERS, resolve_encoder
 from prefill_router.encode.store import FeatureKey, FeatureStore, StoredFeatures, default_cache_dir
 
@@ -16,6 +17,7 @@ __all__ = [
     "POOLINGS",
     "EncodedFeatures",
     "Encoder",
+    "EncoderIdentity",
     "FeatureKey",
     "FeatureStore",
     "StoredFeatures",

@@ -31,9 +31,8 @@ from prefill_router.encode.encoder import (
     parse_poolings,
 )
 from prefill_router.encode.extract import DEFAULT_CHUNK_SIZE, feature_key
+from prefill_router.encode.identity import DEFAULT_STORAGE, STORAGE_DTYPES, EncoderIdentity
 from prefill_router.encode.store import (
-    DEFAULT_STORAGE,
-    STORAGE_DTYPES,
     ChunkResult,
     FeatureJob,
     FeatureKey,
@@ -43,26 +42,9 @@ from prefill_router.encode.store import (
 )
 from prefill_router.errors import EncodeError
 
-__all__ = ["EncoderSpec", "PromptFailure", "extract_features_ray"]
+__all__ = ["PromptFailure", "extract_features_ray"]
 
 _SHOWN_FAILURES = 5  # bad prompts named in the error message; the rest are counted
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What a worker needs to build the same encoder as the driver's (it is sent to every actor)."""
-
-    name: str
-    view: str
-    max_tokens: int
-    dtype: str
-    cache_dir: str | None = None
-    storage: str = "float16"
-
-    @classmethod
-    def of(cls, encoder: Encoder, cache_dir: str | Path | None = None) -> EncoderSpec:
-        return cls(encoder.name, encoder.view.name, encoder.view.max_tokens, encoder.dtype,
-                   None if cache_dir is None else str(cache_dir), encoder.storage)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,7 +73,8 @@ def extract_features_ray(
     """Features of ``prompts`` in ``store``, as :func:`extract_features`, encoded on Ray workers.
 
     ``encoder`` (the driver's) fixes the feature key; each of ``plan.workers`` actors builds the
-    same encoder from its :class:`EncoderSpec` and must arrive at the same weights hash.
+    same encoder from the key's :class:`~prefill_router.encode.identity.EncoderIdentity` (plus
+    ``cache_dir``, where that node keeps its model files) and must arrive at the same weights hash.
     ``on_progress(n_prompts, n_tokens)`` is called as chunks are found on disk or committed.
 
     Raises:
@@ -114,7 +97,8 @@ def extract_features_ray(
         encoded = dataset.map_batches(
             _EncodeWorker,
             fn_constructor_args=(
-                EncoderSpec.of(encoder, cache_dir), key.to_json(), token_budget or DEFAULT_TOKEN_BUDGET, plan
+                key.to_json(), None if cache_dir is None else str(cache_dir),
+                token_budget or DEFAULT_TOKEN_BUDGET, plan,
             ),
             batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(plan.workers, len(missing))),
@@ -143,18 +127,19 @@ class _EncodeWorker:
     """One Ray actor: builds the encoder once, then encodes one chunk per call."""
 
     def __init__(
-        self, spec: EncoderSpec, key_json: dict[str, Any], token_budget: int, plan: WorkerPlan
+        self, key_json: dict[str, Any], cache_dir: str | None, token_budget: int, plan: WorkerPlan
     ) -> None:
-        self.key = FeatureKey(**key_json)
+        self.key = FeatureKey.from_json(key_json)
+        wanted = self.key.encoder
         self.encoder = Encoder(
-            spec.name, view=spec.view, max_tokens=spec.max_tokens, dtype=spec.dtype, device=plan.device,
-            threads=plan.threads, cache_dir=spec.cache_dir, storage=spec.storage,
+            wanted.name, view=wanted.view, max_tokens=wanted.max_tokens, dtype=wanted.dtype,
+            device=plan.device, threads=plan.threads, cache_dir=cache_dir, storage=wanted.storage,
         )  # fmt: skip
-        mine = feature_key(self.encoder, self.key.layers, self.key.poolings)
-        if mine != self.key:
+        mine = EncoderIdentity.of(self.encoder)
+        if mine != wanted:
             raise EncodeError(
-                f"this Ray worker's encoder {spec.name} differs from the driver's (weights sha256 "
-                f"{mine.weights_sha256[:16]}… vs {self.key.weights_sha256[:16]}…); install the same "
+                f"this Ray worker's encoder {wanted.name} differs from the driver's (weights sha256 "
+                f"{mine.weights_sha256[:16]}… vs {wanted.weights_sha256[:16]}…); install the same "
                 "model package on every node"
             )
         self.token_budget = token_budget

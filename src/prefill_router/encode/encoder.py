@@ -134,7 +134,7 @@ class Encoder:
 
         import torch
 
-        from prefill_router.encode.store import STORAGE_DTYPES
+        from prefill_router.encode.identity import STORAGE_DTYPES
 
         if dtype not in DTYPES:
             raise ConfigError(

@@ -15,6 +15,7 @@ from prefill_router.encode.encoder import (
     parse_layers,
     parse_poolings,
 )
+from prefill_router.encode.identity import EncoderIdentity
 from prefill_router.encode.store import ChunkResult, FeatureKey, FeatureStore, StoredFeatures
 
 DEFAULT_CHUNK_SIZE = 256
@@ -22,16 +23,7 @@ DEFAULT_CHUNK_SIZE = 256
 
 def feature_key(encoder: Encoder, layers: tuple[int, ...], poolings: tuple[str, ...]) -> FeatureKey:
     """The store key of ``encoder``'s features at ``layers`` and ``poolings``."""
-    return FeatureKey(
-        encoder=encoder.name,
-        weights_sha256=encoder.weights_sha256,
-        view=encoder.view.name,
-        max_tokens=encoder.view.max_tokens,
-        dtype=encoder.dtype,
-        poolings=poolings,
-        layers=layers,
-        storage=encoder.storage,
-    )
+    return FeatureKey(EncoderIdentity.of(encoder), poolings=poolings, layers=layers)
 
 
 def extract_features(

@@ -22,6 +22,7 @@ import numpy as np
 
 from prefill_router._files import atomic_dir, default_file_mode
 from prefill_router.data.dataset import TargetInfo, target_name_problem
+from prefill_router.encode.identity import EncoderIdentity
 from prefill_router.errors import DataError
 from prefill_router.train.net import TrunkEnsemble
 from prefill_router.train.transform import FeatureBlock, FeatureTransform
@@ -245,8 +246,6 @@ def router_parts(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[st
         DataError: a structure that does not add up (the message names what); KeyError, TypeError
             or ValueError from a malformed router.json (the caller names the file).
     """
-    from prefill_router.train.router import EncoderIdentity
-
     shapes = _ShapeCheck(arrays)
     # Format 1 had one encoder ("encoder") and one block per target ("block").
     encoders = [EncoderIdentity(**e) for e in (meta["encoders"] if "encoders" in meta else [meta["encoder"]])]

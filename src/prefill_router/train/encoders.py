@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prefill_router.encode.identity import EncoderIdentity
 from prefill_router.errors import DataError, EncodeError
 from prefill_router.train.transform import FeatureTransform, LayerFeatures
 
 if TYPE_CHECKING:
     from prefill_router.encode import Encoder
-    from prefill_router.train.router import EncoderIdentity
 
 
 class RouterEncoders:
@@ -42,8 +42,6 @@ class RouterEncoders:
 
     def use(self, encoder: Encoder) -> None:
         """Use an already loaded encoder; it must be one of the router's."""
-        from prefill_router.train.router import EncoderIdentity
-
         identity = EncoderIdentity.of(encoder)
         if identity not in self.identities:
             raise EncodeError(
@@ -105,7 +103,7 @@ class RouterEncoders:
         Raises:
             DataError: a prompt that is not a string or is empty.
         """
-        from prefill_router.encode.store import STORAGE_DTYPES
+        from prefill_router.encode.identity import STORAGE_DTYPES
 
         _check_prompts(prompts)
         out = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from prefill_router.data.costs import input_tokens
 from prefill_router.data.dataset import TargetInfo
+from prefill_router.encode.identity import EncoderIdentity as EncoderIdentity  # re-exported: its old home
 from prefill_router.errors import DataError, UnknownTargetError
 from prefill_router.train.artifact import (
     CalibrationRows,
@@ -43,37 +44,6 @@ if TYPE_CHECKING:
     from prefill_router.encode import Encoder
 
 __all__ = ["CalibrationRows", "EncoderIdentity", "RouterModel"]
-
-
-@dataclass(frozen=True)
-class EncoderIdentity:
-    """Everything that fixes the features an encoder produces."""
-
-    name: str  # registered name or local model folder
-    weights_sha256: str
-    view: str  # chat / raw
-    max_tokens: int
-    dtype: str
-    storage: str = "float16"  # how the feature store keeps its features (what the router rounds to)
-
-    @classmethod
-    def of(cls, encoder: Encoder) -> EncoderIdentity:
-        """The identity of a loaded encoder."""
-        return cls(
-            encoder.name, encoder.weights_sha256, encoder.view.name, encoder.view.max_tokens, encoder.dtype,
-            encoder.storage,
-        )  # fmt: skip
-
-    def to_json(self) -> dict[str, Any]:
-        """One ``encoders`` object of router.json."""
-        return {
-            "name": self.name,
-            "weights_sha256": self.weights_sha256,
-            "view": self.view,
-            "max_tokens": self.max_tokens,
-            "dtype": self.dtype,
-            "storage": self.storage,
-        }
 
 
 class RouterModel:
