@@ -47,8 +47,8 @@ from prefill_router.evaluate.run import cv_folds, eval_costs
 from prefill_router.policy import QualityFloor, mu_grid
 from prefill_router.policy.choice import _choose
 from prefill_router.policy.floor import fixed_sequence, floor_losses, p_values
+from prefill_router.policy.routing import FLOOR_GRID_POINTS
 from prefill_router.train import TrainSettings
-from prefill_router.train.router import FLOOR_GRID_POINTS
 
 DATASETS = ("llmrouter", "mmlu-pro", "routellm")
 #: The recipe variant whose out-of-fold probabilities are used: the default with calibration rows
