@@ -337,3 +337,16 @@ def test_lone_surrogates_are_refused_however_they_are_sent(raw: bytes, refused: 
         return
     with pytest.raises(ApiError, match=r"^prompt holds a lone UTF-16 surrogate \(\\ud800\) at character 2"):
         check_unicode(raw, body)
+
+
+def test_a_policy_without_its_knob_takes_the_shared_default() -> None:
+    """serve.yaml's `policy: lambda` alone is λ = 1, as a request, `route` and `Router.route` take it
+    (it was λ = 0, the cheapest target, at the top level)."""
+    from prefill_router.policy import DEFAULT_KNOBS
+
+    for policy, knob in DEFAULT_KNOBS.items():
+        doc = {key: value for key, value in GOOD.items() if key != "knob"} | {"policy": policy}
+        doc["profiles"] = {"router-x": {"policy": policy}}
+        config = ServeConfig.from_dict(doc, TARGETS)
+        assert (config.default.policy, config.default.knob) == (policy, knob)
+        assert (config.profiles["router-x"].policy, config.profiles["router-x"].knob) == (policy, knob)

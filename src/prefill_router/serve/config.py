@@ -272,11 +272,11 @@ def _default_profile(data: Mapping[str, Any]) -> Profile:
         return _profile(data["floor"], "floor", floor_only=True)
     if "policy" not in data and "knob" not in data:
         return DEFAULT_PROFILE
-    return _profile({"policy": data.get("policy", "budget"), "knob": data.get("knob", 0.0)}, "")
+    return _profile({key: data[key] for key in ("policy", "knob") if key in data}, "")
 
 
 def _profile(raw: Any, where: str, *, floor_only: bool = False) -> Profile:
-    from prefill_router.policy import POLICIES, check_knob
+    from prefill_router.policy import DEFAULT_KNOBS, POLICIES, check_knob
 
     prefix = f"{where}." if where else ""
     if not isinstance(raw, Mapping):
@@ -286,7 +286,7 @@ def _profile(raw: Any, where: str, *, floor_only: bool = False) -> Profile:
     policy = raw.get("policy", "budget")
     if policy not in POLICIES:
         raise ConfigError(f"{prefix}policy must be one of {', '.join(POLICIES)}; got {policy!r}")
-    knob = raw.get("knob", 0.0)
+    knob = raw.get("knob", DEFAULT_KNOBS[policy])  # a policy without its knob: the same default everywhere
     if isinstance(knob, bool) or not isinstance(knob, int | float):
         raise ConfigError(f"{prefix}knob must be a number; got {knob!r}")
     try:
