@@ -37,7 +37,7 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from prefill_router.errors import ConfigError, DataError, UnknownTargetError
+from prefill_router.errors import ApiError, ConfigError, DataError, UnknownTargetError
 from prefill_router.policy import Budget, Decision, FloorCertificate, QualityFloor, decide, floor_decision
 from prefill_router.serve.batcher import MicroBatcher, QueueFullError, WorkerThread
 from prefill_router.serve.cache import LruCache, TextHasher
@@ -52,7 +52,6 @@ from prefill_router.serve.config import (
 from prefill_router.serve.decision_log import DecisionLog
 from prefill_router.serve.metrics import Metrics
 from prefill_router.serve.protocol import (
-    ApiError,
     Overrides,
     check_messages,
     check_model,

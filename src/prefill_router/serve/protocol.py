@@ -1,7 +1,8 @@
-"""The wire protocol: request parsing, routing text, the ``router`` override field and error bodies.
+"""The wire protocol: request parsing, routing text and the ``router`` override field.
 
 Requests stay plain JSON objects so that every field the client sends reaches the upstream
-unchanged; only ``model`` is replaced and ``router`` removed.
+unchanged; only ``model`` is replaced and ``router`` removed. A malformed field is refused with
+:class:`~prefill_router.errors.ApiError` (400, naming the field).
 
 The override field, one extra object in a chat-completions or route request::
 
@@ -23,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prefill_router.errors import ConfigError
+from prefill_router.errors import ApiError, ConfigError
 from prefill_router.policy import POLICIES, check_knob
 from prefill_router.policy.floor import QualityFloor
 from prefill_router.serve.config import OVERRIDE_FIELDS, parse_floor
@@ -34,25 +35,6 @@ MAX_ALLOWED = 256  # names in ``router.allowed``
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # How a lone surrogate reaches json.loads: as an escape, or as raw bytes it decodes with surrogatepass
 _SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-
-
-class ApiError(Exception):
-    """An error answered as the OpenAI envelope ``{"error": {message, type, param, code}}``."""
-
-    def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error",
-        param: str | None = None, code: str | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-
-    def body(self) -> dict[str, Any]:
-        """The JSON error envelope."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 @dataclass(frozen=True)
