@@ -42,11 +42,13 @@ def _service(request: Request) -> RoutingService:
 
 @endpoints.get("/health")
 async def health() -> dict[str, str]:
+    """Liveness: the process answers (no state read)."""
     return {"status": "ok"}
 
 
 @endpoints.get("/ready")
 async def ready(request: Request) -> Response:
+    """Readiness: 200 with the targets once the encoder warmed up; 503 warming, failed or draining."""
     service = _service(request)
     if service.ready:
         return JSONResponse({"status": "ready", "targets": list(service.router.targets)})
@@ -56,6 +58,7 @@ async def ready(request: Request) -> Response:
 
 @endpoints.get("/metrics")
 async def metrics(request: Request) -> Response:
+    """The Prometheus text exposition of the service's metrics."""
     service = _service(request)
     service.metrics.encoder_queue.set(service.batcher.waiting)
     return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -63,6 +66,7 @@ async def metrics(request: Request) -> Response:
 
 @endpoints.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
+    """The models a client may name: ``router``, the profiles, then the targets."""
     service = _service(request)
     _admit(service)
     service.authorize(request)
@@ -73,6 +77,7 @@ async def models(request: Request) -> dict[str, Any]:
 
 @endpoints.post("/v1/route")
 async def route(request: Request) -> dict[str, Any]:
+    """The decision for ``prompt``, ``prompts`` or ``messages``, without calling an upstream."""
     service = _service(request)
     config = service.config
     _admit(service)
@@ -93,6 +98,7 @@ async def route(request: Request) -> dict[str, Any]:
 
 @endpoints.post("/v1/chat/completions")
 async def chat(request: Request) -> Response:
+    """Route a chat completion (or take its pinned target) and forward it, streamed or not."""
     service = _service(request)
     _admit(service)
     client = service.authorize(request)
