@@ -54,6 +54,24 @@ def test_errors_carry_distinct_exit_codes() -> None:
     assert [cls.exit_code for cls in classes] == [1, 2, 3, 4, 5]
 
 
+def test_api_error_is_a_prefill_router_error_with_the_openai_envelope() -> None:
+    """The proxy's refusals join the hierarchy; the error body's bytes stay the OpenAI envelope's."""
+    from starlette.responses import JSONResponse
+
+    from prefill_router.errors import ApiError, PrefillRouterError
+
+    error = ApiError(404, "unknown model 'x'", param="model", code="model_not_found")
+    assert isinstance(error, PrefillRouterError)
+    assert (error.status, error.type, str(error)) == (404, "invalid_request_error", "unknown model 'x'")
+    assert JSONResponse(error.body(), status_code=error.status).body == (
+        b'{"error":{"message":"unknown model \'x\'","type":"invalid_request_error",'
+        b'"param":"model","code":"model_not_found"}}'
+    )
+    assert ApiError(503, "down", type="server_error").body() == {
+        "error": {"message": "down", "type": "server_error", "param": None, "code": None}
+    }
+
+
 def test_the_version_is_the_installed_distributions() -> None:
     """One version: pyproject.toml's, read from the package metadata (never restated in code)."""
     import tomllib

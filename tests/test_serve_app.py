@@ -26,6 +26,7 @@ from tests.serve_support import (
     completion_bytes,
     fake_upstream,
     load_tiny_router,
+    prometheus,
     running_proxy,
     stream_chunks,
 )
@@ -410,6 +411,21 @@ def test_models_health_ready_and_unknown_paths(client: httpx.Client) -> None:
     assert client.get("/ready").json() == {"status": "ready", "targets": list(TARGETS)}
     missing = client.get("/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_two_apps_in_one_process_answer_from_their_own_state(router: Router, upstream: str) -> None:
+    """The routes are shared module-level handlers: each app's answers, errors and metrics come from
+    its own ``app.state``, never from another app's."""
+    other = config_for(upstream, profiles={"router-other": Profile("lambda", 0.5)}, client_tokens=("other",))
+    with running_proxy(router, config_for(upstream)) as first, running_proxy(router, other) as second:
+        ids = [m["id"] for m in httpx.get(f"{first}/v1/models", headers=AUTH).json()["data"]]
+        assert ids == ["router", "router-cheap", *TARGETS]
+        ids = [m["id"] for m in httpx.get(f"{second}/v1/models", headers={"authorization": "Bearer other"})
+               .json()["data"]]  # fmt: skip
+        assert ids == ["router", "router-other", *TARGETS]
+        assert httpx.get(f"{second}/v1/models", headers=AUTH).json()["error"]["code"] == "invalid_api_key"
+        errors = 'prefill_router_errors_total{code="invalid_api_key",status="401"}'
+        assert prometheus(second, errors) == 1 and prometheus(first, errors) == 0
 
 
 def test_metrics_count_requests_decisions_and_latency(client: httpx.Client) -> None:

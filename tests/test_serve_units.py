@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from prefill_router.cli import run
-from prefill_router.errors import ConfigError
+from prefill_router.errors import ApiError, ConfigError
 from prefill_router.policy import QualityFloor
 from prefill_router.serve.batcher import MicroBatcher
 from prefill_router.serve.cache import LruCache, TextHasher
 from prefill_router.serve.config import OVERRIDE_FIELDS, ClientRights, Profile, ServeConfig
-from prefill_router.serve.protocol import ApiError, Overrides, parse_overrides, routing_text
+from prefill_router.serve.protocol import Overrides, parse_overrides, routing_text
 
 TARGETS = ("small", "large")
 GOOD = {

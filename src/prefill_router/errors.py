@@ -1,7 +1,8 @@
 """The exception hierarchy of prefill-router.
 
 Every error the package raises on purpose derives from :class:`PrefillRouterError`, so callers
-can catch one type; the CLI turns each into a one-line message and the exit code on its class.
+can catch one type; the CLI turns each into a one-line message and the exit code on its class,
+the proxy's HTTP error handler turns an :class:`ApiError` into an OpenAI error envelope.
 
 ::
 
@@ -10,13 +11,15 @@ can catch one type; the CLI turns each into a one-line message and the exit code
     │   └── UnknownTargetError          exit 2   a target name that the dataset does not hold
     ├── ConfigError                     exit 3   a bad option value or settings file
     ├── MissingDependencyError          exit 4   an optional package is not installed
-    └── EncodeError                     exit 5   an encoder cannot be loaded or produced bad features
+    ├── EncodeError                     exit 5   an encoder cannot be loaded or produced bad features
+    └── ApiError                        HTTP     a request the proxy refuses: status, OpenAI type, field
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class PrefillRouterError(Exception):
@@ -69,3 +72,37 @@ class EncodeError(PrefillRouterError):
     """An encoder cannot be loaded, or a forward pass produced unusable (NaN/inf) features."""
 
     exit_code = 5
+
+
+class ApiError(PrefillRouterError):
+    """A request the proxy refuses: its HTTP status, OpenAI error type and offending field.
+
+    The proxy answers it as the OpenAI envelope ``{"error": {message, type, param, code}}``.
+
+    Args:
+        status: the HTTP status code (400, 401, 403, 404, 413, 502, 503, 504 ...).
+        message: what was received, what was expected, how to fix it.
+        type: the OpenAI error type (``invalid_request_error``, ``authentication_error``,
+            ``permission_error``, ``server_error`` ...).
+        param: the offending request field (``"model"``, ``"router.knob"``), or None.
+        code: a machine-readable code (``"model_not_found"``), or None.
+
+    Example:
+        >>> ApiError(404, "unknown model 'x'", param="model", code="model_not_found").body()["error"]["param"]
+        'model'
+    """
+
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error",
+        param: str | None = None, code: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error envelope."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

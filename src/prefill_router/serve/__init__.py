@@ -1,10 +1,12 @@
 """Stage 7: the OpenAI-compatible routing proxy (``prefill-router serve``), DESIGN §9.
 
-Modules: ``config`` (serve.yaml, client rights), ``protocol`` (requests, overrides, error bodies),
-``batcher`` (micro-batched encoder forwards), ``cache`` (keyed-hash LRU), ``upstream`` (forwarding
-and fallback), ``decision_log`` (JSONL off the event loop, rotated), ``metrics`` (Prometheus),
-``app`` (``create_app``). FastAPI is imported only by ``app``, so
-``from prefill_router.serve.config import ServeConfig`` stays light.
+Modules: ``config`` (serve.yaml, client rights), ``protocol`` (requests, overrides, a decision's
+headers and JSON), ``batcher`` (micro-batched encoder forwards), ``cache`` (keyed-hash LRU),
+``upstream`` (forwarding and fallback), ``decision_log`` (JSONL off the event loop, rotated),
+``metrics`` (Prometheus), ``service`` (``RoutingService``: the proxy's state and decisions),
+``routes`` (the HTTP handlers, an ``APIRouter`` reading ``app.state``), ``middleware`` (request
+counting, error handlers) and ``app`` (``create_app`` assembles them). FastAPI is imported only by
+``app`` and ``routes``, so ``from prefill_router.serve.config import ServeConfig`` stays light.
 """
 
 from __future__ import annotations

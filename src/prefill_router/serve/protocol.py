@@ -1,7 +1,9 @@
-"""The wire protocol: request parsing, routing text, the ``router`` override field and error bodies.
+"""The wire protocol: request parsing, routing text, the ``router`` override field and a
+decision's wire forms (:class:`Routed`: the ``x-router-*`` headers and the ``/v1/route`` object).
 
 Requests stay plain JSON objects so that every field the client sends reaches the upstream
-unchanged; only ``model`` is replaced and ``router`` removed.
+unchanged; only ``model`` is replaced and ``router`` removed. A malformed field is refused with
+:class:`~prefill_router.errors.ApiError` (400, naming the field).
 
 The override field, one extra object in a chat-completions or route request::
 
@@ -23,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prefill_router.errors import ConfigError
-from prefill_router.policy import POLICIES, check_knob
+from prefill_router.errors import ApiError, ConfigError
+from prefill_router.policy import POLICIES, Decision, check_knob
 from prefill_router.policy.floor import QualityFloor
 from prefill_router.serve.config import OVERRIDE_FIELDS, parse_floor
 
@@ -34,25 +36,9 @@ MAX_ALLOWED = 256  # names in ``router.allowed``
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # How a lone surrogate reaches json.loads: as an escape, or as raw bytes it decodes with surrogatepass
 _SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-
-
-class ApiError(Exception):
-    """An error answered as the OpenAI envelope ``{"error": {message, type, param, code}}``."""
-
-    def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error",
-        param: str | None = None, code: str | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-
-    def body(self) -> dict[str, Any]:
-        """The JSON error envelope."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+_ASCII = str.maketrans(
+    {"μ": "mu", "λ": "lambda", "τ": "tau", "δ": "delta", "−": "-", "·": "*", "ĉ": "c_norm", "…": "..."}
+)
 
 
 @dataclass(frozen=True)
@@ -251,3 +237,37 @@ def routing_text(messages: list[Mapping[str, Any]], mode: str) -> str:
     if not text.strip():
         raise _bad("the messages hold no user text to route on", "messages")
     return text
+
+
+@dataclass(frozen=True)
+class Routed:
+    """One routing outcome: the decision, where it came from and whether the cache answered."""
+
+    decision: Decision
+    source: str  # policy / session / pinned / fallback
+    cached: bool = False
+
+    def headers(self) -> dict[str, str]:
+        """The x-router-* decision headers (printable ASCII only)."""
+        d = self.decision
+        out = {"x-router-reason": header_safe(d.reason.translate(_ASCII))}
+        if d.probabilities:
+            out["x-router-probabilities"] = ",".join(f"{t}={p:.3f}" for t, p in d.probabilities.items())
+        if d.target in d.costs_usd:
+            out["x-router-estimated-cost"] = f"{d.costs_usd[d.target]:.6g}"
+        out["x-router-cache"] = "hit" if self.cached else "miss"
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision with its source, for /v1/route."""
+        return {
+            "object": "router.decision",
+            **self.decision.to_json(),
+            "source": self.source,
+            "cached": self.cached,
+        }
+
+
+def header_safe(text: str) -> str:
+    """``text`` as a header value: printable ASCII, anything else (CR, LF, é ...) as ``?``."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)

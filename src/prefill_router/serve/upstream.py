@@ -29,9 +29,9 @@ import httpx
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
+from prefill_router.errors import ApiError
 from prefill_router.serve.config import UpstreamTarget
 from prefill_router.serve.metrics import Metrics
-from prefill_router.serve.protocol import ApiError
 
 log = logging.getLogger("prefill_router.serve")
 _PASSED_HEADERS = ("content-type", "x-request-id", "openai-processing-ms")

@@ -1,0 +1,275 @@
+# ruff: noqa: TID253  (this module owns the proxy's FastAPI routes)
+"""The proxy's HTTP routes: ``endpoints``, a FastAPI ``APIRouter`` that ``create_app`` includes.
+
+``GET /health``, ``GET /ready``, ``GET /metrics``, ``GET /v1/models``, ``POST /v1/route`` (the
+decision only) and ``POST /v1/chat/completions`` (routes, forwards, streams). Each handler reads
+the :class:`~prefill_router.serve.service.RoutingService` from ``request.app.state.service`` and
+the config from it; this module keeps no state. Admission (503 while draining) and the client
+token (401) are checked before the body is read (413 past ``max_body_bytes``, read as a stream),
+the fields (400, 404) and the client's rights (403) before anything is scored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from prefill_router.errors import ApiError
+from prefill_router.serve.config import OVERRIDE_FIELDS, ROUTER_MODEL, Client, Profile, ServeConfig
+from prefill_router.serve.protocol import (
+    check_messages,
+    check_model,
+    check_unicode,
+    parse_overrides,
+    routing_text,
+)
+from prefill_router.serve.service import RoutingService
+from prefill_router.serve.upstream import forward
+
+endpoints = APIRouter()
+
+
+def _service(request: Request) -> RoutingService:
+    """The app's routing service (set by ``create_app``)."""
+    service: RoutingService = request.app.state.service
+    return service
+
+
+@endpoints.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers (no state read)."""
+    return {"status": "ok"}
+
+
+@endpoints.get("/ready")
+async def ready(request: Request) -> Response:
+    """Readiness: 200 with the targets once the encoder warmed up; 503 warming, failed or draining."""
+    service = _service(request)
+    if service.ready:
+        return JSONResponse({"status": "ready", "targets": list(service.router.targets)})
+    status = "draining" if service.draining else "failed" if service.warm_error else "warming"
+    return JSONResponse({"status": status, "error": service.warm_error}, status_code=503)
+
+
+@endpoints.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """The Prometheus text exposition of the service's metrics."""
+    service = _service(request)
+    service.metrics.encoder_queue.set(service.batcher.waiting)
+    return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@endpoints.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    """The models a client may name: ``router``, the profiles, then the targets."""
+    service = _service(request)
+    _admit(service)
+    service.authorize(request)
+    names = [ROUTER_MODEL, *service.config.profiles, *service.router.targets]
+    data = [{"id": n, "object": "model", "created": 0, "owned_by": "prefill-router"} for n in names]
+    return {"object": "list", "data": data}
+
+
+@endpoints.post("/v1/route")
+async def route(request: Request) -> dict[str, Any]:
+    """The decision for ``prompt``, ``prompts`` or ``messages``, without calling an upstream."""
+    service = _service(request)
+    config = service.config
+    _admit(service)
+    client = service.authorize(request)
+    body = await _json_body(request, config)
+    profile = _profile(check_model(body.get("model", ROUTER_MODEL)), service, pin=False)
+    assert profile is not None  # pin=False never returns None
+    _check_rights(client, body.get("router"), pinned=None)
+    overrides = parse_overrides(body.get("router"))
+    texts = _route_texts(body, config)
+    routed = await asyncio.gather(*(service.route(text, profile, overrides) for text in texts))
+    for r in routed:
+        service.metrics.decisions.labels(r.decision.target, r.source).inc()
+    if "prompts" in body:
+        return {"object": "list", "data": [r.to_json() for r in routed]}
+    return routed[0].to_json()
+
+
+@endpoints.post("/v1/chat/completions")
+async def chat(request: Request) -> Response:
+    """Route a chat completion (or take its pinned target) and forward it, streamed or not."""
+    service = _service(request)
+    _admit(service)
+    client = service.authorize(request)
+    body = await _json_body(request, service.config)
+    return await _chat(service, request, body, client)
+
+
+async def _chat(service: RoutingService, request: Request, body: dict[str, Any], client: Client) -> Response:
+    config = service.config
+    model = check_model(body.get("model"))
+    profile = _profile(model, service, pin=True)
+    messages = check_messages(body)
+    _check_rights(client, body.get("router"), pinned=model if profile is None else None)
+    overrides = parse_overrides(body.get("router"))
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ApiError(400, "'stream' must be true or false", param="stream")
+    session = request.headers.get("x-session-id") or (
+        body.get("user") if isinstance(body.get("user"), str) else None
+    )
+    # Scoped by client: one client's session id never reads or writes another client's affinity.
+    session_key = (
+        service.hash(f"session\0{client.name}\0{session}") if session and overrides.session else None
+    )
+    text = routing_text(messages, config.routing_text)
+    if profile is None:  # the model names a target: pinned, no fallback
+        routed, chain = service.fixed(model, "pinned", f"pinned by model {model!r}"), [model]
+    else:
+        previous = service.sessions.get(session_key) if session_key else None
+        if previous is not None and service.session_fits(previous, text, overrides):
+            routed = service.fixed(previous, "session", "session affinity: this session's earlier target")
+        else:
+            routed = await service.route(text, profile, overrides)
+        chain = service.chain(routed.decision.target, overrides)
+    service.metrics.decisions.labels(routed.decision.target, routed.source).inc()
+    upstreams = [config.targets[name] for name in chain]
+    assert service.client is not None, "the app's lifespan has not started"
+    record: dict[str, Any] = {
+        "text_hash": service.hash(text), "session_hash": session_key, "client": client.name, "model": model,
+        "source": routed.source, "target": routed.decision.target, "policy": routed.decision.policy,
+        "knob": routed.decision.knob, "probabilities": routed.decision.probabilities,
+        "estimated_cost_usd": routed.decision.costs_usd.get(routed.decision.target),
+        "floor": None if routed.decision.certificate is None else routed.decision.certificate["floor"],
+    }  # fmt: skip
+    answered: dict[str, Any] = {}
+
+    def stream_ended(outcome: str) -> None:
+        service.log_decision(record | answered | {"stream": outcome})
+
+    try:
+        forwarded = await forward(
+            service.client, upstreams, body, stream=bool(body.get("stream")), headers=routed.headers(),
+            metrics=service.metrics, deadline_s=config.deadline_s, on_stream_end=stream_ended,
+        )  # fmt: skip
+    except ApiError as exc:
+        service.log_decision(record | {"answered_by": None, "status": exc.status})
+        raise
+    if forwarded.failed:
+        service.metrics.fallbacks.labels("upstream").inc(len(forwarded.failed))
+    if session_key and forwarded.response.status_code < 400:
+        service.sessions.put(session_key, forwarded.target)
+    answered.update(
+        answered_by=forwarded.target, fallback_from=forwarded.failed, status=forwarded.response.status_code
+    )
+    if not body.get("stream"):
+        service.log_decision(record | answered)
+    return forwarded.response
+
+
+def _admit(service: RoutingService) -> None:
+    if service.draining:
+        raise ApiError(
+            503, "the router is shutting down; send the request again (another replica will answer it)",
+            type="server_error", code="shutting_down",
+        )  # fmt: skip
+
+
+def _check_rights(client: Client, raw: Any, *, pinned: str | None) -> None:
+    """Refuse (403) a pin or a ``router`` field the client's rights do not include."""
+    rights = client.rights
+    if pinned is not None and not rights.pin:
+        raise ApiError(
+            403, f"this client may not pin a target (model {pinned!r}); use 'router' or a profile, or ask "
+            "the proxy's operator for pin: true in serve.yaml", type="permission_error",
+            param="model", code="permission_denied",
+        )  # fmt: skip
+    if not isinstance(raw, Mapping):
+        return
+    denied = sorted((set(raw) & set(OVERRIDE_FIELDS)) - rights.overrides)
+    if denied:
+        may = ", ".join(sorted(rights.overrides)) or "none"
+        raise ApiError(
+            403, f"this client may not set router.{denied[0]} (it may set: {may}); the proxy's operator "
+            "grants fields in serve.yaml (client_rights.overrides, or clients.NAME.overrides)",
+            type="permission_error", param=f"router.{denied[0]}", code="permission_denied",
+        )  # fmt: skip
+
+
+async def _json_body(request: Request, config: ServeConfig) -> dict[str, Any]:
+    """The body as a JSON object, read as a stream and refused as soon as it passes the limit."""
+    limit = config.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(f"has {int(declared)} bytes", limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a chunked body has no Content-Length to check first
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(f"has more than {limit} bytes (it was still coming)", limit)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        body = json.loads(raw)
+    except RecursionError as exc:
+        raise ApiError(
+            400, "the request body is not valid JSON: nested too deeply", code="invalid_json"
+        ) from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits
+        raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise ApiError(
+            400, f"the request body must be a JSON object; got {type(body).__name__}", code="invalid_json"
+        )
+    check_unicode(raw, body)
+    return body
+
+
+def _too_large(size: str, limit: int) -> ApiError:
+    return ApiError(
+        413, f"the request body {size}; the limit is {limit} (max_body_bytes)", code="request_too_large"
+    )
+
+
+def _profile(model: str, service: RoutingService, *, pin: bool) -> Profile | None:
+    """The profile of ``model``; None when it names a target (and ``pin`` allows that)."""
+    profile = service.config.profile(model)
+    if profile is not None:
+        return profile
+    if pin and model in service.router.targets:
+        return None
+    known = [ROUTER_MODEL, *service.config.profiles, *(service.router.targets if pin else ())]
+    import difflib
+
+    close = difflib.get_close_matches(model, known, n=1)  # model is at most 256 characters
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ApiError(
+        404, f"unknown model {model!r}.{hint} Known models: {', '.join(known)}", param="model",
+        code="model_not_found",
+    )  # fmt: skip
+
+
+def _route_texts(body: Mapping[str, Any], config: ServeConfig) -> list[str]:
+    if "prompts" in body:
+        prompts = body["prompts"]
+        if isinstance(prompts, list) and len(prompts) > config.max_prompts:
+            raise ApiError(
+                400, f"'prompts' holds {len(prompts)} prompts; one request may hold at most "
+                f"{config.max_prompts} (max_prompts); route large sets with `prefill-router route-batch`",
+                param="prompts", code="too_many_prompts",
+            )  # fmt: skip
+        if (
+            not isinstance(prompts, list)
+            or not prompts
+            or not all(isinstance(p, str) and p.strip() for p in prompts)
+        ):
+            raise ApiError(400, "'prompts' must be a non-empty list of non-empty strings", param="prompts")
+        return list(prompts)
+    if "prompt" in body:
+        prompt = body["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ApiError(400, "'prompt' must be a non-empty string", param="prompt")
+        return [prompt]
+    if "messages" in body:
+        return [routing_text(check_messages(body), config.routing_text)]
+    raise ApiError(400, "send 'prompt', 'prompts' or 'messages'", param="prompt")
