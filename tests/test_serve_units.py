@@ -350,3 +350,57 @@ def test_a_policy_without_its_knob_takes_the_shared_default() -> None:
         config = ServeConfig.from_dict(doc, TARGETS)
         assert (config.default.policy, config.default.knob) == (policy, knob)
         assert (config.profiles["router-x"].policy, config.profiles["router-x"].knob) == (policy, knob)
+
+
+# ------------------------------------------------------------------ the pydantic models
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"floor": None}, "floor must be a mapping {policy, knob} or {within | min_accuracy, delta}"),
+        (
+            {"floor": {"within": "1pt"}, "knob": 1},
+            "set either floor or policy/knob at the top level, not both",
+        ),
+        (
+            {"targets": {**GOOD["targets"], "large": {"model": "m"}}},
+            "targets.large.base_url must be an http(s) URL such as http://localhost:4000/v1; got None",
+        ),
+        (
+            {"profiles": {"p": {"policy": "budget", "knbo": 3}}},
+            "profiles.p: unknown field 'knbo'; expected policy",
+        ),
+        ({"profiles": {"p": {"within": "1pt", "knob": 3}}}, "profiles.p: unknown field 'knob' of a floor"),
+        ({"profiles": {"p": {"knob": 10**400}}}, "profiles.p.knob must be a number; got 1000"),
+        ({"max_wait_ms": 10**400}, "max_wait_ms must be a positive number; got 1000"),
+        (
+            {"profiles": {"p": {"min_accuracy": 10**400}}},
+            "profiles.p: min_accuracy must be a number in (0, 1]",
+        ),
+        (
+            {"clients": {"c": {"token_env": "PREFILL_ROUTER_TEST_UNSET", "pin": "no"}}},
+            "clients.c.token_env: ",
+        ),
+    ],
+)
+def test_serve_yaml_errors_name_the_field_of_each_section(change: dict[str, object], message: str) -> None:
+    """Every section of serve.yaml is a pydantic model whose errors keep the field's path; integers
+    past float range are refused like any other bad number (they raised OverflowError)."""
+    doc = {k: v for k, v in GOOD.items() if "floor" not in change or k not in ("policy", "knob")} | change
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        ServeConfig.from_dict(doc, TARGETS)
+
+
+def test_the_models_spell_the_policy_stage_names() -> None:
+    from typing import get_args
+
+    from prefill_router.policy import POLICIES
+    from prefill_router.serve.config import PolicyName
+
+    assert get_args(PolicyName) == POLICIES
+
+
+def test_a_serve_config_built_in_python_is_validated_too() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must be an integer >= 1; got 0"):
+        ServeConfig(targets={}, max_batch=0)

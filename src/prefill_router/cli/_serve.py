@@ -11,7 +11,7 @@ import typer
 from prefill_router.cli._app import CacheOption, RouterArg, app, err_console
 from prefill_router.errors import ConfigError, MissingDependencyError
 
-_SERVE_PACKAGES = ("fastapi", "uvicorn", "httpx", "prometheus_client")
+_SERVE_PACKAGES = ("fastapi", "pydantic", "uvicorn", "httpx", "prometheus_client")
 
 
 def check_serve_dependencies() -> None:

@@ -1,5 +1,13 @@
 """The proxy's settings (``serve.yaml``), validated at start with errors that name the field.
 
+Two layers of pydantic models: :class:`ServeFile` is the YAML document as written (its sections
+:class:`TargetSpec`, :class:`ProfileSpec`, :class:`RightsSpec`, :class:`ClientSpec`), checked
+against the router's targets and the environment; :meth:`ServeFile.settings` turns it into the
+:class:`ServeConfig` the proxy runs on (pydantic dataclasses: :class:`UpstreamTarget`,
+:class:`Profile`, :class:`ClientRights`, :class:`Client`). Each field's type carries the words of
+its error, so a bad field is a :class:`~prefill_router.errors.ConfigError` naming its path
+(``targets.gpt-4o.timeout_s must be a positive number; got 0``), never pydantic's own message.
+
 Example ``serve.yaml``::
 
     targets:                       # every target of the router artifact, by its name
@@ -45,33 +53,173 @@ that no name can inject a header or a log line.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 from prefill_router.errors import ConfigError
 from prefill_router.policy.floor import DEFAULT_DELTA, DEFAULT_WITHIN, QualityFloor
 
-ROUTING_TEXTS = ("last_user", "first_user", "conversation")
+RoutingTextMode = Literal["last_user", "first_user", "conversation"]
+ROUTING_TEXTS: tuple[str, ...] = get_args(RoutingTextMode)
+PolicyName = Literal["budget", "lambda", "tolerance"]  # prefill_router.policy.POLICIES (a test checks)
 ROUTER_MODEL = "router"
 #: The fields of a request's ``router`` object (see :mod:`prefill_router.serve.protocol`).
 OVERRIDE_FIELDS = (
     "policy", "knob", "budget_usd", "min_accuracy", "within", "delta", "allowed", "max_cost_usd", "session",
 )  # fmt: skip
-_TOP_KEYS = {
-    "targets", "policy", "knob", "floor", "profiles", "fallback", "routing_text", "client_tokens",
-    "client_tokens_env", "cache_size", "cache_key_env", "max_body_bytes", "max_batch", "max_wait_ms",
-    "max_prompts", "max_queue", "score_timeout_s", "deadline_s", "drain_s", "client_rights", "clients",
-    "decision_log_max_bytes", "decision_log_backups",
-}  # fmt: skip
-_TARGET_KEYS = {"base_url", "model", "api_key_env", "timeout_s"}
-_RIGHTS_KEYS = {"pin", "overrides"}
-_CLIENT_KEYS = {"token_env", *_RIGHTS_KEYS}
+#: The fields of a quality floor, in a profile, the top-level ``floor`` and a request's ``router``.
+FLOOR_FIELDS = ("within", "min_accuracy", "delta")
+
+
+# ------------------------------------------------------------------------- errors in words
+_WRONG = "serve_config"  # the pydantic error type of a worded config error
+
+
+class _Detail:
+    """An error's words, held in its context as an object: pydantic-core turns strings into UTF-8,
+    which a YAML string with a lone surrogate is not."""
+
+    def __init__(self, text: str, *, whole: bool) -> None:
+        self.text = text
+        self.whole = whole  # the whole message, without the field's path
+
+
+def _wrong(detail: str, *, whole: bool = False) -> PydanticCustomError:
+    """An error whose message is the field's path then ``detail`` (" must be ...", ": ..."); at the
+    top of the document (or ``whole``), ``detail`` alone."""
+    try:
+        detail.encode()
+        template = detail  # pydantic's own rendering, for developers
+    except UnicodeEncodeError:
+        template = "invalid serve config value"
+    return PydanticCustomError(_WRONG, template, {"detail": _Detail(detail, whole=whole)})
+
+
+def _config_error(exc: ValidationError, where: str = "") -> ConfigError:
+    """The first error of a validation as a ConfigError naming the field's path."""
+    error = exc.errors()[0]
+    path = ".".join(str(part) for part in (where, *error["loc"]) if part != "")
+    if error["type"] != _WRONG:  # a type without words of its own
+        return ConfigError(f"{path or 'the serve config'}: {error['msg']}")
+    detail: _Detail = error.get("ctx", {})["detail"]
+    if not path or detail.whole:
+        return ConfigError(detail.text.removeprefix(": "))
+    return ConfigError(f"{path}{detail.text}")
+
+
+def _expect(what: str | Callable[[Any], str]) -> WrapValidator:
+    """Any error of the annotated type reads "<path> must be <what>; got <value>" (``what`` may be
+    made from the value: then it is the whole detail)."""
+
+    def wrap(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            detail = f" must be {what}; got {value!r}" if isinstance(what, str) else what(value)
+            raise _wrong(detail) from None
+
+    return WrapValidator(wrap)
+
+
+def _not_null(detail: str) -> BeforeValidator:
+    """An explicit null is an error (an absent field takes its default)."""
+
+    def check(value: Any) -> Any:
+        if value is None:
+            raise _wrong(detail)
+        return value
+
+    return BeforeValidator(check)
+
+
+def _empty_as_absent(value: Any) -> Any:
+    """A section given as null or empty (``profiles:``, ``fallback: []``) is the default."""
+    return value or None
+
+
+def _no_unknown_fields(data: Any, known: Sequence[str], words: str) -> None:
+    unknown = sorted(set(data) - set(known), key=str)
+    if unknown:
+        raise _wrong(f": unknown field {unknown[0]!r}{words}")
+
+
+def _context(info: ValidationInfo) -> tuple[Sequence[str], Mapping[str, str]]:
+    """(the router's targets, the environment) a document is validated against."""
+    context = info.context or {}
+    return context.get("targets", ()), context.get("environ", os.environ)
+
+
+# ------------------------------------------------------------------------- field types
+def _is_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")) or not url.isprintable() or any(c.isspace() for c in url):
+        raise ValueError("not an http(s) URL")
+    return url.rstrip("/")
+
+
+def _is_printable(text: str) -> str:
+    if not text.isprintable():
+        raise ValueError("not printable")
+    return text
+
+
+def _are_override_fields(names: list[str]) -> list[str]:
+    if not all(name in OVERRIDE_FIELDS for name in names):
+        raise ValueError("not a router field")
+    return names
+
+
+Url = Annotated[
+    str, Strict(), AfterValidator(_is_url), _expect("an http(s) URL such as http://localhost:4000/v1")
+]
+ModelId = Annotated[
+    str, Strict(), Field(min_length=1), AfterValidator(_is_printable), _expect("a non-empty printable string")
+]
+EnvName = Annotated[str, Strict(), _expect("an environment variable name")]
+Count = Annotated[int, Strict(), Field(ge=0), _expect("an integer >= 0")]
+PositiveCount = Annotated[int, Strict(), Field(ge=1), _expect("an integer >= 1")]
+LogBytes = Annotated[int, Strict(), Field(ge=1000), _expect("an integer >= 1000")]
+Seconds = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False), _expect("a positive number")]
+SecondsOrZero = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False), _expect("a number >= 0")]
+Policy = Annotated[PolicyName, _expect(lambda v: f" must be one of budget, lambda, tolerance; got {v!r}")]
+Knob = Annotated[float, Strict(), _expect("a number")]
+RoutingText = Annotated[
+    RoutingTextMode,
+    _expect(lambda v: f" must be one of {', '.join(ROUTING_TEXTS)}; got {v!r}"),
+]
+OverrideNames = Annotated[
+    list[str],
+    AfterValidator(_are_override_fields),
+    _expect(lambda v: f" must be a list of router fields among {', '.join(OVERRIDE_FIELDS)}; got {v!r}"),
+]
+
+
+# ------------------------------------------------------------------------- what the proxy runs on
+def _default(cls: type, name: str) -> Any:
+    """``cls``'s default for field ``name`` (serve.yaml's defaults come from there: a default lives once)."""
+    return cls.__dataclass_fields__[name].default  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -82,7 +230,7 @@ class UpstreamTarget:
     base_url: str  # an OpenAI-compatible base URL, e.g. http://localhost:4000/v1
     model: str  # the upstream model id sent in the forwarded body
     api_key_env: str | None = None  # the environment variable holding its API key
-    timeout_s: float = 60.0
+    timeout_s: Seconds = 60.0
 
     @property
     def api_key(self) -> str | None:
@@ -94,7 +242,7 @@ class UpstreamTarget:
 class Profile:
     """A policy and its knob, or a quality floor, selected by the request's ``model``."""
 
-    policy: str
+    policy: PolicyName
     knob: float
     floor: QualityFloor | None = None  # set: the floor's certified μ decides (policy and knob unused)
 
@@ -134,22 +282,22 @@ class ServeConfig:
     default: Profile = DEFAULT_PROFILE
     profiles: dict[str, Profile] = field(default_factory=dict)  # "router" is added as ``default``
     fallback: tuple[str, ...] = ()  # encoder failure -> fallback[0]; upstream failure -> next one
-    routing_text: str = "last_user"
+    routing_text: RoutingText = "last_user"
     client_tokens: tuple[str, ...] = ()  # each gets ``client_rights``; empty (and no clients): open
-    cache_size: int = 10_000
+    cache_size: Count = 10_000
     cache_key: bytes | None = None  # HMAC key of the decision cache (None: random per process)
-    max_body_bytes: int = 1_000_000
-    max_batch: int = 32
-    max_wait_ms: float = 3.0
-    max_prompts: int = 128  # prompts in one /v1/route request
-    max_queue: int = 1024  # prompts waiting for the encoder; a full queue sends to the fallback
-    score_timeout_s: float = 2.0  # scoring deadline (queue + forward); past it, the fallback
-    deadline_s: float = 120.0  # all upstream attempts of one request, until the response headers
-    drain_s: float = 5.0  # after SIGTERM: new requests get 503 while in-flight ones finish
+    max_body_bytes: PositiveCount = 1_000_000
+    max_batch: PositiveCount = 32
+    max_wait_ms: Seconds = 3.0
+    max_prompts: PositiveCount = 128  # prompts in one /v1/route request
+    max_queue: PositiveCount = 1024  # prompts waiting for the encoder; a full queue sends to the fallback
+    score_timeout_s: Seconds = 2.0  # scoring deadline (queue + forward); past it, the fallback
+    deadline_s: Seconds = 120.0  # all upstream attempts of one request, until the response headers
+    drain_s: SecondsOrZero = 5.0  # after SIGTERM: new requests get 503 while in-flight ones finish
     client_rights: ClientRights = ClientRights()  # rights of the client_tokens (and of open access)
     clients: tuple[Client, ...] = ()  # named clients with rights of their own
-    decision_log_max_bytes: int = 100_000_000  # the decision log rotates past this size ...
-    decision_log_backups: int = 5  # ... keeping this many old files
+    decision_log_max_bytes: LogBytes = 100_000_000  # the decision log rotates past this size ...
+    decision_log_backups: Count = 5  # ... keeping this many old files
 
     def profile(self, model: str) -> Profile | None:
         """The profile named ``model`` (``router`` is the default one), or None."""
@@ -205,113 +353,324 @@ class ServeConfig:
 
     @classmethod
     def from_dict(cls, data: Any, targets: Sequence[str]) -> ServeConfig:
-        """Validate a parsed config document; see the module docstring for the fields."""
+        """Validate a parsed config document (a :class:`ServeFile`) against the router's ``targets``.
+
+        Raises:
+            ConfigError: the first invalid field, by its path.
+        """
+        environ = dict(os.environ)
+        try:
+            document = ServeFile.model_validate(data, context={"targets": tuple(targets), "environ": environ})
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+        return document.settings(environ)
+
+
+# ------------------------------------------------------------------------- the YAML document
+class _Section(BaseModel):
+    """A mapping of serve.yaml: known fields only, each checked in declaration order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TargetSpec(_Section):
+    """``targets.NAME``: where the target's requests go."""
+
+    api_key_env: EnvName | None = None
+    model: Annotated[ModelId | None, _not_null(" must be a non-empty printable string; got None")] = None
+    base_url: Url = Field(None, validate_default=True)  # missing: refused as None
+    timeout_s: Seconds = _default(UpstreamTarget, "timeout_s")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
-            raise ConfigError(f"the serve config must be a mapping; got {type(data).__name__}")
-        unknown = sorted(set(data) - _TOP_KEYS)
+            raise _wrong(" must be a mapping with base_url")
+        _no_unknown_fields(data, list(cls.model_fields), f"; expected {', '.join(sorted(cls.model_fields))}")
+        return data
+
+
+def _check_knob(policy: str, knob: float) -> float:
+    """``knob`` for ``policy``; raises the worded error ": <why>" otherwise."""
+    from prefill_router.policy import check_knob
+
+    try:
+        return check_knob(policy, knob)
+    except ConfigError as exc:
+        raise _wrong(f": {exc}") from exc
+
+
+class FloorSpec(_Section):
+    """The top-level ``floor`` (and a profile's): ``{within: "1pt[:TARGET]" | min_accuracy: 0.85,
+    delta: 0.05}``. Its fields are checked together, as :func:`parse_floor` reads them."""
+
+    within: SkipValidation[str | None] = None
+    min_accuracy: SkipValidation[float | None] = None
+    delta: SkipValidation[float | None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise _wrong(" must be a mapping {policy, knob} or {within | min_accuracy, delta}")
+        _no_unknown_fields(data, FLOOR_FIELDS, f" of a floor; expected {', '.join(FLOOR_FIELDS)}")
+        return data
+
+    @model_validator(mode="after")
+    def _check_floor(self) -> FloorSpec:
+        if self.is_floor:
+            try:
+                parse_floor(self.within, self.min_accuracy, self.delta)
+            except ConfigError as exc:
+                raise _wrong(f": {exc}") from exc
+        return self
+
+    @property
+    def is_floor(self) -> bool:
+        """Whether this is a quality floor (a profile may be a policy and knob instead)."""
+        return True
+
+    def profile(self) -> Profile:
+        """The :class:`Profile` it describes."""
+        return Profile("budget", 0.0, parse_floor(self.within, self.min_accuracy, self.delta))
+
+
+class ProfileSpec(FloorSpec):
+    """``profiles.NAME``: a quality floor (it names within, min_accuracy or delta), or a policy and
+    its knob ``{policy: budget, knob: 2000}`` (default: budget, and the policy's default knob)."""
+
+    policy: Policy = "budget"
+    knob: Annotated[Knob | None, _not_null(" must be a number; got None")] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:  # FloorSpec's, which a floor profile still meets
+        if not isinstance(data, Mapping):
+            raise _wrong(" must be a mapping {policy, knob} or {within | min_accuracy, delta}")
+        if any(key in data for key in FLOOR_FIELDS):
+            _no_unknown_fields(data, FLOOR_FIELDS, f" of a floor; expected {', '.join(FLOOR_FIELDS)}")
+        else:
+            _no_unknown_fields(data, ("policy", "knob"), "; expected policy, knob (or a floor's fields)")
+        return data
+
+    @field_validator("knob")
+    @classmethod
+    def _knob_suits_policy(cls, knob: float | None, info: ValidationInfo) -> float | None:
+        policy = info.data.get("policy")
+        return knob if knob is None or policy is None else _check_knob(policy, knob)
+
+    @property
+    def is_floor(self) -> bool:
+        """Whether this profile is a quality floor (else a policy and knob)."""
+        return bool(self.model_fields_set & set(FLOOR_FIELDS))
+
+    def profile(self) -> Profile:
+        """The :class:`Profile` it describes."""
+        return super().profile() if self.is_floor else _policy_profile(self.policy, self.knob)
+
+
+def _policy_profile(policy: PolicyName, knob: float | None) -> Profile:
+    """``policy`` with ``knob``, or with its default knob (the same default everywhere)."""
+    from prefill_router.policy import DEFAULT_KNOBS
+
+    return Profile(policy, DEFAULT_KNOBS[policy] if knob is None else knob)
+
+
+class RightsSpec(_Section):
+    """``client_rights`` (and a client's own): what a token may ask. Unset: the default rights
+    (for a client: ``client_rights``)."""
+
+    pin: Annotated[bool, Strict(), _expect("true or false")] = True
+    overrides: OverrideNames = list(OVERRIDE_FIELDS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise _wrong(f" must be a mapping {{pin, overrides}}; got {data!r}")
+        _no_unknown_fields(data, list(cls.model_fields), "; expected pin, overrides")
+        return data
+
+    def rights(self, default: ClientRights) -> ClientRights:
+        """The rights, ``default``'s where a field is unset."""
+        pin = self.pin if "pin" in self.model_fields_set else default.pin
+        overrides = frozenset(self.overrides) if "overrides" in self.model_fields_set else default.overrides
+        return ClientRights(pin, overrides)
+
+
+class ClientSpec(RightsSpec):
+    """``clients.NAME``: the variable holding the client's token, and its rights."""
+
+    token_env: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, Mapping) or not isinstance(data.get("token_env"), str):
+            raise _wrong(" must be a mapping with token_env (the variable holding its token)")
+        _no_unknown_fields(data, list(cls.model_fields), f"; expected {', '.join(sorted(cls.model_fields))}")
+        if not _context(info)[1].get(data["token_env"]):
+            raise _wrong(f".token_env: the environment variable {data['token_env']} is not set")
+        return data
+
+
+_FLOOR_AND_POLICY = object()  # stands for a top-level floor given with a policy or knob
+
+
+def _alone(floor: Any) -> Any:
+    if floor is _FLOOR_AND_POLICY:
+        raise _wrong("set either floor or policy/knob at the top level, not both", whole=True)
+    return floor
+
+
+#: The settings that go from serve.yaml to ServeConfig as they are written.
+_AS_WRITTEN = {
+    "routing_text", "cache_size", "max_body_bytes", "max_batch", "max_wait_ms", "max_prompts", "max_queue",
+    "score_timeout_s", "deadline_s", "drain_s", "decision_log_max_bytes", "decision_log_backups",
+}  # fmt: skip
+
+
+class ServeFile(_Section):
+    """A ``serve.yaml`` document; fields in the order they are checked (the first bad one is the
+    error). Validate it with ``context={"targets": the router's targets, "environ": os.environ}``."""
+
+    targets: dict[str, TargetSpec] = Field(None, validate_default=True)  # missing: refused as None
+    floor: Annotated[
+        FloorSpec | None,
+        _not_null(" must be a mapping {policy, knob} or {within | min_accuracy, delta}"),
+        BeforeValidator(_alone),
+    ] = None
+    policy: Policy = "budget"
+    knob: Annotated[Knob | None, _not_null(" must be a number; got None")] = None
+    profiles: dict[str, ProfileSpec] | None = None
+    fallback: list[str] | None = None
+    routing_text: RoutingText = _default(ServeConfig, "routing_text")
+    client_rights: Annotated[RightsSpec | None, BeforeValidator(_empty_as_absent)] = None
+    client_tokens: Annotated[
+        list[Annotated[str, Strict(), Field(min_length=1)]] | None,
+        BeforeValidator(_empty_as_absent),
+        _expect(lambda v: " must be a list of non-empty strings"),
+    ] = None
+    client_tokens_env: SkipValidation[str | None] = None  # any scalar: its str() names the variable
+    cache_size: Count = _default(ServeConfig, "cache_size")
+    cache_key_env: SkipValidation[str | None] = None
+    max_body_bytes: PositiveCount = _default(ServeConfig, "max_body_bytes")
+    max_batch: PositiveCount = _default(ServeConfig, "max_batch")
+    max_wait_ms: Seconds = _default(ServeConfig, "max_wait_ms")
+    max_prompts: PositiveCount = _default(ServeConfig, "max_prompts")
+    max_queue: PositiveCount = _default(ServeConfig, "max_queue")
+    score_timeout_s: Seconds = _default(ServeConfig, "score_timeout_s")
+    deadline_s: Seconds = _default(ServeConfig, "deadline_s")
+    drain_s: SecondsOrZero = _default(ServeConfig, "drain_s")
+    clients: dict[str, ClientSpec] | None = None
+    decision_log_max_bytes: LogBytes = _default(ServeConfig, "decision_log_max_bytes")
+    decision_log_backups: Count = _default(ServeConfig, "decision_log_backups")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping_of_known_fields(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise _wrong(f"the serve config must be a mapping; got {type(data).__name__}")
+        unknown = sorted(set(data) - set(cls.model_fields), key=str)
         if unknown:
-            raise ConfigError(f"unknown field {unknown[0]!r}; expected one of {', '.join(sorted(_TOP_KEYS))}")
-        upstreams = _targets(data.get("targets"), targets)
-        default = _default_profile(data)
-        profiles = _profiles(data.get("profiles") or {}, targets)
-        fallback = tuple(_names(data.get("fallback") or [], "fallback", targets))
-        routing_text = data.get("routing_text", "last_user")
-        if routing_text not in ROUTING_TEXTS:
-            raise ConfigError(f"routing_text must be one of {', '.join(ROUTING_TEXTS)}; got {routing_text!r}")
-        rights = _rights(data.get("client_rights") or {}, "client_rights", ClientRights())
-        return cls(
-            targets=upstreams, default=default, profiles=profiles, fallback=fallback,
-            routing_text=routing_text, client_tokens=_tokens(data),
-            cache_size=_int(data, "cache_size", 10_000, 0), cache_key=_cache_key(data),
-            max_body_bytes=_int(data, "max_body_bytes", 1_000_000, 1),
-            max_batch=_int(data, "max_batch", 32, 1), max_wait_ms=_number(data, "max_wait_ms", 3.0),
-            max_prompts=_int(data, "max_prompts", 128, 1), max_queue=_int(data, "max_queue", 1024, 1),
-            score_timeout_s=_number(data, "score_timeout_s", 2.0),
-            deadline_s=_number(data, "deadline_s", 120.0),
-            drain_s=_number(data, "drain_s", 5.0, allow_zero=True), client_rights=rights,
-            clients=_clients(data.get("clients") or {}, rights),
-            decision_log_max_bytes=_int(data, "decision_log_max_bytes", 100_000_000, 1000),
-            decision_log_backups=_int(data, "decision_log_backups", 5, 0),
+            raise _wrong(
+                f"unknown field {unknown[0]!r}; expected one of {', '.join(sorted(cls.model_fields))}"
+            )
+        if "floor" in data and ("policy" in data or "knob" in data):
+            return {**data, "floor": _FLOOR_AND_POLICY}  # the floor's error, checked in its turn
+        return data
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _every_target_once(cls, raw: Any, info: ValidationInfo) -> Any:
+        names = _context(info)[0]
+        if not isinstance(raw, Mapping) or not raw:
+            raise _wrong(" must map each target name to {base_url, model, api_key_env, timeout_s}")
+        missing = [name for name in names if name not in raw]
+        if missing:
+            raise _wrong(f": the router's target {missing[0]!r} has no upstream")
+        _check_names(list(raw), names)
+        return raw
+
+    @field_validator("knob")
+    @classmethod
+    def _knob_suits_policy(cls, knob: float | None, info: ValidationInfo) -> float | None:
+        policy = info.data.get("policy")
+        return knob if knob is None or policy is None else _check_knob(policy, knob)
+
+    @field_validator("profiles", mode="before")
+    @classmethod
+    def _free_names(cls, raw: Any, info: ValidationInfo) -> Any:
+        if not raw:  # null or empty: none
+            return None
+        if not isinstance(raw, Mapping):
+            raise _wrong(" must map model names to {policy, knob} or a floor {within | min_accuracy}")
+        for name in raw:
+            if name == ROUTER_MODEL or name in _context(info)[0]:
+                raise _wrong(
+                    f".{name}: the name is taken by {'the router' if name == ROUTER_MODEL else 'a target'}"
+                )
+            _check_target_name(name, "")  # a profile name travels in headers and logs as well
+        return raw
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _known_targets(cls, raw: Any, info: ValidationInfo) -> Any:
+        if not raw:  # null or empty: none
+            return None
+        _check_names(raw, _context(info)[0])
+        return raw
+
+    @field_validator("client_tokens_env", "cache_key_env")
+    @classmethod
+    def _variable_is_set(cls, env: Any, info: ValidationInfo) -> Any:
+        if env is not None and not _context(info)[1].get(str(env)):
+            raise _wrong(f": the environment variable {env} is not set")
+        return env
+
+    @field_validator("clients", mode="before")
+    @classmethod
+    def _client_names(cls, raw: Any) -> Any:
+        if not raw:  # null or empty: none
+            return None
+        if not isinstance(raw, Mapping):
+            raise _wrong(" must map client names to {token_env, pin, overrides}")
+        for name in raw:
+            _check_target_name(name, "")  # names reach the decision log
+        return raw
+
+    def settings(self, environ: Mapping[str, str]) -> ServeConfig:
+        """The :class:`ServeConfig` this document describes (tokens read from ``environ``)."""
+        rights = (self.client_rights or RightsSpec()).rights(ClientRights())
+        tokens = list(self.client_tokens or [])
+        if self.client_tokens_env is not None:
+            tokens += [t.strip() for t in environ[str(self.client_tokens_env)].split(",") if t.strip()]
+        upstreams = {
+            name: UpstreamTarget(name, spec.base_url, spec.model or name, spec.api_key_env, spec.timeout_s)
+            for name, spec in self.targets.items()
+        }
+        clients = tuple(
+            Client(name, environ[spec.token_env], spec.rights(rights))
+            for name, spec in (self.clients or {}).items()
+        )
+        return ServeConfig(
+            targets=upstreams, default=self._default_profile(),
+            profiles={name: spec.profile() for name, spec in (self.profiles or {}).items()},
+            fallback=tuple(self.fallback or ()), client_tokens=tuple(tokens),
+            cache_key=None if self.cache_key_env is None else environ[str(self.cache_key_env)].encode(),
+            client_rights=rights, clients=clients, **self.model_dump(include=_AS_WRITTEN),
         )  # fmt: skip
 
-
-# ------------------------------------------------------------------------- fields
-def _targets(raw: Any, names: Sequence[str]) -> dict[str, UpstreamTarget]:
-    if not isinstance(raw, Mapping) or not raw:
-        raise ConfigError("targets must map each target name to {base_url, model, api_key_env, timeout_s}")
-    missing = [name for name in names if name not in raw]
-    if missing:
-        raise ConfigError(f"targets: the router's target {missing[0]!r} has no upstream")
-    _names(list(raw), "targets", names)
-    out = {}
-    for name, spec in raw.items():
-        where = f"targets.{name}"
-        if not isinstance(spec, Mapping):
-            raise ConfigError(f"{where} must be a mapping with base_url")
-        unknown = sorted(set(spec) - _TARGET_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown field {unknown[0]!r}; expected {', '.join(sorted(_TARGET_KEYS))}"
-            )
-        key_env = spec.get("api_key_env")
-        if key_env is not None and not isinstance(key_env, str):
-            raise ConfigError(f"{where}.api_key_env must be an environment variable name; got {key_env!r}")
-        model = spec.get("model", name)
-        if not isinstance(model, str) or not model or not model.isprintable():
-            raise ConfigError(f"{where}.model must be a non-empty printable string; got {model!r}")
-        url = _check_url(spec.get("base_url"), f"{where}.base_url")
-        out[name] = UpstreamTarget(name, url, model, key_env, _number(spec, "timeout_s", 60.0, where))
-    return out
+    def _default_profile(self) -> Profile:
+        """The top-level ``floor`` or ``policy``/``knob``; neither: :data:`DEFAULT_PROFILE`."""
+        if self.floor is not None:
+            return self.floor.profile()
+        if "policy" not in self.model_fields_set and "knob" not in self.model_fields_set:
+            return DEFAULT_PROFILE
+        return _policy_profile(self.policy, self.knob)
 
 
-def _default_profile(data: Mapping[str, Any]) -> Profile:
-    """The top-level ``floor`` or ``policy``/``knob`` (not both); neither: :data:`DEFAULT_PROFILE`."""
-    if "floor" in data:
-        if "policy" in data or "knob" in data:
-            raise ConfigError("set either floor or policy/knob at the top level, not both")
-        return _profile(data["floor"], "floor", floor_only=True)
-    if "policy" not in data and "knob" not in data:
-        return DEFAULT_PROFILE
-    return _profile({key: data[key] for key in ("policy", "knob") if key in data}, "")
-
-
-def _profile(raw: Any, where: str, *, floor_only: bool = False) -> Profile:
-    from prefill_router.policy import DEFAULT_KNOBS, POLICIES, check_knob
-
-    prefix = f"{where}." if where else ""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must be a mapping {{policy, knob}} or {{within | min_accuracy, delta}}")
-    if floor_only or any(key in raw for key in FLOOR_FIELDS):
-        return Profile("budget", 0.0, _floor(raw, where))
-    policy = raw.get("policy", "budget")
-    if policy not in POLICIES:
-        raise ConfigError(f"{prefix}policy must be one of {', '.join(POLICIES)}; got {policy!r}")
-    knob = raw.get("knob", DEFAULT_KNOBS[policy])  # a policy without its knob: the same default everywhere
-    if isinstance(knob, bool) or not isinstance(knob, int | float):
-        raise ConfigError(f"{prefix}knob must be a number; got {knob!r}")
-    try:
-        return Profile(policy, check_knob(policy, float(knob)))
-    except ConfigError as exc:
-        raise ConfigError(f"{prefix}knob: {exc}") from exc
-
-
-#: The fields of a quality floor, in a profile, the top-level ``floor`` and a request's ``router``.
-FLOOR_FIELDS = ("within", "min_accuracy", "delta")
-
-
-def _floor(raw: Mapping[str, Any], where: str) -> QualityFloor:
-    """A floor from ``{within: "1pt[:TARGET]" | min_accuracy: 0.85, delta: 0.05}``."""
-    unknown = sorted(set(raw) - set(FLOOR_FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown field {unknown[0]!r} of a floor; expected {', '.join(FLOOR_FIELDS)}"
-        )
-    try:
-        return parse_floor(raw.get("within"), raw.get("min_accuracy"), raw.get("delta"))
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
+# ------------------------------------------------------------------------- shared checks
 def parse_floor(within: Any, min_accuracy: Any, delta: Any) -> QualityFloor:
     """One floor from its fields as they come from YAML or JSON.
 
@@ -321,143 +680,58 @@ def parse_floor(within: Any, min_accuracy: Any, delta: Any) -> QualityFloor:
     if (within is None) == (min_accuracy is None):
         raise ConfigError("a quality floor needs exactly one of within ('1pt[:TARGET]') or min_accuracy")
     risk = DEFAULT_DELTA if delta is None else delta
-    if isinstance(risk, bool) or not isinstance(risk, int | float):
+    if not _is_float(risk):
         raise ConfigError(f"delta must be a number in (0, 0.5]; got {delta!r}")
     if within is not None:
         if not isinstance(within, str):
             raise ConfigError(f"within must read '1pt[:TARGET]' or '99%[:TARGET]'; got {within!r}")
         return QualityFloor.parse(within, delta=float(risk))
-    if isinstance(min_accuracy, bool) or not isinstance(min_accuracy, int | float):
+    if not _is_float(min_accuracy):
         raise ConfigError(f"min_accuracy must be a number in (0, 1]; got {min_accuracy!r}")
     return QualityFloor(min_accuracy=float(min_accuracy), delta=float(risk))
 
 
-def _profiles(raw: Any, targets: Sequence[str]) -> dict[str, Profile]:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(
-            "profiles must map model names to {policy, knob} or a floor {within | min_accuracy}"
-        )
-    for name in raw:
-        if name == ROUTER_MODEL or name in targets:
-            taken = "the router" if name == ROUTER_MODEL else "a target"
-            raise ConfigError(f"profiles.{name}: the name is taken by {taken}")
-        _check_target_name(name, "profiles")  # a profile name travels in headers and logs as well
-    return {str(name): _profile(spec, f"profiles.{name}") for name, spec in raw.items()}
+def _is_float(value: Any) -> bool:
+    """A number (not a bool) that a float holds: JSON and YAML integers can have any number of digits."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
-def _names(raw: Any, where: str, targets: Sequence[str]) -> list[str]:
+def _check_names(raw: Any, targets: Sequence[str]) -> None:
+    """Raise the worded error unless ``raw`` is a list of the router's target names."""
     from prefill_router.errors import UnknownTargetError
 
     if not isinstance(raw, list) or not all(isinstance(n, str) for n in raw):
-        raise ConfigError(f"{where} must be a list of target names; got {raw!r}")
+        raise _wrong(f" must be a list of target names; got {raw!r}")
     for name in raw:
-        _check_target_name(name, where)
+        _check_target_name(name, "")
         if name not in targets:
-            raise ConfigError(f"{where}: {UnknownTargetError(name, targets)}")
-    return list(raw)
+            raise _wrong(f": {UnknownTargetError(name, targets)}")
 
 
 def _check_target_name(name: Any, where: str) -> None:
-    """Raise ConfigError for a name that could break a header or a log line (CR/LF, non-latin-1...)."""
+    """Raise for a name that could break a header or a log line (CR/LF, non-latin-1...): ConfigError
+    naming ``where``, or (``where`` empty) the worded error of the field being validated."""
     from prefill_router.data.importers import target_name_problem
 
     problem = target_name_problem(name)
     if problem is not None:
+        if not where:
+            raise _wrong(f": {problem}")
         raise ConfigError(f"{where}: {problem}")
 
 
-def _tokens(data: Mapping[str, Any]) -> tuple[str, ...]:
-    tokens = data.get("client_tokens") or []
-    if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
-        raise ConfigError("client_tokens must be a list of non-empty strings")
-    env = data.get("client_tokens_env")
-    if env is not None:
-        value = os.environ.get(str(env))
-        if not value:
-            raise ConfigError(f"client_tokens_env: the environment variable {env} is not set")
-        tokens = [*tokens, *(t.strip() for t in value.split(",") if t.strip())]
-    return tuple(tokens)
-
-
-def _rights(raw: Any, where: str, default: ClientRights) -> ClientRights:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where} must be a mapping {{pin, overrides}}; got {raw!r}")
-    unknown = sorted(set(raw) - _RIGHTS_KEYS - ({"token_env"} if where.startswith("clients.") else set()))
-    if unknown:
-        raise ConfigError(f"{where}: unknown field {unknown[0]!r}; expected pin, overrides")
-    pin = raw.get("pin", default.pin)
-    if not isinstance(pin, bool):
-        raise ConfigError(f"{where}.pin must be true or false; got {pin!r}")
-    overrides = raw.get("overrides", sorted(default.overrides))
-    if not isinstance(overrides, list) or not all(o in OVERRIDE_FIELDS for o in overrides):
-        raise ConfigError(
-            f"{where}.overrides must be a list of router fields among {', '.join(OVERRIDE_FIELDS)}; "
-            f"got {overrides!r}"
-        )
-    return ClientRights(pin, frozenset(overrides))
-
-
-def _clients(raw: Any, rights: ClientRights) -> tuple[Client, ...]:
-    if not isinstance(raw, Mapping):
-        raise ConfigError("clients must map client names to {token_env, pin, overrides}")
-    out = []
-    for name, spec in raw.items():
-        where = f"clients.{name}"
-        _check_target_name(name, "clients")  # names reach the decision log
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("token_env"), str):
-            raise ConfigError(f"{where} must be a mapping with token_env (the variable holding its token)")
-        unknown = sorted(set(spec) - _CLIENT_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown field {unknown[0]!r}; expected {', '.join(sorted(_CLIENT_KEYS))}"
-            )
-        token = os.environ.get(spec["token_env"])
-        if not token:
-            raise ConfigError(f"{where}.token_env: the environment variable {spec['token_env']} is not set")
-        out.append(Client(str(name), token, _rights(spec, where, rights)))
-    return tuple(out)
-
-
-def _cache_key(data: Mapping[str, Any]) -> bytes | None:
-    env = data.get("cache_key_env")
-    if env is None:
-        return None
-    value = os.environ.get(str(env))
-    if not value:
-        raise ConfigError(f"cache_key_env: the environment variable {env} is not set")
-    return value.encode()
-
-
-def _int(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}; got {value!r}")
-    return value
-
-
-def _number(
-    data: Mapping[str, Any], key: str, default: float, where: str = "", *, allow_zero: bool = False
-) -> float:
-    value = data.get(key, default)
-    name = f"{where}.{key}" if where else key
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        expected = "a number >= 0" if allow_zero else "a positive number"
-        raise ConfigError(f"{name} must be {expected}; got {value!r}")
-    return float(value)
+_URL = TypeAdapter(Url)
 
 
 def _check_url(url: Any, where: str) -> str:
-    if (
-        not isinstance(url, str)
-        or not url.startswith(("http://", "https://"))
-        or not url.isprintable()
-        or any(c.isspace() for c in url)
-    ):
-        raise ConfigError(f"{where} must be an http(s) URL such as http://localhost:4000/v1; got {url!r}")
-    return url.rstrip("/")
+    """``url`` without its trailing slash; ConfigError naming ``where`` unless it is an http(s) URL."""
+    try:
+        return _URL.validate_python(url)
+    except ValidationError as exc:
+        raise _config_error(exc, where) from None
