@@ -395,8 +395,10 @@ def test_the_models_spell_the_policy_stage_names() -> None:
 
     from prefill_router.policy import POLICIES
     from prefill_router.serve.config import PolicyName
+    from prefill_router.serve.protocol import RouterOptions
 
     assert get_args(PolicyName) == POLICIES
+    assert set(RouterOptions.model_fields) == set(OVERRIDE_FIELDS)
 
 
 def test_a_serve_config_built_in_python_is_validated_too() -> None:
@@ -404,3 +406,41 @@ def test_a_serve_config_built_in_python_is_validated_too() -> None:
 
     with pytest.raises(ValidationError, match="must be an integer >= 1; got 0"):
         ServeConfig(targets={}, max_batch=0)
+
+
+def test_request_numbers_beyond_float_range_are_refused() -> None:
+    for key in ("min_accuracy", "delta", "knob", "budget_usd"):
+        with pytest.raises(ApiError, match=rf"^router\.{key}(: {key})? must be a") as info:
+            parse_overrides({key: 10**400})  # JSON allows any number of digits (was OverflowError: a 500)
+        assert (info.value.status, info.value.param) == (400, f"router.{key}")
+
+
+def test_the_request_models_type_what_the_proxy_reads_and_keep_the_rest() -> None:
+    from prefill_router.serve.protocol import ChatCompletionRequest, RouteRequest
+
+    body = {"model": "router", "messages": [{"role": "user", "content": "hi", "name": "x"}], "seed": 7,
+            "router": {"allowed": ["small"]}, "user": 5}  # fmt: skip
+    chat = ChatCompletionRequest.parse(body)
+    assert chat.model_extra == {"seed": 7} and chat.messages[0] == body["messages"][0]  # type: ignore[index]
+    assert (chat.stream, chat.session_user, chat.overrides.allowed) == (False, None, ("small",))
+    route = RouteRequest.parse({"prompts": ["a", "b"], "prompt": 5, "messages": "x"})  # only prompts is read
+    assert route.texts("last_user") == ["a", "b"]
+    with pytest.raises(ApiError, match=r"^'prompts' holds 3 prompts; one request may hold at most 2") as info:
+        RouteRequest.parse({"prompts": [1, 2, 3], "router": {}}, max_prompts=2)
+    assert info.value.code == "too_many_prompts"
+    with pytest.raises(ApiError, match=r"^'prompt' must be a non-empty string"):
+        RouteRequest.parse({"prompt": None})
+    with pytest.raises(ApiError, match=r"^unknown field router\.x"):  # the router field before the prompts
+        RouteRequest.parse({"prompts": [], "router": {"x": 1}})
+
+
+def test_decisions_and_errors_dump_as_the_dicts_they_replace() -> None:
+    from prefill_router.policy import Decision
+    from prefill_router.serve.protocol import ErrorResponse, Routed
+
+    p, c = {"a": 0.9, "b": 0.5}, {"a": 1e-4, "b": 2e-4}
+    decision = Decision("a", 0, "budget", float("inf"), p, c, ("a", "b"), "cheapest", {"floor": "1 point"})
+    expected = {"object": "router.decision", **decision.to_json(), "source": "policy", "cached": True}
+    assert list(Routed(decision, "policy", True).to_json().items()) == list(expected.items())
+    error = ApiError(404, "unknown model 'x'", param="model", code="model_not_found")
+    assert list(ErrorResponse.of(error).model_dump().items()) == list(error.body().items())

@@ -1,8 +1,9 @@
 """Stage 7: the OpenAI-compatible routing proxy (``prefill-router serve``), DESIGN §9.
 
-Modules: ``config`` (serve.yaml, client rights), ``protocol`` (requests, overrides, a decision's
-headers and JSON), ``batcher`` (micro-batched encoder forwards), ``cache`` (keyed-hash LRU),
-``upstream`` (forwarding and fallback), ``decision_log`` (JSONL off the event loop, rotated),
+Modules: ``config`` (serve.yaml and client rights, as pydantic models), ``protocol`` (the request
+and response bodies as pydantic models, the ``router`` options, a decision's headers and JSON),
+``batcher`` (micro-batched encoder forwards), ``cache`` (keyed-hash LRU), ``upstream`` (forwarding
+and fallback), ``decision_log`` (JSONL off the event loop, rotated),
 ``metrics`` (Prometheus), ``service`` (``RoutingService``: the proxy's state and decisions),
 ``routes`` (the HTTP handlers, an ``APIRouter`` reading ``app.state``), ``middleware`` (request
 counting, error handlers) and ``app`` (``create_app`` assembles them). FastAPI is imported only by

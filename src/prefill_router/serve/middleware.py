@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from prefill_router.errors import ApiError
 from prefill_router.serve.metrics import Metrics
+from prefill_router.serve.protocol import ErrorResponse
 
 log = logging.getLogger("prefill_router.serve")
 _ENDPOINTS = ("/v1/chat/completions", "/v1/route", "/v1/models", "/health", "/ready", "/metrics")
@@ -37,7 +38,7 @@ def add_error_handlers(app: Starlette) -> None:
 def _answer(request: Request, error: ApiError) -> Response:
     metrics: Metrics = request.app.state.service.metrics
     metrics.errors.labels(str(error.status), error.code or error.type).inc()
-    return JSONResponse(error.body(), status_code=error.status)
+    return JSONResponse(ErrorResponse.of(error).model_dump(), status_code=error.status)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -22,10 +22,11 @@ from starlette.responses import JSONResponse, Response
 from prefill_router.errors import ApiError
 from prefill_router.serve.config import OVERRIDE_FIELDS, ROUTER_MODEL, Client, Profile, ServeConfig
 from prefill_router.serve.protocol import (
+    ChatCompletionRequest,
+    RouteRequest,
     check_messages,
     check_model,
     check_unicode,
-    parse_overrides,
     routing_text,
 )
 from prefill_router.serve.service import RoutingService
@@ -86,12 +87,12 @@ async def route(request: Request) -> dict[str, Any]:
     profile = _profile(check_model(body.get("model", ROUTER_MODEL)), service, pin=False)
     assert profile is not None  # pin=False never returns None
     _check_rights(client, body.get("router"), pinned=None)
-    overrides = parse_overrides(body.get("router"))
-    texts = _route_texts(body, config)
-    routed = await asyncio.gather(*(service.route(text, profile, overrides) for text in texts))
+    parsed = RouteRequest.parse(body, max_prompts=config.max_prompts)
+    texts = parsed.texts(config.routing_text)
+    routed = await asyncio.gather(*(service.route(text, profile, parsed.overrides) for text in texts))
     for r in routed:
         service.metrics.decisions.labels(r.decision.target, r.source).inc()
-    if "prompts" in body:
+    if parsed.prompts is not None:
         return {"object": "list", "data": [r.to_json() for r in routed]}
     return routed[0].to_json()
 
@@ -110,19 +111,16 @@ async def _chat(service: RoutingService, request: Request, body: dict[str, Any],
     config = service.config
     model = check_model(body.get("model"))
     profile = _profile(model, service, pin=True)
-    messages = check_messages(body)
+    check_messages(body)
     _check_rights(client, body.get("router"), pinned=model if profile is None else None)
-    overrides = parse_overrides(body.get("router"))
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise ApiError(400, "'stream' must be true or false", param="stream")
-    session = request.headers.get("x-session-id") or (
-        body.get("user") if isinstance(body.get("user"), str) else None
-    )
+    parsed = ChatCompletionRequest.parse(body)  # model and messages checked: the router field, stream
+    overrides = parsed.overrides
+    session = request.headers.get("x-session-id") or parsed.session_user
     # Scoped by client: one client's session id never reads or writes another client's affinity.
     session_key = (
         service.hash(f"session\0{client.name}\0{session}") if session and overrides.session else None
     )
-    text = routing_text(messages, config.routing_text)
+    text = routing_text(parsed.messages, config.routing_text)
     if profile is None:  # the model names a target: pinned, no fallback
         routed, chain = service.fixed(model, "pinned", f"pinned by model {model!r}"), [model]
     else:
@@ -149,7 +147,7 @@ async def _chat(service: RoutingService, request: Request, body: dict[str, Any],
 
     try:
         forwarded = await forward(
-            service.client, upstreams, body, stream=bool(body.get("stream")), headers=routed.headers(),
+            service.client, upstreams, body, stream=parsed.stream, headers=routed.headers(),
             metrics=service.metrics, deadline_s=config.deadline_s, on_stream_end=stream_ended,
         )  # fmt: skip
     except ApiError as exc:
@@ -162,7 +160,7 @@ async def _chat(service: RoutingService, request: Request, body: dict[str, Any],
     answered.update(
         answered_by=forwarded.target, fallback_from=forwarded.failed, status=forwarded.response.status_code
     )
-    if not body.get("stream"):
+    if not parsed.stream:
         service.log_decision(record | answered)
     return forwarded.response
 
@@ -247,29 +245,3 @@ def _profile(model: str, service: RoutingService, *, pin: bool) -> Profile | Non
         404, f"unknown model {model!r}.{hint} Known models: {', '.join(known)}", param="model",
         code="model_not_found",
     )  # fmt: skip
-
-
-def _route_texts(body: Mapping[str, Any], config: ServeConfig) -> list[str]:
-    if "prompts" in body:
-        prompts = body["prompts"]
-        if isinstance(prompts, list) and len(prompts) > config.max_prompts:
-            raise ApiError(
-                400, f"'prompts' holds {len(prompts)} prompts; one request may hold at most "
-                f"{config.max_prompts} (max_prompts); route large sets with `prefill-router route-batch`",
-                param="prompts", code="too_many_prompts",
-            )  # fmt: skip
-        if (
-            not isinstance(prompts, list)
-            or not prompts
-            or not all(isinstance(p, str) and p.strip() for p in prompts)
-        ):
-            raise ApiError(400, "'prompts' must be a non-empty list of non-empty strings", param="prompts")
-        return list(prompts)
-    if "prompt" in body:
-        prompt = body["prompt"]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ApiError(400, "'prompt' must be a non-empty string", param="prompt")
-        return [prompt]
-    if "messages" in body:
-        return [routing_text(check_messages(body), config.routing_text)]
-    raise ApiError(400, "send 'prompt', 'prompts' or 'messages'", param="prompt")
