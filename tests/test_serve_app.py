@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -411,6 +412,41 @@ def test_models_health_ready_and_unknown_paths(client: httpx.Client) -> None:
     assert client.get("/ready").json() == {"status": "ready", "targets": list(TARGETS)}
     missing = client.get("/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_openapi_json_documents_the_router_field(proxy: str) -> None:
+    """/openapi.json (a probe: no token) documents both POST bodies, whose `router` field lists every
+    option with its type and words, and the OpenAI error envelope of the refusals."""
+    from prefill_router.serve.config import OVERRIDE_FIELDS
+
+    response = httpx.get(f"{proxy}/openapi.json")
+    assert response.status_code == 200
+    schema = response.json()
+    components = schema["components"]["schemas"]
+    for path, body in [("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/route", "RouteRequest")]:
+        post = schema["paths"][path]["post"]
+        assert post["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{body}"
+        }
+        router_field = components[body]["properties"]["router"]
+        assert {"$ref": "#/components/schemas/RouterOptions"} in router_field["anyOf"]
+        assert post["responses"]["400"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"
+        }
+    assert components["ChatCompletionRequest"]["additionalProperties"] is True  # the rest passes through
+    assert components["ChatCompletionRequest"]["required"] == ["model", "messages"]
+    options = components["RouterOptions"]
+    assert set(options["properties"]) == set(OVERRIDE_FIELDS) and options["additionalProperties"] is False
+    assert all(option["description"] for option in options["properties"].values())
+    policy = next(t for t in options["properties"]["policy"]["anyOf"] if t.get("type") == "string")
+    assert policy["enum"] == ["budget", "lambda", "tolerance"]
+    assert options["properties"]["session"]["type"] == "boolean"
+    assert {"type": "number", "minimum": 0} in options["properties"]["knob"]["anyOf"]
+    assert {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5} in options["properties"]["delta"][
+        "anyOf"
+    ]
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', response.text))
+    assert refs <= set(components)  # every reference resolves
 
 
 def test_two_apps_in_one_process_answer_from_their_own_state(router: Router, upstream: str) -> None:

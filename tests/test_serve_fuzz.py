@@ -1,11 +1,11 @@
 """Property-based fuzz of the proxy's HTTP API (issue 19): no 500, no hang, an OpenAI error body for
 every refusal.
 
-The app has no OpenAPI schema to feed a schema fuzzer (its requests are plain JSON objects passed
-through to the upstream), so hypothesis draws the requests: near-valid chat and route bodies
-whose every field may be of the wrong type, lone surrogates, NaN, huge numbers, deep nesting,
-raw bytes, and every client-token case. Real servers on 127.0.0.1; derandomized, so CI runs the
-same cases every time. ``-s`` prints how many ran.
+The app's /openapi.json documents the bodies, but its requests are plain JSON objects passed through
+to the upstream (any field may be anything), so hypothesis draws the requests rather than a schema
+fuzzer: near-valid chat and route bodies whose every field may be of the wrong type, lone
+surrogates, NaN, huge numbers, deep nesting, raw bytes, and every client-token case. Real servers
+on 127.0.0.1; derandomized, so CI runs the same cases every time. ``-s`` prints how many ran.
 """
 
 from __future__ import annotations

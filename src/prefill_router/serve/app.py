@@ -2,7 +2,8 @@
 """The OpenAI-compatible routing proxy: ``create_app(router, config)`` (DESIGN §9).
 
 Endpoints: ``POST /v1/chat/completions`` (routes, forwards, streams), ``POST /v1/route`` (the
-decision only), ``GET /v1/models``, ``GET /health``, ``GET /ready``, ``GET /metrics``. State lives
+decision only), ``GET /v1/models``, ``GET /health``, ``GET /ready``, ``GET /metrics`` and
+``GET /openapi.json`` (the request and response bodies, the ``router`` field's options). State lives
 on ``app.state.service`` (a :class:`RoutingService`), with one shared ``httpx.AsyncClient``.
 
 Limits, all from :class:`ServeConfig`: the body is read as a stream and refused past
@@ -27,14 +28,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
+from prefill_router._version import __version__
 from prefill_router.errors import ConfigError, DataError
 from prefill_router.serve.config import DEFAULT_PROFILE, ROUTER_MODEL, ServeConfig
 from prefill_router.serve.middleware import CountRequests, add_error_handlers
-from prefill_router.serve.protocol import Routed, header_safe
+from prefill_router.serve.protocol import Routed, header_safe, openapi_schemas
 from prefill_router.serve.routes import endpoints
 from prefill_router.serve.service import RoutingService
 
@@ -55,12 +57,35 @@ def create_app(router: Router, config: ServeConfig, *, decision_log: Path | None
     """
     check_servable(router, config)
     service = RoutingService(router, config, decision_log)
-    app = FastAPI(title="prefill-router", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = _ProxyApp(
+        title="prefill-router", version=__version__, lifespan=_lifespan, docs_url=None, redoc_url=None,
+        description=_DESCRIPTION,
+    )  # fmt: skip
     app.state.service = service
     add_error_handlers(app)
     app.include_router(endpoints)
     app.add_middleware(CountRequests, metrics=service.metrics)
     return app
+
+
+_DESCRIPTION = (
+    "An OpenAI-compatible proxy that routes each request to the cheapest target predicted to answer it "
+    "correctly. Send model 'router' (or a profile); the optional `router` field sets this request's "
+    "routing options."
+)
+
+
+class _ProxyApp(FastAPI):
+    """The proxy's FastAPI app; its /openapi.json also holds the request bodies the handlers read
+    themselves (the routes refer to them in ``openapi_extra``)."""
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's schema, with :func:`~prefill_router.serve.protocol.openapi_schemas` in its components."""
+        if self.openapi_schema is None:
+            schema = super().openapi()  # kept as self.openapi_schema
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_schemas())
+            return schema
+        return self.openapi_schema
 
 
 @contextlib.asynccontextmanager

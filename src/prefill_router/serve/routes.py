@@ -17,12 +17,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from prefill_router.errors import ApiError
 from prefill_router.serve.config import OVERRIDE_FIELDS, ROUTER_MODEL, Client, Profile, ServeConfig
 from prefill_router.serve.protocol import (
     ChatCompletionRequest,
+    ErrorResponse,
+    RouteDecision,
+    RouteDecisionList,
     RouteRequest,
     check_messages,
     check_model,
@@ -33,6 +37,34 @@ from prefill_router.serve.service import RoutingService
 from prefill_router.serve.upstream import forward
 
 endpoints = APIRouter()
+_CHAT_ANSWER = (
+    "The upstream's chat completion (or SSE stream) as it sent it, with the decision headers "
+    "x-router-target, x-router-reason, x-router-probabilities, x-router-estimated-cost, x-router-cache (and "
+    "x-router-fallback-from after a fallback)."
+)
+#: The refusals every POST endpoint may answer, documented as the OpenAI error envelope.
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": words}
+    for status, words in [
+        (400, "A malformed field (param names it), invalid JSON or too many prompts."),
+        (401, "A missing or unknown client token."),
+        (403, "A pin or a router field this client's rights do not include."),
+        (404, "An unknown model (with the closest known name)."),
+        (413, "A body past max_body_bytes."),
+        (503, "Shutting down, or no score and no fallback target."),
+    ]
+}
+_UPSTREAM_FAILURES: dict[int | str, dict[str, Any]] = {
+    502: {"model": ErrorResponse, "description": "Every target of the chain failed."},
+    504: {"model": ErrorResponse, "description": "No upstream answer within timeout_s / deadline_s."},
+}
+
+
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body the handler reads itself (for its size limit) as ``model``;
+    ``create_app`` adds the schemas (:func:`~prefill_router.serve.protocol.openapi_schemas`)."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _service(request: Request) -> RoutingService:
@@ -76,7 +108,11 @@ async def models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@endpoints.post("/v1/route")
+@endpoints.post(
+    "/v1/route",
+    openapi_extra=_request_body(RouteRequest),
+    responses={200: {"model": RouteDecision | RouteDecisionList}, **_REFUSALS},
+)
 async def route(request: Request) -> dict[str, Any]:
     """The decision for ``prompt``, ``prompts`` or ``messages``, without calling an upstream."""
     service = _service(request)
@@ -97,7 +133,11 @@ async def route(request: Request) -> dict[str, Any]:
     return routed[0].to_json()
 
 
-@endpoints.post("/v1/chat/completions")
+@endpoints.post(
+    "/v1/chat/completions",
+    openapi_extra=_request_body(ChatCompletionRequest),
+    responses={200: {"description": _CHAT_ANSWER}, **_REFUSALS, **_UPSTREAM_FAILURES},
+)
 async def chat(request: Request) -> Response:
     """Route a chat completion (or take its pinned target) and forward it, streamed or not."""
     service = _service(request)
