@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prefill_router.cli import run
 from prefill_router.errors import ApiError, ConfigError
@@ -444,3 +446,43 @@ def test_decisions_and_errors_dump_as_the_dicts_they_replace() -> None:
     assert list(Routed(decision, "policy", True).to_json().items()) == list(expected.items())
     error = ApiError(404, "unknown model 'x'", param="model", code="model_not_found")
     assert list(ErrorResponse.of(error).model_dump().items()) == list(error.body().items())
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.floats()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def refusal(call: Callable[[], object]) -> Exception | None:
+    """The ApiError or ConfigError ``call`` raised (None: it passed)."""
+    try:
+        call()
+    except (ApiError, ConfigError) as exc:
+        return exc
+    return None
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    key=st.sampled_from([*OVERRIDE_FIELDS, "colour"]), value=_JSON, policy=st.sampled_from([None, "lambda"])
+)
+def test_any_router_value_is_overrides_or_a_worded_400(key: str, value: object, policy: str | None) -> None:
+    raw = {key: value} | ({"policy": policy} if policy and key != "policy" else {})
+    error = refusal(lambda: parse_overrides(raw))
+    if isinstance(error, ApiError):
+        assert error.status == 400 and (error.param or "").startswith("router")
+        assert "Input should" not in error.message  # pydantic's own words never reach a client
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(key=st.sampled_from([*sorted(GOOD), "floor", "clients", "client_rights", "max_wait_ms"]), value=_JSON)
+def test_any_serve_yaml_value_loads_or_names_its_field(key: str, value: object) -> None:
+    doc = {k: v for k, v in GOOD.items() if key != "floor" or k not in ("policy", "knob")} | {key: value}
+    error = refusal(lambda: ServeConfig.from_dict(doc, TARGETS))
+    assert error is None or (str(error).startswith(key) and "Input should" not in str(error))
