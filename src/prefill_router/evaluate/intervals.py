@@ -190,6 +190,7 @@ def _weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) 
     The Mann–Whitney form with ties counted half, which equals scikit-learn's ``roc_auc_score``
     with ``sample_weight``; vectorised across resamples.
     """
+    # By hand: roc_auc_score scores one weighting per call (B x M calls); this sorts once for all B.
     order = np.argsort(score, kind="stable")
     score, positive, weights = score[order], positive[order], weights[:, order]
     starts = np.flatnonzero(np.r_[True, score[1:] != score[:-1]])  # one group per distinct score

@@ -292,6 +292,8 @@ def gap_captured_at_savings(
 
 def _upper_hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vertices of the upper concave hull of points (x, y), by increasing x (Andrew's monotone chain)."""
+    # By hand, not scipy.spatial.ConvexHull: Qhull refuses the one-, two- and collinear-point curves
+    # routers often draw, and would still need the upper chain picked out.
     order = np.lexsort((-y, x))  # by x, the highest y first within one x
     x, y = x[order], y[order]
     first = np.r_[True, x[1:] != x[:-1]]  # keep the highest y at each x
