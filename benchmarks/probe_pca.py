@@ -2,7 +2,7 @@
 
 The layer probes used to standardise each layer with torch (ddof 1) and project it on the top-k
 eigenvectors of a float32 ``eigh``; the router's feature transform uses scikit-learn's
-StandardScaler + PCA (the randomised solver at SmolLM2's 576 features). Since both call
+StandardScaler + PCA (its randomised solver on these 5,608 x 576 rows). Since both call
 ``probe.fit_pca``, layers are chosen on the features the router is trained on. This script runs the
 probes both ways on the bundled training rows (SmolLM2 bf16, cached features of every layer, mean
 and last pooling, CV-AUC on) and writes ``benchmarks/results/probe_pca.json``: per target the layer
