@@ -37,18 +37,19 @@ def real() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return P, Y, ds.target_names
 
 
-# The three copies as they were before one function replaced them (commit e5cee0b).
+# What the three copies computed before one function replaced them (commit e5cee0b), written out
+# independently: observed rows first, then each number from its definition.
 def _old_evaluate_quality(P: np.ndarray, Y: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
     out = {}
     for j, name in enumerate(names):
-        seen = ~np.isnan(Y[:, j])
-        truth = Y[seen, j] >= LABEL_THRESHOLD
-        auc = float(roc_auc_score(truth, P[seen, j])) if 0 < truth.sum() < truth.size else math.nan
+        keep = np.isfinite(Y[:, j])
+        p, y = P[keep, j], Y[keep, j]
+        both = np.unique(y >= LABEL_THRESHOLD).size == 2
         out[name] = {
-            "auc": auc,
-            "brier": brier(P[:, j], Y[:, j]),
-            "ece": expected_calibration_error(P[:, j], Y[:, j]),
-            "n": int(seen.sum()),
+            "auc": float(roc_auc_score(y >= LABEL_THRESHOLD, p)) if both else math.nan,
+            "brier": float(np.mean((p - y) ** 2)) if keep.any() else math.nan,
+            "ece": expected_calibration_error(p, y),
+            "n": int(keep.sum()),
         }
     return out
 
