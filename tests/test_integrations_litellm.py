@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -334,6 +336,7 @@ def test_close_takes_the_model_out(integration: Any, router: Router, upstream: s
     routing = integration.install(llm, router, targets=GROUPS, model_name="router-b")
     assert "router-b" in llm.registry().names(kind="group_set")
     routing.close()
+    routing.close()  # a second close does nothing
     assert "router-b" not in llm.registry().names(kind="group_set")
     assert routing._headers not in litellm.callbacks
 
@@ -470,7 +473,15 @@ def test_the_readme_config_is_one_this_loader_reads(integration: Any) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("## LiteLLM: prefill-router as its routing step") :]
     config = yaml.safe_load(section[section.index("```yaml") + 7 : section.index("```\n")])
-    assert set(config) == set(integration._SECTIONS)
-    assert set(config["prefill_router"]) <= set(integration._KEYS)
-    assert integration._floor(config["prefill_router"]["floor"]) == QualityFloor(within=0.01)
+    from prefill_router.integrations.litellm import config as loader
+
+    assert set(config) == set(loader.SECTIONS)
+    assert set(config["prefill_router"]) <= set(loader.KEYS)
+    assert loader._floor(config["prefill_router"]["floor"]) == QualityFloor(within=0.01)
     assert "os.environ/" in config["model_list"][0]["litellm_params"]["api_key"]
+
+
+def test_importing_the_integrations_package_imports_no_litellm() -> None:
+    code = "import sys, prefill_router.integrations; print('litellm' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
