@@ -201,8 +201,38 @@ def test_a_policy_instead_of_the_floor_routes_as_router_route_does(
         litellm_router(upstream, groups), router, policy="tolerance", knob=0.2
     ) as routing:
         for prompt in PROMPTS:
-            ask(routing, prompt)
-            assert answered_by(fake) == router.route(prompt, policy="tolerance", knob=0.2).target
+            response = ask(routing, prompt)
+            decision = router.route(prompt, policy="tolerance", knob=0.2)
+            assert answered_by(fake) == decision.target
+            assert response._hidden_params["prefill_router"] == decision.to_json()
+
+
+def test_an_installation_annotates_only_what_it_routed(
+    routing: Any, router: Router, fake: FakeBehaviour
+) -> None:
+    """Several installations share LiteLLM's callbacks: each puts its decision only on the requests
+    its own deployment routed (first hop) or its own router served (fallback hops)."""
+    ask(routing, PROMPTS[0])  # decided, so in the cache
+    served = routing.litellm_router.registry().names(kind="ids")[0]
+
+    def request(routed: dict[str, Any] | None, served_id: str = served) -> dict[str, Any]:
+        metadata = {"original_model_group": routing.model_name, "model_info": {"id": served_id}}
+        if routed is not None:
+            metadata["routing_decision"] = routed
+        return {"metadata": metadata, "messages": [{"role": "user", "content": PROMPTS[0]}]}
+
+    ours = {"router_config_id": routing.deployment_id, "cause": "classifier_plugin"}
+    cases = [
+        (request(ours), True),
+        (request({**ours, "router_config_id": "prefill-router:prefill-router:0"}), False),
+        (request({**ours, "cause": "timeout"}), False),
+        (request(None), True),
+        (request(None, served_id="a-deployment-of-another-router"), False),
+    ]
+    for kwargs, annotated in cases:
+        response = type("Response", (), {"_hidden_params": {}})()
+        routing.annotate(kwargs, response)
+        assert ("prefill_router" in response._hidden_params) == annotated, kwargs
 
 
 def test_the_caller_sees_the_decision(

@@ -127,12 +127,13 @@ class PrefillRouting:
                 "complexity_router_config": config,
                 "complexity_router_default_model": self.model_groups[self.fallback_target],
             },
-            "model_info": {"id": self._deployment_id},
+            "model_info": {"id": self.deployment_id},
         }
 
     @property
-    def _deployment_id(self) -> str:
-        return f"prefill-router:{self.model_name}"
+    def deployment_id(self) -> str:
+        """The id of :meth:`deployment` in LiteLLM, one per installation."""
+        return f"prefill-router:{self.model_name}:{id(self):x}"
 
     def attach(self) -> PrefillRouting:
         """Add the deployment and the decision headers to the LiteLLM router; returns self."""
@@ -151,7 +152,7 @@ class PrefillRouting:
         if self._closed:
             return
         self._closed = True
-        self.litellm_router.apply(ChangeSet(delete=[self._deployment_id]))
+        self.litellm_router.apply(ChangeSet(delete=[self.deployment_id]))
         litellm.logging_callback_manager.remove_callback_from_all_lists(self._headers)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -163,16 +164,10 @@ class PrefillRouting:
 
     def annotate(self, request: Mapping[str, Any], response: object) -> None:
         """Put the decision of ``request`` (a LiteLLM call's kwargs) on ``response``: the
-        ``x-litellm-prefill-router-*`` headers and ``_hidden_params["prefill_router"]``. Requests for
-        other models, and those the classifier did not decide (its fallback), are left alone."""
-        metadata = request.get("litellm_metadata") or request.get("metadata")
-        if not isinstance(metadata, Mapping) or metadata.get("original_model_group") != self.model_name:
-            return
-        routed = metadata.get("routing_decision")  # this hop's; a fallback hop has none
-        if isinstance(routed, Mapping) and routed.get("cause") != _PLUGIN_CAUSE:
-            return
-        text = routing_text(request.get("messages"))
-        decision = None if text is None else self._decisions.get(text)
+        ``x-litellm-prefill-router-*`` headers and ``_hidden_params["prefill_router"]``. Requests
+        this installation did not route, and those its classifier did not decide (LiteLLM's
+        fallback when scoring failed), are left alone."""
+        decision = self._decision_of(request)
         hidden = getattr(response, "_hidden_params", None)
         if decision is None or not isinstance(hidden, dict):
             return
@@ -182,6 +177,23 @@ class PrefillRouting:
             **decision_headers(decision),
         }
         hidden["prefill_router"] = decision.to_json()
+
+    def _decision_of(self, request: Mapping[str, Any]) -> Decision | None:
+        """The decision this installation made for ``request``, if it made one."""
+        metadata = request.get("litellm_metadata") or request.get("metadata")
+        if not isinstance(metadata, Mapping) or metadata.get("original_model_group") != self.model_name:
+            return None
+        routed = metadata.get("routing_decision")  # the sub-router's record of this hop
+        if isinstance(routed, Mapping):  # the first hop: routed by this deployment's classifier?
+            if routed.get("router_config_id") != self.deployment_id or routed.get("cause") != _PLUGIN_CAUSE:
+                return None
+        else:  # a fallback hop (LiteLLM keeps no record): served by a deployment of this router?
+            served = metadata.get("model_info")
+            served_id = served.get("id") if isinstance(served, Mapping) else None
+            if not isinstance(served_id, str) or not self.litellm_router.registry().has_deployment(served_id):
+                return None
+        text = routing_text(request.get("messages"))
+        return None if text is None else self._decisions.get(text)
 
 
 class _DecisionHeaders(CustomLogger):
