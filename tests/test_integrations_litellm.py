@@ -515,3 +515,17 @@ def test_importing_the_integrations_package_imports_no_litellm() -> None:
     code = "import sys, prefill_router.integrations; print('litellm' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_importing_the_integration_fetches_nothing() -> None:
+    """LiteLLM fetches its cost map from GitHub at import unless told not to: the integration tells it
+    (a deployment's own setting wins)."""
+    import subprocess
+    import sys
+
+    code = "import os, prefill_router.integrations.litellm;print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP'])"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    assert "cost map" not in done.stderr and "raw.githubusercontent.com" not in done.stderr

@@ -35,7 +35,14 @@ Example::
     response._hidden_params["additional_headers"]["x-litellm-prefill-router-target"]
 """
 
+import os
+
 from prefill_router.errors import MissingDependencyError
+
+# LiteLLM fetches its model cost map from GitHub when imported unless told to use the copy it ships;
+# prefill-router downloads nothing at run time, so the local copy is the default (setdefault: a
+# deployment that sets the variable itself keeps its choice).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 try:
     import litellm  # noqa: F401  (the extra's check, before the modules that use it)
