@@ -119,6 +119,7 @@ class Outcome:
     source: str | None = None
     latency_ms: float = 0.0
     retried: bool = False
+    scored: bool = False  # the decision came with probabilities (not a session, pin or fallback)
     error: str | None = None
 
 
@@ -158,6 +159,7 @@ async def send_all(
                 outcome.target = response.headers.get("x-router-target")
                 outcome.cache = response.headers.get("x-router-cache")
                 outcome.source = _source(response)
+                outcome.scored = "x-router-probabilities" in response.headers
                 break
             outcome.latency_ms = (time.perf_counter() - started) * 1000
             answered += 1

@@ -8,7 +8,7 @@ key                         value                                       kept
 ==========================  ==========================================  ===========================
 ``NS:p:<text HMAC>``        a text's probabilities, float64 per target   ``state_ttl_s``
 ``NS:s:<session HMAC>``     the target that last answered the session    ``session_ttl_s``, renewed
-``NS:sessions``             sorted set of session keys by last write     at most ``SESSIONS_KEPT``
+``NS:sessions``             sorted set of session keys by last write     ``SESSIONS_KEPT``, TTL
 ``NS:mu:<budget_usd>``      a budget's solved μ                          ``state_ttl_s``
 ``prefill-router:hmac-key`` the HMAC key replicas share (unless          until deleted
                             ``cache_key_env`` gives one)
@@ -52,12 +52,14 @@ RETRY_S = 1.0  # after a failed call, how long requests use the in-process state
 HMAC_KEY = "prefill-router:hmac-key"
 _POOL_SIZE = 64  # connections per process; a call waits for a free one within its timeout
 _FAILURES = (RedisError, OSError, TimeoutError)
-# Set a session's target, index it by the server's clock, and drop the least recently written
-# sessions past the bound (and index entries older than the TTL) in one round trip.
+# Set a session's target, index it by the server's clock (the index lives as long as its newest
+# session), and drop the least recently written sessions past the bound (and index entries older
+# than the TTL) in one round trip.
 _PUT_SESSION = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local now = tonumber(redis.call('TIME')[1])
 redis.call('ZADD', KEYS[2], now, KEYS[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]) / 1000)
 local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
 if over > 0 then
