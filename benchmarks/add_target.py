@@ -16,23 +16,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from prefill_router.data.dataset import RoutingDataset
 from prefill_router.encode import Encoder, FeatureStore, default_cache_dir, extract_features
 from prefill_router.train import EncoderIdentity, LayerFeatures, TrainSettings, add_target, fit_router
+from prefill_router.train.quality import target_quality
 
 RESULTS = Path(__file__).parent / "results" / "add_target.json"
 
 
 def test_auc(router, features: LayerFeatures, labels: np.ndarray, names: list[str]) -> dict[str, float]:
     """ROC-AUC per target on the test rows."""
-    p = router.predict_proba_features(features)
-    out = {}
-    for j, name in enumerate(names):
-        seen = ~np.isnan(labels[:, j])
-        out[name] = float(roc_auc_score(labels[seen, j] >= 0.5, p[seen, router.targets.index(name)]))
-    return out
+    p = router.predict_proba_features(features)[:, [router.targets.index(name) for name in names]]
+    return {name: quality["auc"] for name, quality in target_quality(p, labels, names).items()}
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from prefill_router import RoutingDataset
+from prefill_router.data.dataset import LABEL_THRESHOLD
 from prefill_router.encode import Encoder, FeatureStore, extract_features
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dtype_auc.json"
@@ -85,7 +86,7 @@ def main() -> None:
         print(dtype, timing[dtype], flush=True)
     a, b = features["float32"], features["bfloat16"]
     cosine = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-    labels = (sample.labels >= 0.5).astype(int)
+    labels = (sample.labels >= LABEL_THRESHOLD).astype(int)
     per: list[dict[str, object]] = []
     for j, target in enumerate(sample.target_names):
         y = labels[:, j]

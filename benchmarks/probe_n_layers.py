@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from prefill_router import RoutingDataset
+from prefill_router.data.dataset import LABEL_THRESHOLD
 from prefill_router.encode import Encoder, FeatureStore, default_cache_dir, extract_features
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def cv_auc(blocks: list[np.ndarray], y: np.ndarray, k: int = 128, seed: int = 0)
 def main() -> None:
     train = RoutingDataset.load("bundled").select(split="train")
     stored = extract_features(Encoder(), train.prompts.tolist(), FeatureStore(default_cache_dir()))
-    labels = (train.labels >= 0.5).astype(int)
+    labels = (train.labels >= LABEL_THRESHOLD).astype(int)
     out: dict[str, object] = {"n_rows": train.n_prompts, "pca_k": 128, "folds": 5}
     for pooling in POOLINGS:
         report = json.loads((ROOT / "docs" / "probes" / f"bundled_{pooling}.json").read_text())

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from prefill_router.data.dataset import RoutingDataset, TargetInfo
+
+if TYPE_CHECKING:
+    from tests.redis_support import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -94,3 +98,15 @@ def one_core() -> Iterator[None]:
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test writes converted models and features under a temporary cache, never ~/.cache."""
     monkeypatch.setenv("PREFILL_ROUTER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free 127.0.0.1 port for the whole session (tests/redis_support.py).
+
+    Tests that kill Redis start their own with ``tests.redis_support.redis_server()``.
+    """
+    from tests.redis_support import RedisServer
+
+    with RedisServer() as server:
+        yield server

@@ -422,3 +422,22 @@ def test_a_routerbench_file_fits_and_evaluates_with_no_price_file(
     result = json.loads(report.read_text())
     assert result["prefill"]["auc_mean"] > 0.5 and len(result["budgets"]) == 3
     capsys.readouterr()
+
+
+def test_fit_options_default_to_train_settings_and_the_encoder() -> None:
+    """`fit` restates no default: each option's default is TrainSettings' field (or the encoder's)."""
+    import inspect
+
+    from prefill_router.cli._train import fit
+    from prefill_router.encode.encoder import DEFAULT_DTYPE
+    from prefill_router.train import TrainSettings
+
+    defaults = TrainSettings()
+    options = {name: p.default for name, p in inspect.signature(fit).parameters.items()}
+    fields = {
+        "n_layers": "n_layers", "pooling": "pooling", "pca": "pca_k", "depth_tolerance": "depth_tolerance",
+        "seeds": "seeds", "keep": "keep", "seed": "seed", "val_share": "val_share",
+        "calibration_share": "calibration_share", "init": "init",
+    }  # fmt: skip
+    assert {o: options[o] for o in fields} == {o: getattr(defaults, f) for o, f in fields.items()}
+    assert options["layers"] == str(defaults.layers) and options["dtype"] == DEFAULT_DTYPE

@@ -43,6 +43,7 @@ from prefill_router.evaluate import (
     savings_intervals,
     target_quality,
 )
+from tests.conftest import ROOT
 
 # Four prompts x three targets "a", "b", "c". Row by row, the oracle picks:
 #   0: only a is correct                         -> a, $1
@@ -58,33 +59,7 @@ YARD = Yardstick(0.625, 2.25, "b", 0.375, 2.75, "c", 3.75)
 # A choice as accurate as the oracle but dearer: accuracy 0.625, cost (1 + 3 + 2 + 5) / 4 = 2.75.
 GOOD_CHOICE = np.array([0, 2, 0, 1])
 
-METRICS_API = [
-    "ACCURACY_MARGINS",
-    "AUC_BOOT",
-    "SAVINGS_LEVELS",
-    "Yardstick",
-    "aiq",
-    "apgr",
-    "auc_difference",
-    "best_single",
-    "bootstrap_rows",
-    "cost_savings",
-    "curve_difference",
-    "curve_points",
-    "gap_captured",
-    "gap_captured_at_savings",
-    "interval",
-    "mean_auc",
-    "most_expensive",
-    "oracle",
-    "oracle_choice",
-    "outcome",
-    "paired_difference",
-    "routing_intervals",
-    "savings_at_accuracy",
-    "savings_intervals",
-    "target_quality",
-]
+METRICS_API = json.loads((ROOT / "tests" / "public_api.json").read_text())["prefill_router.evaluate"]
 
 
 def test_the_package_exports_the_metrics_and_imports_no_heavy_library() -> None:

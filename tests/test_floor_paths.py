@@ -87,7 +87,7 @@ def test_route_within_a_named_target_answers_with_a_certified_choice(
     blob = route_json(router_path, cache, capsys, "--within", "1pt:code-model")
     certificate = blob["certificate"]
     assert certificate["certified"] and certificate["reference"] == "code-model"
-    assert certificate["rows"] == len(router.calibration_x) and certificate["independent"]
+    assert certificate["rows"] == len(router.calibration.x) and certificate["independent"]
     assert (blob["policy"], blob["knob"]) == ("budget", certificate["mu"])
     mu = router.certify(QualityFloor(within=0.01, relative_to="code-model")).mu
     assert mu is not None and (certificate["mu"] is None) == (mu == math.inf)  # JSON: inf is null

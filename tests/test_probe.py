@@ -19,9 +19,12 @@ from prefill_router.probe import (
     LayerProbe,
     ProbeSettings,
     TargetProbe,
+    _standardise_pca,
+    apply_pca,
     d_eff,
     fisher_j,
     fisher_j_lda,
+    fit_pca,
     logistic_fit,
     probe_layers,
     select_layers,
@@ -30,6 +33,30 @@ from prefill_router.probe import (
 )
 
 FAST = ProbeSettings(pca_k=8, folds=3)
+
+
+# ----------------------------------------------------- the router's features
+def test_each_layer_is_probed_on_the_features_the_routers_transform_gives_it() -> None:
+    """Per layer and fold, the probe's standardised PCA-k features are bit for bit what a router
+    block of that layer, fitted on the same rows with the same seed, gives."""
+    from prefill_router.train.transform import fit_block
+
+    x = planted_layer(n=300, h=40)[0].astype(np.float32)  # (N, L, H)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(1, 0, 2)))
+    fold_train, fold_test = _standardise_pca(xt[:, :200], xt[:, 200:], 8, seed=3)
+    for layer in range(x.shape[1]):
+        block = fit_block(x[:200, layer], "mean", [layer], pca_k=8, seed=3)
+        assert np.array_equal(fold_train[layer].numpy(), block.apply(x[:200, layer]))
+        assert np.array_equal(fold_test[layer].numpy(), block.apply(x[200:, layer]))
+
+
+def test_fit_pca_caps_k_and_scales_a_constant_feature_by_one() -> None:
+    x = np.random.default_rng(0).normal(size=(5, 12)).astype(np.float32)
+    x[:, 3] = 4.0
+    mean, scale, components = fit_pca(x, 128)
+    assert components.shape == (4, 12) and components.dtype == np.float32  # k = N - 1
+    assert scale[3] == 1.0 and mean[3] == 4.0
+    np.testing.assert_allclose(apply_pca(x, mean, scale, components).mean(axis=0), 0, atol=1e-5)
 
 
 # ------------------------------------------------------------ direct formulas

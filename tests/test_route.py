@@ -54,8 +54,8 @@ def synthetic() -> tuple[Router, RoutingDataset, LayerFeatures]:
 
 def calibration_matrices(router: Router) -> tuple[np.ndarray, np.ndarray]:
     """(P, C) on the router's calibration rows, C by hand from their token counts and the prices."""
-    p = apply_temperature(router.ensemble.probabilities(router.calibration_x), router.temperatures)
-    tokens = np.asarray(router.calibration_tokens, dtype=float)
+    p = apply_temperature(router.ensemble.probabilities(router.calibration.x), router.temperatures)
+    tokens = np.asarray(router.calibration.tokens, dtype=float)
     price_in = np.array([t.input_usd_per_mtok for t in router.target_info])
     price_out = np.array([t.output_usd_per_mtok for t in router.target_info])
     return p, (tokens[:, None] * price_in + router.output_tokens * price_out) / 1e6
@@ -103,13 +103,13 @@ def test_fit_stores_the_validation_rows_for_budgets(
 ) -> None:
     router, dataset, features = synthetic
     _, val_rows = validation_split(dataset.prompts, SETTINGS.val_share, SETTINGS.seed)
-    assert router.calibration_x is not None and router.calibration_tokens is not None
-    assert router.calibration_x.shape == (len(val_rows), router.transform.n_features)
+    assert router.calibration is not None
+    assert router.calibration.x.shape == (len(val_rows), router.transform.n_features)
     np.testing.assert_allclose(
-        router.calibration_x, router.transform.transform(features)[val_rows], rtol=1e-6
+        router.calibration.x, router.transform.transform(features)[val_rows], rtol=1e-6
     )
     expected_tokens = [math.ceil(len(text.encode()) / 4) for text in dataset.prompts[val_rows]]
-    assert router.calibration_tokens.tolist() == expected_tokens
+    assert router.calibration.tokens.tolist() == expected_tokens
     assert router.to_json()["calibration"] == {
         "rows": len(val_rows),
         "labels": True,
@@ -371,15 +371,15 @@ def test_route_within_allowed_targets_and_a_cost_cap(tiny: tuple[Router, Path, P
 def test_a_loaded_router_keeps_its_calibration_rows(tiny: tuple[Router, Path, Path, LayerFeatures]) -> None:
     router, path, _, _ = tiny
     meta, arrays = read_artifact(path)
-    rows = len(router.calibration_x)
+    rows = len(router.calibration.x)
     assert meta["calibration"] == {"rows": rows, "labels": True, "independent": False, "source": "fit"}
     assert rows > 10
     assert json.loads((path / "router.json").read_text())["calibration"]["rows"] == rows
     assert arrays["calibration.x"].shape == (rows, router.transform.n_features)
     assert arrays["calibration.input_tokens"].shape == (rows,)
     loaded = Router.load(path)
-    np.testing.assert_array_equal(loaded.calibration_x, router.calibration_x)
-    np.testing.assert_array_equal(loaded.calibration_tokens, router.calibration_tokens)
+    np.testing.assert_array_equal(loaded.calibration.x, router.calibration.x)
+    np.testing.assert_array_equal(loaded.calibration.tokens, router.calibration.tokens)
     budget = Budget(usd_per_request=0.001)
     assert loaded.solve_budget(budget) == router.solve_budget(budget)
     again, before = loaded.route(PROMPTS[0], budget=budget), router.route(PROMPTS[0], budget=budget)
@@ -407,7 +407,7 @@ def test_route_command_prints_the_decision_as_json(
     assert blob["costs_usd"] == pytest.approx(expected.costs_usd, rel=1e-12)
     assert blob["reason"].startswith("quality floor within 1 point of")
     assert blob["certificate"]["certified"] and blob["certificate"]["mu"] == expected.knob
-    assert blob["certificate"]["delta"] == 0.05 and blob["certificate"]["rows"] == len(router.calibration_x)
+    assert blob["certificate"]["delta"] == 0.05 and blob["certificate"]["rows"] == len(router.calibration.x)
     blob = route_json(path, capsys, "--budget", "0")
     assert (blob["policy"], blob["knob"], blob["certificate"]) == ("budget", 0.0, None)
 

@@ -318,7 +318,7 @@ def test_an_encoder_failure_goes_to_the_fallback_target(router: Router, upstream
         assert response.headers["x-router-target"] == FALLBACK[0]
         assert response.headers["x-router-reason"] == "scoring failed (RuntimeError); the fallback target"
         assert c.get("/ready").status_code == 200  # the warm-up worked: only this prompt failed
-        assert c.get("/health").json() == {"status": "ok"}
+        assert c.get("/health").json() == {"status": "ok", "state": {"backend": "local"}}
         assert metric(c, 'prefill_router_fallbacks_total{kind="encoder"}') == 1
 
 

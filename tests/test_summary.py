@@ -115,7 +115,8 @@ def test_data_info_and_evaluate_name_the_same_most_expensive_target() -> None:
 
 def test_the_shared_definitions_are_defined_once() -> None:
     """One LABEL_THRESHOLD, one bootstrap, one 'most expensive' rule (the first review found three,
-    two and two): every other module imports them."""
+    two and two), one per-target AUC (fit, evaluate and the kNN baseline had one each): every other
+    module imports them; and no module picks a best single target or binarises labels by hand."""
     import re
 
     from tests.conftest import ROOT
@@ -124,9 +125,19 @@ def test_the_shared_definitions_are_defined_once() -> None:
     patterns = {
         "LABEL_THRESHOLD": r"^LABEL_THRESHOLD\s*=",
         "the row resampling": r"default_rng\(seed\)\.integers|rng\.integers\(0, n",
+        "the row counts per resample": r"np\.bincount\(flat",
         "a percentile interval": r"np\.(percentile|quantile)\([^)]*(tail|level|0\.025)",
         "the cost tie rule": r"1 - 1e-9|COST_TIE_RTOL\s*=",
+        "the per-target AUC": r"roc_auc_score\(truth, ",
     }
     for what, pattern in patterns.items():
         defining = sorted(p.name for p, text in sources.items() if re.search(pattern, text, re.M))
         assert len(defining) == 1, f"{what} is defined in {defining}"
+    sources |= {p: p.read_text() for p in (ROOT / "benchmarks").glob("*.py")}
+    by_hand = {
+        "a best single target": r"argmax\(\w+\.mean\(axis=0\)\)|argmax\(np\.nanmean\(labels",
+        "a 0.5 label threshold": r"labels\s*>=\s*0\.5|\[seen, j\]\s*>=\s*0\.5",
+    }
+    for what, pattern in by_hand.items():
+        found = sorted(p.name for p, text in sources.items() if re.search(pattern, text))
+        assert not found, f"{what} by hand in {found}"

@@ -125,3 +125,35 @@ def test_reliability_bins() -> None:
     assert counts.tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
     assert mean_p[1] == pytest.approx(0.135) and rate[1] == pytest.approx(0.5)
     assert np.isnan(mean_p[2]) and np.isnan(rate[2])
+
+
+# ------------------------------------------- scikit-learn's versions, and why they are not used
+def test_brier_equals_scikit_learns_on_binary_labels_which_refuses_graded_ones() -> None:
+    from sklearn.metrics import brier_score_loss
+
+    rng = np.random.default_rng(0)
+    p, y = rng.random(200), (rng.random(200) < 0.4).astype(float)
+    assert brier(p, y) == pytest.approx(brier_score_loss(y, p), abs=1e-15)
+    y_nan = np.where(rng.random(200) < 0.2, np.nan, y)  # NaN = not evaluated: those rows left out
+    seen = ~np.isnan(y_nan)
+    assert brier(p, y_nan) == pytest.approx(brier_score_loss(y[seen], p[seen]), abs=1e-15)
+    graded = np.array([1.0, 0.5, 0.0, 0.25])
+    with pytest.raises(ValueError, match="continuous"):
+        brier_score_loss(graded, np.array([0.9, 0.4, 0.1, 0.3]))
+    assert brier(np.array([0.9, 0.4, 0.1, 0.3]), graded) == pytest.approx((0.01 + 0.01 + 0.01 + 0.0025) / 4)
+
+
+def test_reliability_matches_calibration_curve_off_bin_edges_which_refuses_graded_labels() -> None:
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(1)
+    p = rng.random(500)
+    p = p[np.abs(p * 10 - np.round(p * 10)) > 1e-6]  # off the bin edges, where the two rules differ
+    y = (rng.random(p.size) < p).astype(float)
+    mean_p, rate, counts = reliability(p, y, bins=10)
+    rate_sk, mean_sk = calibration_curve(y, p, n_bins=10)
+    filled = counts > 0  # calibration_curve drops empty bins
+    np.testing.assert_allclose(mean_p[filled], mean_sk, rtol=1e-12)
+    np.testing.assert_allclose(rate[filled], rate_sk, rtol=1e-12)
+    with pytest.raises(ValueError, match="pos_label"):
+        calibration_curve(np.array([1.0, 0.5, 0.0]), np.array([0.9, 0.5, 0.1]), n_bins=10)

@@ -60,7 +60,7 @@ def trunk_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     second, f2 = planted(("beta", "gamma"), (1, 2), 1500, seed=2)
     parts = [("one", first, [f1]), ("two", second, [f2])]
     trunk = pretrain_trunk(parts, [ENCODER], [(0, "mean", (1,))], SETTINGS)
-    assert trunk.calibration_x is None and trunk.info["pretrained"]["heads"] == 4
+    assert trunk.calibration is None and trunk.info["pretrained"]["heads"] == 4
     return trunk.save(tmp_path_factory.mktemp("trunk") / "trunk")
 
 
@@ -153,6 +153,6 @@ def test_the_shipped_trunk_knows_the_three_datasets_and_is_small() -> None:
         "mmlu-pro",
         "routellm",
     ]
-    assert trunk.encoder_identity.name == "smollm2-135m" and trunk.calibration_x is None
+    assert trunk.encoder_identity.name == "smollm2-135m" and trunk.calibration is None
     assert all(np.isfinite(w).all() for w in (trunk.ensemble.w1, trunk.ensemble.w2, trunk.ensemble.w3))
     assert sum(f.stat().st_size for f in shipped_trunk_path().iterdir()) < 2_000_000

@@ -82,6 +82,27 @@ def test_a_constant_feature_is_scaled_by_1() -> None:
     assert np.isfinite(block.apply(x)).all()
 
 
+def test_fit_block_gives_the_arrays_it_gave_before_it_shared_the_probes_helper() -> None:
+    """fit_block's StandardScaler + PCA moved into probe.fit_pca: the arrays are the same, bit for
+    bit, on a block wide enough (600 features) for scikit-learn's randomised solver, with a constant
+    feature."""
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 600)) * rng.uniform(0.1, 30.0, size=600) + 3.0).astype(np.float32)
+    x[:, 5] = 2.0
+    block = fit_block(x, "mean", [0], pca_k=128, seed=4)
+    scaler = StandardScaler().fit(x)  # the code fit_block ran before (commit e5cee0b)
+    scale = np.where(scaler.scale_ < 1e-8, 1.0, scaler.scale_)
+    pca = PCA(n_components=128, random_state=4).fit((x - scaler.mean_) / scale)
+    assert np.array_equal(block.mean, scaler.mean_.astype(np.float32))
+    assert np.array_equal(block.scale, scale.astype(np.float32))
+    assert np.array_equal(block.components, pca.components_.astype(np.float32))
+    before = ((x - block.mean) / block.scale) @ block.components.T
+    assert np.array_equal(block.apply(x), before)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_nan_or_inf_features_are_a_data_error(bad: float) -> None:
     x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)

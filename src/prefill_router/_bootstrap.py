@@ -1,7 +1,8 @@
 """The plain percentile bootstrap over rows, shared by the policy stage and the evaluation.
 
 One definition of how rows are resampled (``numpy``'s default generator under a seed, ``n`` draws
-with replacement per resample) and of the percentile interval, so that an interval ``policy``
+with replacement per resample), of the means over them (gathered rows, or row counts for the
+vectorised metrics of ``evaluate``) and of the percentile interval, so that an interval ``policy``
 reports and one ``evaluate`` reports come from the same resamples for the same seed.
 
 Example::
@@ -42,6 +43,22 @@ def resampled_means(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> np
     """
     values = np.asarray(values, dtype=np.float64)
     return np.concatenate([values[rows].mean(axis=1) for rows in _resamples(len(values), n_boot, seed)])
+
+
+def resample_counts(resamples: np.ndarray, n: int) -> np.ndarray:
+    """(B, n) float: how often each of ``n`` rows appears in each of the B resamples (B, n_draws),
+    e.g. from :func:`bootstrap_rows`; ``counts @ values / n_draws`` are the resampled means.
+
+    Raises:
+        DataError: ``resamples`` is not a 2-D int array of row indices in [0, n).
+    """
+    rows = np.asarray(resamples)
+    if rows.ndim != 2 or rows.shape[1] == 0 or not np.issubdtype(rows.dtype, np.integer):
+        raise DataError(f"resamples must be a 2-D int array of row indices; got {rows.dtype} {rows.shape}.")
+    if ((rows < 0) | (rows >= n)).any():
+        raise DataError(f"resamples must index rows in [0, {n}); got {rows.min()}..{rows.max()}.")
+    flat = (rows + n * np.arange(len(rows))[:, None]).ravel()
+    return np.bincount(flat, minlength=len(rows) * n).reshape(len(rows), n).astype(np.float64)
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> list[float]:

@@ -9,8 +9,10 @@ For every layer x target, on training rows only:
 - ``d_eff``: participation ratio ``(Σλ)² / Σλ²`` of the covariance of the layer's raw features;
 - ``cv_auc``: k-fold ROC-AUC of an L2 logistic regression on the same standardised PCA-k features.
 
-Everything is vectorised across layers (and across targets where the maths allows) with torch's
-batched linear algebra; standardisation and PCA are fitted inside each fold.
+Standardisation and PCA are fitted inside each fold, per layer, by :func:`fit_pca`: the helper the
+router's feature transform (``train/transform.py``) fits its blocks with, so layers are chosen on
+the features the router is trained on. The rest is vectorised across layers (and across targets
+where the maths allows) with torch's batched linear algebra.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ STRATEGIES = ("fisher", "auc", "all-mean")
 # without being worse predictors; only a layer far below its neighbours is suspect.
 COLLAPSED_SHARE = 0.25
 DEFAULT_N_LAYERS = 1
+#: A standard deviation below this counts as a constant feature (scaled by 1, as scikit-learn does).
+CONSTANT_STD = 1e-8
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class ProbeSettings:
     shrinkage: float = 0.1  # α as a share of the mean eigenvalue of S_W/N
     l2_c: float = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's C)
     label_threshold: float = LABEL_THRESHOLD  # graded labels count as correct at or above this
-    seed: int = 0
+    seed: int = 0  # the folds, and PCA's randomised solver (as the router's transform)
     newton_steps: int = 12  # Newton iterations of the batched logistic regression
     cv_auc: bool = True  # False skips the logistic CV-AUC (the fisher strategy does not need it)
 
@@ -144,6 +148,41 @@ class ProbeReport:
 
 
 # -------------------------------------------------------------------- the maths
+def fit_pca(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Standardisation and PCA to ``k`` dims, fitted on training rows: scikit-learn's StandardScaler
+    and PCA (its solver choice, ``random_state=seed``), for the probes and the router's transform.
+
+    A constant feature (std < :data:`CONSTANT_STD`) is scaled by 1; k is capped at
+    ``max(1, min(k, N - 1, D))``.
+
+    Args:
+        x: (N, D) features of the training rows, finite.
+    Returns:
+        (mean (D,), scale (D,), components (k, D)), float32: the arguments of :func:`apply_pca`.
+
+    Example::
+
+        mean, scale, components = fit_pca(x_train, 128)
+        z = apply_pca(x_test, mean, scale, components)  # (n_test, 128)
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    scale = np.where(scaler.scale_ < CONSTANT_STD, 1.0, scaler.scale_)
+    k = max(1, min(k, x.shape[0] - 1, x.shape[1]))
+    pca = PCA(n_components=k, random_state=seed).fit((x - scaler.mean_) / scale)
+    # After standardisation the training mean is 0, so PCA's own centring is a no-op we can drop.
+    return scaler.mean_.astype(np.float32), scale.astype(np.float32), pca.components_.astype(np.float32)
+
+
+def apply_pca(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """(N, D) raw features -> (N, k): ``((x - mean) / scale) @ components.T`` (see :func:`fit_pca`)."""
+    # Two numpy lines, not PCA.transform: a loaded router applies them without scikit-learn.
+    out: np.ndarray = ((x - mean) / scale) @ components.T
+    return out
+
+
 def fisher_j(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Trace-form Fisher separability per layer: ``tr(S_B) / tr(S_W)``.
 
@@ -329,10 +368,10 @@ def _cross_validate(
     folds = StratifiedKFold(settings.folds, shuffle=True, random_state=settings.seed)
     j_lda = np.zeros((settings.folds, n_layers, y.shape[1]))
     auc = np.full((settings.folds, n_layers, y.shape[1]), np.nan)
-    whole = _standardise_pca(x, x, settings.pca_k)[0].numpy()
+    whole = _standardise_pca(x, x, settings.pca_k, settings.seed)[0].numpy()
     j_trace = np.stack([fisher_j(whole, y[:, t].numpy()) for t in range(y.shape[1])], axis=1)
     for fold, (train_rows, test_rows) in enumerate(folds.split(np.zeros(n), strata)):
-        train, test = _standardise_pca(x[:, train_rows], x[:, test_rows], settings.pca_k)
+        train, test = _standardise_pca(x[:, train_rows], x[:, test_rows], settings.pca_k, settings.seed)
         j_lda[fold] = fisher_j_lda(train, y[train_rows], test, y[test_rows], settings.shrinkage).numpy()
         truth = y[test_rows].numpy()
         one_class = truth.min(axis=0) == truth.max(axis=0)  # such a fold says nothing about a target
@@ -354,17 +393,21 @@ def _fold_mean(values: np.ndarray) -> np.ndarray:
     return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
 
 
-def _standardise_pca(train: torch.Tensor, test: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer standardisation and PCA to ``k`` dims, fitted on ``train``, applied to both."""
+def _standardise_pca(
+    train: torch.Tensor, test: torch.Tensor, k: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per layer, :func:`fit_pca` fitted on ``train`` (L, n, H) and applied to it and to ``test``."""
     import torch
 
-    mean = train.mean(dim=1, keepdim=True)
-    std = train.std(dim=1, keepdim=True).clamp(min=1e-6)
-    a, b = (train - mean) / std, (test - mean) / std
-    k = min(k, a.shape[1] - 1, a.shape[2])
-    _, vectors = torch.linalg.eigh(a.transpose(1, 2) @ a)  # ascending; float32 is ample for the top k
-    top = vectors[..., -k:]
-    return a @ top, b @ top
+    a, b = train.numpy(), test.numpy()
+    fitted = [fit_pca(layer, k, seed) for layer in a]
+    reduced_a = np.stack([apply_pca(layer, *f) for layer, f in zip(a, fitted, strict=True)])
+    reduced_b = (
+        reduced_a
+        if test is train
+        else np.stack([apply_pca(layer, *f) for layer, f in zip(b, fitted, strict=True)])
+    )
+    return torch.from_numpy(reduced_a), torch.from_numpy(reduced_b)
 
 
 def _class_means(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,7 @@ from prefill_router.cli._app import (
     layer_text,
     ray_or_none,
 )
+from prefill_router.encode.encoder import DEFAULT_DTYPE
 from prefill_router.errors import ConfigError, DataError
 
 
@@ -43,7 +44,7 @@ def encode(
     ] = None,
     dtype: Annotated[
         str, typer.Option(help="bfloat16 (fast; AUCs equal to float32's) or float32.")
-    ] = "bfloat16",
+    ] = DEFAULT_DTYPE,
     view: Annotated[str, typer.Option(help="auto (chat template if any), chat or raw.")] = "auto",
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     storage: Annotated[
@@ -141,7 +142,7 @@ def probe(
     shrinkage: Annotated[
         float, typer.Option(help="J_lda shrinkage (share of the mean S_W eigenvalue).")
     ] = 0.1,
-    dtype: Annotated[str, typer.Option(help="Encoder dtype: bfloat16 or float32.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help="Encoder dtype: bfloat16 or float32.")] = DEFAULT_DTYPE,
     max_tokens: Annotated[int | None, typer.Option(help="Encoder truncation (default: 512).")] = None,
     cache: CacheOption = None,
 ) -> None:

@@ -23,6 +23,7 @@ from prefill_router.cli._app import (
     err_console,
     layer_text,
 )
+from prefill_router.encode.encoder import DEFAULT_DTYPE
 from prefill_router.errors import ConfigError, DataError, PrefillRouterError
 from prefill_router.train.fit import DEFAULT_ENCODERS, TrainSettings
 
@@ -98,7 +99,7 @@ def fit(
     split: SplitOption = "train",
     limit: LimitOption = None,
     targets: Annotated[str | None, typer.Option(help="Comma-separated targets (default: all).")] = None,
-    dtype: Annotated[str, typer.Option(help="Encoder dtype: bfloat16 or float32.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help="Encoder dtype: bfloat16 or float32.")] = DEFAULT_DTYPE,
     max_tokens: Annotated[int | None, typer.Option(help="Encoder truncation (default: 512).")] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the fit report as JSON.")

@@ -20,9 +20,6 @@ DEFAULT_OUTPUT_TOKENS = 256.0
 """Output length assumed for a target with no observed output lengths (a typical short answer)."""
 
 TOKENS_PER_MILLION = 1e6
-#: Mean costs this close (relative) count as a tie for "most expensive": equal prices summed in
-#: another order differ in the last bits.
-COST_TIE_RTOL = 1e-9
 
 
 def check_priced(targets: Sequence[TargetInfo], *, source: str | None = None) -> None:
@@ -60,25 +57,6 @@ def output_token_estimates(dataset: RoutingDataset, *, split: str | None = "trai
         if column.size:
             estimates[j] = float(np.median(column))
     return estimates
-
-
-def most_expensive(mean_costs: np.ndarray, accuracy: np.ndarray | None = None) -> int:
-    """The column of the most expensive target: the highest mean cost per prompt.
-
-    Targets within :data:`COST_TIE_RTOL` of the highest cost tie (LLMRouter prices three targets
-    at the same $0.9/M); among them the most accurate one wins (``accuracy``, the targets' mean
-    labels), then the first. The one rule for ``data info`` and ``evaluate`` alike.
-
-    Example::
-
-        >>> most_expensive(np.array([0.9, 0.2, 0.9]), np.array([0.5, 0.7, 0.6]))
-        2
-    """
-    costs = np.asarray(mean_costs, dtype=np.float64)
-    top = np.flatnonzero(costs >= costs.max() * (1 - COST_TIE_RTOL))
-    if accuracy is None:
-        return int(top[0])
-    return int(top[np.argmax(np.asarray(accuracy, dtype=np.float64)[top])])
 
 
 def input_tokens(prompts: np.ndarray | Sequence[str]) -> np.ndarray:

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from prefill_router._json import finite_or_none
-from prefill_router.data.costs import cost_matrix, most_expensive
+from prefill_router.data.costs import cost_matrix
 from prefill_router.data.dataset import LABEL_THRESHOLD, RoutingDataset
+from prefill_router.data.singles import best_single, most_expensive, target_means
 from prefill_router.data.splits import duplicated_across_splits
 
 
@@ -67,9 +68,9 @@ def summarise(dataset: RoutingDataset) -> DatasetSummary:
     complete = ~np.isnan(labels).any(axis=1) if labels.shape[1] else np.zeros(dataset.n_prompts, dtype=bool)
     y, c = labels[complete], costs[complete]
     oracle = float(y.max(axis=1).mean()) if y.size else float("nan")
-    single = y.mean(axis=0) if y.size else np.full(labels.shape[1], np.nan)
-    best = int(np.nanargmax(single)) if y.size else 0
-    mean_cost = c.mean(axis=0) if c.size and not np.isnan(c).any() else None
+    single = target_means(y) if y.size else np.full(labels.shape[1], np.nan)
+    best = best_single(single) if single.size else 0
+    mean_cost = target_means(c) if c.size and not np.isnan(c).any() else None
     oracle_cost = _oracle_cost(y, c)
     expensive: dict[str, Any] | None = None
     if mean_cost is not None and mean_cost.max() > 0:

@@ -17,6 +17,7 @@ evaluation itself.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from prefill_router.data.dataset import LABEL_THRESHOLD, RoutingDataset
 from prefill_router.errors import ConfigError
 from prefill_router.train import EncoderIdentity, LayerFeatures, TrainSettings, fit_router
+from prefill_router.train.quality import mean_auc, target_quality
 
 LEARNED = ("knn-embed", "trunk-embed", "logreg-embed", "layer0", "random")
 #: MiniLM layer read for sentence embeddings (its last block, mean-pooled, as sentence-transformers does).
@@ -124,12 +126,7 @@ def random_probabilities(n: int, m: int, seed: int = 0) -> np.ndarray:
 
 
 def _mean_auc(p: np.ndarray, y: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    values = []
-    for j in range(y.shape[1]):
-        seen = ~np.isnan(y[:, j])
-        truth = y[seen, j] >= LABEL_THRESHOLD
-        if 0 < truth.sum() < truth.size:
-            values.append(roc_auc_score(truth, p[seen, j]))
-    return float(np.mean(values)) if values else 0.5
+    """Mean AUC over the targets with both classes (:func:`~prefill_router.train.quality.mean_auc`);
+    0.5, chance, when no target has both."""
+    auc = mean_auc(target_quality(p, y, [str(j) for j in range(y.shape[1])]))
+    return auc if math.isfinite(auc) else 0.5

@@ -1,8 +1,9 @@
 """95% bootstrap intervals for the routing metrics, and paired differences between two routers.
 
 Rows are resampled with replacement; every resample recomputes the yardstick (oracle, best single,
-most expensive) so an interval covers the uncertainty of the denominator too. The resampling and
-the percentile interval are :mod:`prefill_router._bootstrap`'s, shared with the policy stage.
+most expensive) so an interval covers the uncertainty of the denominator too. The resampling, the
+row counts per resample and the percentile interval are :mod:`prefill_router._bootstrap`'s, shared
+with the policy stage.
 """
 
 # ruff: noqa: N803, N806 — Y, C, P are DESIGN's names for the label, cost and probability matrices.
@@ -15,6 +16,7 @@ import numpy as np
 
 from prefill_router._bootstrap import bootstrap_rows
 from prefill_router._bootstrap import percentile_interval as interval
+from prefill_router._bootstrap import resample_counts as _counts
 from prefill_router.data.dataset import LABEL_THRESHOLD
 from prefill_router.errors import DataError
 from prefill_router.evaluate.metrics import (
@@ -24,8 +26,8 @@ from prefill_router.evaluate.metrics import (
     _choice,
     _curve,
     _routing,
-    _scores,
 )
+from prefill_router.train.quality import check_scores
 
 __all__ = [
     "auc_difference",
@@ -36,18 +38,6 @@ __all__ = [
     "routing_intervals",
     "savings_intervals",
 ]
-
-
-# -------------------------------------------------------------------- bootstrap
-def _counts(resamples: np.ndarray, n: int) -> np.ndarray:
-    """(B, n) how often each row appears in each resample."""
-    rows = np.asarray(resamples)
-    if rows.ndim != 2 or rows.shape[1] == 0 or not np.issubdtype(rows.dtype, np.integer):
-        raise DataError(f"resamples must be a 2-D int array of row indices; got {rows.dtype} {rows.shape}.")
-    if ((rows < 0) | (rows >= n)).any():
-        raise DataError(f"resamples must index rows in [0, {n}); got {rows.min()}..{rows.max()}.")
-    flat = (rows + n * np.arange(len(rows))[:, None]).ravel()
-    return np.bincount(flat, minlength=len(rows) * n).reshape(len(rows), n).astype(np.float64)
 
 
 def routing_intervals(
@@ -200,6 +190,7 @@ def _weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) 
     The Mann–Whitney form with ties counted half, which equals scikit-learn's ``roc_auc_score``
     with ``sample_weight``; vectorised across resamples.
     """
+    # By hand: roc_auc_score scores one weighting per call (B x M calls); this sorts once for all B.
     order = np.argsort(score, kind="stable")
     score, positive, weights = score[order], positive[order], weights[:, order]
     starts = np.flatnonzero(np.r_[True, score[1:] != score[:-1]])  # one group per distinct score
@@ -236,8 +227,8 @@ def auc_difference(
     Raises:
         DataError: shapes differ or P is no probability at an observed label.
     """
-    P_a, Y = _scores(P_a, Y)
-    P_b, _ = _scores(P_b, Y)
+    P_a, Y = check_scores(P_a, Y)
+    P_b, _ = check_scores(P_b, Y)
     rows = bootstrap_rows(len(Y), n_boot, seed) if resamples is None else resamples
     # Row 0 weighs every row once (the point estimate); rows 1.. are the resamples' counts.
     weights = np.vstack([np.ones(len(Y)), _counts(rows, len(Y))])  # (1 + B, N)

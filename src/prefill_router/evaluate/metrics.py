@@ -10,7 +10,8 @@ Shapes and units, as everywhere in this package:
 The routing metrics (oracle, best single, gap captured, cost savings, their bootstrap intervals)
 compare every target on the same prompts, so they take complete rows only: a NaN in ``Y`` or ``C``
 raises :class:`~prefill_router.errors.DataError`. The per-target quality metrics (AUC, Brier, ECE)
-ignore NaN labels target by target. Every tie is broken towards the lower column index.
+ignore NaN labels target by target; they are :mod:`prefill_router.train.quality`'s, which the fit's
+validation table uses too, re-exported here. Every tie is broken towards the lower column index.
 """
 
 # ruff: noqa: N803, N806 — Y, C, P are DESIGN's names for the label, cost and probability matrices.
@@ -25,10 +26,12 @@ from typing import Any
 import numpy as np
 
 from prefill_router._json import finite_or_none
-from prefill_router.data.costs import most_expensive as most_expensive_column
-from prefill_router.data.dataset import LABEL_THRESHOLD
+from prefill_router.data import singles
 from prefill_router.errors import DataError
-from prefill_router.train.calibration import brier, expected_calibration_error
+from prefill_router.train.quality import as_matrix as _matrix
+from prefill_router.train.quality import check_names as _names
+from prefill_router.train.quality import mean_auc as mean_auc
+from prefill_router.train.quality import target_quality as target_quality
 
 #: Cost savings at which gap captured is reported (50% and 74.31%, DESIGN §8).
 SAVINGS_LEVELS = (0.5, 0.7431)
@@ -42,16 +45,6 @@ _SAVINGS_TOL = 1e-9
 
 
 # ------------------------------------------------------------------- validation
-def _matrix(name: str, a: np.ndarray) -> np.ndarray:
-    out = np.asarray(a, dtype=np.float64)
-    if out.ndim != 2 or 0 in out.shape:
-        raise DataError(
-            f"{name} must be a 2-D (prompts, targets) array with at least one row and one column; "
-            f"got shape {out.shape} instead."
-        )
-    return out
-
-
 def _require_complete(name: str, *arrays: np.ndarray) -> None:
     bad = np.zeros(len(arrays[0]), dtype=bool)
     for a in arrays:
@@ -84,13 +77,6 @@ def _choice(choice: np.ndarray, n_rows: int, n_targets: int) -> np.ndarray:
     return out
 
 
-def _names(targets: Sequence[str], n_targets: int) -> list[str]:
-    names = list(targets)
-    if len(names) != n_targets:
-        raise DataError(f"targets must name the {n_targets} columns; got {len(names)} names instead.")
-    return names
-
-
 def _vector(name: str, a: np.ndarray) -> np.ndarray:
     out = np.asarray(a, dtype=np.float64)
     if out.ndim != 1 or out.size == 0 or not np.isfinite(out).all():
@@ -103,16 +89,6 @@ def _curve(name_x: str, x: np.ndarray, name_y: str, y: np.ndarray) -> tuple[np.n
     if x.shape != y.shape:
         raise DataError(f"{name_x} and {name_y} must have the same length; got {x.size} and {y.size}.")
     return x, y
-
-
-def _column_means(a: np.ndarray) -> np.ndarray:
-    """(M,) column means summed in the same order as ``a[:, j].mean()``.
-
-    ``a.mean(axis=0)`` adds row by row, while a 1-D mean sums pairwise: the two differ in the last
-    bits, which would give the best single target a gap captured of 1e-17 instead of 0.
-    """
-    out: np.ndarray = np.ascontiguousarray(a.T).mean(axis=1)
-    return out
 
 
 def _finite(value: float) -> float | None:
@@ -168,41 +144,37 @@ def oracle(Y: np.ndarray, C: np.ndarray) -> tuple[float, float]:
 
 
 def best_single(Y: np.ndarray) -> tuple[int, float]:
-    """(column, mean accuracy) of the target with the highest mean label; ties go to the lower column.
+    """(column, mean accuracy) of the target with the highest mean label; ties go to the lower column:
+    :func:`prefill_router.data.singles.best_single`, as ``data info`` and ``fit``.
 
     Raises:
         DataError: Y is not a matrix or holds NaN.
     """
-    return _top_column("Y", Y)
+    Y = _matrix("Y", Y)
+    _require_complete("Y", Y)
+    means = singles.target_means(Y)
+    column = singles.best_single(means)
+    return column, float(means[column])
 
 
 def most_expensive(C: np.ndarray, Y: np.ndarray | None = None) -> tuple[int, float]:
     """(column, mean cost in USD per prompt) of the target with the highest mean cost.
 
     Ties (mean costs within 1e-9, relative) go to the most accurate target when ``Y`` is given,
-    then to the lower column: :func:`prefill_router.data.costs.most_expensive`, as ``data info``.
+    then to the lower column: :func:`prefill_router.data.singles.most_expensive`, as ``data info``.
 
     Raises:
         DataError: C (or Y) is not a matrix or holds NaN.
     """
     C = _matrix("C", C)
     _require_complete("C", C)
-    means = _column_means(C)
+    means = singles.target_means(C)
     accuracy = None
     if Y is not None:
         Y = _matrix("Y", Y)
         _require_complete("Y", Y)
-        accuracy = _column_means(Y)
-    column = most_expensive_column(means, accuracy)
-    return column, float(means[column])
-
-
-def _top_column(name: str, matrix: np.ndarray) -> tuple[int, float]:
-    """(column, mean) of the column with the highest mean; ties go to the lower column."""
-    matrix = _matrix(name, matrix)
-    _require_complete(name, matrix)
-    means = _column_means(matrix)
-    column = int(np.argmax(means))
+        accuracy = singles.target_means(Y)
+    column = singles.most_expensive(means, accuracy)
     return column, float(means[column])
 
 
@@ -320,6 +292,8 @@ def gap_captured_at_savings(
 
 def _upper_hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vertices of the upper concave hull of points (x, y), by increasing x (Andrew's monotone chain)."""
+    # By hand, not scipy.spatial.ConvexHull: Qhull refuses the one-, two- and collinear-point curves
+    # routers often draw, and would still need the upper chain picked out.
     order = np.lexsort((-y, x))  # by x, the highest y first within one x
     x, y = x[order], y[order]
     first = np.r_[True, x[1:] != x[:-1]]  # keep the highest y at each x
@@ -449,54 +423,3 @@ def apgr(
     x, pgr = x[order], pgr[order]
     first = np.r_[True, x[1:] != x[:-1]]
     return float(np.trapezoid(np.maximum.accumulate(pgr[first]), x[first]))
-
-
-# ------------------------------------------------------------ per-target quality
-def _scores(P: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """P and Y as float matrices of one shape, P a probability wherever Y is observed."""
-    P, Y = _matrix("P", P), _matrix("Y", Y)
-    if P.shape != Y.shape:
-        raise DataError(f"P and Y must have the same shape; got {P.shape} and {Y.shape} instead.")
-    seen = ~np.isnan(Y)
-    bad = seen & ~((P >= 0) & (P <= 1))  # NaN fails both comparisons
-    if bad.any():
-        raise DataError(
-            f"P must hold probabilities in [0, 1] wherever Y is observed; "
-            f"got {int(bad.sum())} entries outside."
-        )
-    return P, Y
-
-
-def target_quality(
-    P: np.ndarray, Y: np.ndarray, targets: Sequence[str], label_threshold: float = LABEL_THRESHOLD
-) -> dict[str, dict[str, float]]:
-    """Per target: ``auc``, ``brier``, ``ece`` and ``n`` (observed rows), NaN labels ignored per target.
-
-    ``auc`` is the ROC-AUC against labels binarised at ``label_threshold`` (NaN when the observed
-    rows hold one class); ``brier`` and ``ece`` compare P with the labels as given (graded labels
-    included), as the training report does.
-
-    Raises:
-        DataError: shapes differ, not one name per column, or P is no probability at an observed label.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    P, Y = _scores(P, Y)
-    out: dict[str, dict[str, float]] = {}
-    for j, name in enumerate(_names(targets, Y.shape[1])):
-        seen = ~np.isnan(Y[:, j])
-        truth = Y[seen, j] >= label_threshold
-        auc = float(roc_auc_score(truth, P[seen, j])) if 0 < truth.sum() < truth.size else math.nan
-        out[name] = {
-            "auc": auc,
-            "brier": brier(P[:, j], Y[:, j]),
-            "ece": expected_calibration_error(P[:, j], Y[:, j]),
-            "n": int(seen.sum()),
-        }
-    return out
-
-
-def mean_auc(quality: Mapping[str, Mapping[str, float]]) -> float:
-    """Mean ``auc`` over the targets of :func:`target_quality` with a finite AUC (NaN if none)."""
-    aucs = [q["auc"] for q in quality.values() if math.isfinite(q["auc"])]
-    return float(np.mean(aucs)) if aucs else math.nan

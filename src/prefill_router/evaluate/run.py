@@ -18,6 +18,7 @@ from prefill_router._bootstrap import check_n_boot
 from prefill_router._json import finite_or_none
 from prefill_router.data.costs import check_priced, cost_matrix, output_token_estimates
 from prefill_router.data.dataset import RoutingDataset
+from prefill_router.data.singles import target_means
 from prefill_router.data.splits import prompt_groups
 from prefill_router.errors import ConfigError, DataError
 from prefill_router.evaluate import baselines as bl
@@ -527,8 +528,8 @@ def _two_target_apgr(choices: np.ndarray, accuracy: np.ndarray, y: np.ndarray) -
     """RouteLLM's APGR along the curve, for a two-target pool (None otherwise)."""
     if y.shape[1] != 2:
         return None
-    means = y.mean(axis=0)
-    strong = int(np.argmax(means))
+    means = target_means(y)
+    strong = best_single(y)[0]
     share = (choices == strong).mean(axis=1)
     return apgr(share, accuracy, float(means[1 - strong]), float(means[strong]))
 

@@ -180,6 +180,7 @@ def _below_cheapest(budget: Budget, limit: float, cost: float, share: float | No
 
 def _bisect(meets: Callable[[float], bool], grid: np.ndarray, iterations: int) -> float:
     """The smallest μ that ``meets``: bracket it between grid points, then bisect (geometrically if > 0)."""
+    # By hand: scipy's bisect wants a continuous sign change and halves arithmetically; μ spans decades.
     finite = grid[np.isfinite(grid)]
     lo_i, hi_i = 0, len(finite) - 1  # meets(finite[0] = 0) is False
     if not meets(float(finite[hi_i])):

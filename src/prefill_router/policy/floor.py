@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from prefill_router._json import finite_or_none
+from prefill_router.data import singles
 from prefill_router.errors import ConfigError, DataError, UnknownTargetError
 from prefill_router.policy.budget import format_usd
 from prefill_router.policy.choice import _check_costs, _check_matrix, _choose
@@ -308,8 +309,8 @@ def certify_floor(
     if len(names) != c.shape[1]:
         raise ConfigError(f"The 'targets' parameter must hold {c.shape[1]} names; got {len(names)}.")
     n = len(y)
-    single = y.mean(axis=0)
-    best = best_single if best_single in names else names[int(np.argmax(single))]
+    single = singles.target_means(y)
+    best = best_single if best_single in names else names[singles.best_single(single)]
     reference = resolve_reference(floor, names, best) if floor.relative else best
     ref = names.index(reference)
     mask = np.ones(c.shape, dtype=bool)
@@ -382,7 +383,7 @@ def _check_reachable(
 ) -> None:
     """An absolute floor above every routing's and every target's accuracy cannot be met at all."""
     assert floor.min_accuracy is not None
-    best_target = int(np.argmax(single))
+    best_target = singles.best_single(single)
     if max(float(routed.max()), float(single[best_target])) >= floor.min_accuracy:
         return
     raise ConfigError(

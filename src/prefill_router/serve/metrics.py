@@ -51,8 +51,19 @@ class Metrics:
             "prefill_router_encoder_queue", "Prompts waiting for the encoder", registry=r
         )
         self.in_flight = Gauge("prefill_router_in_flight", "Requests being answered", registry=r)
-        self.cache_hits = Counter("prefill_router_cache_hits", "Decision cache hits", registry=r)
+        self.cache_hits = Counter(
+            "prefill_router_cache_hits", "Decision cache hits by where the entry was found (local, redis)",
+            ["store"], registry=r,
+        )  # fmt: skip
         self.cache_misses = Counter("prefill_router_cache_misses", "Decision cache misses", registry=r)
+        self.redis_errors = Counter(
+            "prefill_router_redis_errors", "Redis state calls that failed (connection, timeout, error reply) "
+            "by operation; those requests used the in-process state", ["operation"], registry=r,
+        )  # fmt: skip
+        self.state_degraded = Gauge(
+            "prefill_router_state_degraded", "1 while the Redis state fails and the in-process state answers",
+            registry=r,
+        )  # fmt: skip
         self.encode_seconds = Histogram(
             "prefill_router_encode_seconds",
             "Encoder forward + scoring of one batch",

@@ -74,9 +74,10 @@ def _service(request: Request) -> RoutingService:
 
 
 @endpoints.get("/health")
-async def health() -> dict[str, str]:
-    """Liveness: the process answers (no state read)."""
-    return {"status": "ok"}
+async def health(request: Request) -> dict[str, Any]:
+    """Liveness: the process answers; ``state`` says where decisions and sessions are kept and, for
+    Redis, whether it answers (``ok``) or the proxy is using its in-process state (``degraded``)."""
+    return {"status": "ok", "state": _service(request).state.health()}
 
 
 @endpoints.get("/ready")
@@ -164,7 +165,7 @@ async def _chat(service: RoutingService, request: Request, body: dict[str, Any],
     if profile is None:  # the model names a target: pinned, no fallback
         routed, chain = service.fixed(model, "pinned", f"pinned by model {model!r}"), [model]
     else:
-        previous = service.sessions.get(session_key) if session_key else None
+        previous = await service.session_target(session_key) if session_key else None
         if previous is not None and service.session_fits(previous, text, overrides):
             routed = service.fixed(previous, "session", "session affinity: this session's earlier target")
         else:
@@ -196,7 +197,7 @@ async def _chat(service: RoutingService, request: Request, body: dict[str, Any],
     if forwarded.failed:
         service.metrics.fallbacks.labels("upstream").inc(len(forwarded.failed))
     if session_key and forwarded.response.status_code < 400:
-        service.sessions.put(session_key, forwarded.target)
+        await service.remember_session(session_key, forwarded.target)
     answered.update(
         answered_by=forwarded.target, fallback_from=forwarded.failed, status=forwarded.response.status_code
     )

@@ -3,7 +3,9 @@
 :class:`RoutingService` holds the router, the config, the micro-batcher, the score cache, session
 affinity, solved budgets and certified floors, the client tokens, the metrics, the decision log and
 the shared upstream client; ``create_app`` puts one on ``app.state.service`` and the HTTP routes
-(``serve/routes.py``) read it from there. Nothing here imports FastAPI.
+(``serve/routes.py``) read it from there. Nothing here imports FastAPI. The decision cache, sessions
+and budgets live in its :class:`~prefill_router.serve.state.State`: in process, or in Redis shared
+by every replica (``ServeConfig.state``).
 
 A request is scored (cached, micro-batched, within ``score_timeout_s``) and decided by its
 profile's floor or policy, or by the request's ``router`` field; a scoring failure goes to the
@@ -33,6 +35,7 @@ from prefill_router.serve.config import DEFAULT_PROFILE, Client, Profile, ServeC
 from prefill_router.serve.decision_log import DecisionLog
 from prefill_router.serve.metrics import Metrics
 from prefill_router.serve.protocol import Overrides, Routed
+from prefill_router.serve.state import BUDGETS_KEPT, open_state
 from prefill_router.serve.upstream import new_client
 
 if TYPE_CHECKING:
@@ -42,7 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prefill_router.serve")
 _WARM_RETRY_S = 30.0  # after a failed warm-up, how long requests go straight to the fallback
-_BUDGETS_KEPT = 1024  # solved μ per distinct budget_usd, least recently used out
 
 
 class _UnscoredError(Exception):
@@ -62,8 +64,7 @@ class RoutingService:
         self.config = config
         self.metrics = Metrics()
         self.hash = TextHasher(config.cache_key)
-        self.cache: LruCache[np.ndarray] = LruCache(config.cache_size)
-        self.sessions: LruCache[str] = LruCache(100_000)
+        self.state = open_state(router, config, self.metrics)
         self.batcher = MicroBatcher(
             router.predict_proba, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
             max_queue=config.max_queue, on_batch=self.metrics.on_batch,
@@ -74,8 +75,7 @@ class RoutingService:
         self.warm_error: str | None = None
         self._warm_at = -_WARM_RETRY_S
         self._warm_task: asyncio.Task[None] | None = None
-        self._mus: LruCache[float] = LruCache(_BUDGETS_KEPT)
-        self._certificates: LruCache[FloorCertificate] = LruCache(_BUDGETS_KEPT)
+        self._certificates: LruCache[FloorCertificate] = LruCache(BUDGETS_KEPT)
         self._solver = WorkerThread("prefill-router-budget")  # μ solves: off the loop, one at a time
         self._clients = [(client.token_sha256, client) for client in config.all_clients()]
         self._anonymous = Client("anonymous", "", config.client_rights)
@@ -115,17 +115,17 @@ class RoutingService:
         """Score (cached, micro-batched) and decide; a scoring failure goes to the fallback target."""
         started = time.perf_counter()
         key = self.hash(text)
-        p, cached = self.cache.get(key), True
-        if p is None:
-            cached = False
+        found = await self.state.get_scores(key)
+        if found is None:
             self.metrics.cache_misses.inc()
             try:
                 p = await self._score(text)
             except _UnscoredError as exc:
                 return self._fallback(overrides, exc)
-            self.cache.put(key, p)
+            await self.state.put_scores(key, p)
         else:
-            self.metrics.cache_hits.inc()
+            p, store = found
+            self.metrics.cache_hits.labels(store).inc()
         c = self.router.costs([text])[0]
         floor = self._floor(profile, overrides)
         try:
@@ -139,7 +139,7 @@ class RoutingService:
         except (ConfigError, UnknownTargetError) as exc:
             raise ApiError(400, str(exc), param="router") from exc
         self.metrics.score_seconds.observe(time.perf_counter() - started)
-        return Routed(decision, "policy", cached)
+        return Routed(decision, "policy", found is not None)
 
     async def _score(self, text: str) -> np.ndarray:
         """The text's probabilities within the scoring deadline, or :class:`_UnscoredError`."""
@@ -198,14 +198,14 @@ class RoutingService:
     async def _policy(self, profile: Profile, overrides: Overrides) -> tuple[str, float]:
         if overrides.budget_usd is not None:
             budget = overrides.budget_usd
-            mu = self._mus.get(repr(budget))
+            mu = await self.state.get_mu(repr(budget))
             if mu is None:
                 try:
                     solve = self.router.solve_budget
                     mu = await self._solver.run(lambda: solve(Budget(usd_per_request=budget)).mu)
                 except (ConfigError, DataError) as exc:
                     raise ApiError(400, f"router.budget_usd: {exc}", param="router.budget_usd") from exc
-                self._mus.put(repr(budget), mu)
+                await self.state.put_mu(repr(budget), mu)
             return "budget", mu
         policy = overrides.policy or profile.policy
         if overrides.knob is not None:
@@ -242,6 +242,15 @@ class RoutingService:
         if overrides.allowed is not None:
             names = [t for t in names if t == first or t in overrides.allowed]
         return names
+
+    async def session_target(self, key: str) -> str | None:
+        """The target that last answered a session (None: none, or not one of the router's)."""
+        target = await self.state.get_session(key)
+        return target if target in self.router.targets else None
+
+    async def remember_session(self, key: str, target: str) -> None:
+        """Keep the target that answered a session (in every replica's reach with Redis state)."""
+        await self.state.put_session(key, target)
 
     def session_fits(self, target: str, text: str, overrides: Overrides) -> bool:
         """Whether a session's earlier target is within this request's allowed targets and cost cap."""
@@ -281,13 +290,17 @@ class RoutingService:
         self.ready = False
 
     async def start(self) -> None:
-        """Open the upstream client, start the batcher, warm the encoder (in the background)."""
+        """Connect the state, open the upstream client, start the batcher, warm the encoder (in the
+        background). Without ``cache_key``, the HMAC key is the one the state shares, if any."""
+        shared_key = await self.state.start()
+        if self.config.cache_key is None and shared_key is not None:
+            self.hash = TextHasher(shared_key)
         self.client = new_client()
         self.batcher.start()
         self._warm_task = asyncio.get_running_loop().create_task(self.warm())
 
     async def stop(self) -> None:
-        """Stop the warm-up, the batcher, the client and the decision log."""
+        """Stop the warm-up, the batcher, the client, the state and the decision log."""
         if self._warm_task is not None:
             self._warm_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -296,5 +309,6 @@ class RoutingService:
         self._solver.stop()
         if self.client is not None:
             await self.client.aclose()
+        await self.state.stop()
         if self.decision_log is not None:
             self.decision_log.close()

@@ -185,6 +185,12 @@ class CalibrationRows:
     independent: bool = False  # never trained, early-stopped or temperature-scaled on
     source: str = "fit"  # fit, or the labelled data `prefill-router calibrate` read
 
+    def __post_init__(self) -> None:
+        if self.labels is not None and (self.labels.shape[0] != len(self.x) or self.labels.ndim != 2):
+            raise DataError(f"calibration labels must be ({len(self.x)}, M); got {self.labels.shape}")
+        if self.labels is not None and ((self.labels < 0) | (self.labels > 1)).any():
+            raise DataError("calibration labels must lie in [0, 1] (NaN = missing)")
+
     def __len__(self) -> int:
         return len(self.x)
 

@@ -57,6 +57,7 @@ def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
 
 def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = DEFAULT_BINS) -> float:
     """ECE: Σ_b (n_b / n) · |mean p_b − mean y_b| over equal-width probability bins (NaN labels ignored)."""
+    # By hand: scikit-learn has no ECE, and its calibration_curve refuses graded labels (below).
     seen = ~np.isnan(y)
     p, y = p[seen], y[seen]
     if p.size == 0:
@@ -69,6 +70,8 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = DEFAULT
 
 def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-bin (mean predicted, observed rate, count) for a reliability diagram; empty bins are NaN."""
+    # Not sklearn.calibration.calibration_curve: it refuses graded labels (0.5 is neither class),
+    # drops empty bins and returns no counts, and puts a p on a bin edge (0.1, 0.3) in the bin below.
     seen = ~np.isnan(y)
     p, y = p[seen], y[seen]
     which = np.minimum((p * bins).astype(int), bins - 1)
@@ -80,6 +83,8 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[np.ndarra
 
 
 def brier(p: np.ndarray, y: np.ndarray) -> float:
-    """Mean squared error of probabilities against observed labels."""
+    """Mean squared error of probabilities against observed labels (graded labels as they are)."""
+    # Not sklearn.metrics.brier_score_loss: it refuses graded labels ("continuous" targets); on 0/1
+    # labels the two agree (tests/test_train_calibration.py).
     seen = ~np.isnan(y)
     return float(((p[seen] - y[seen]) ** 2).mean()) if seen.any() else float("nan")

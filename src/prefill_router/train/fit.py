@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from prefill_router._json import finite_or_none
+from prefill_router.data import singles
 from prefill_router.data.costs import input_tokens, output_token_estimates
 from prefill_router.data.dataset import LABEL_THRESHOLD, RoutingDataset
 from prefill_router.data.splits import prompt_groups
@@ -31,15 +32,11 @@ from prefill_router.probe import (
     select_layers,
     shallowest_depth,
 )
-from prefill_router.train.calibration import (
-    apply_temperature,
-    brier,
-    expected_calibration_error,
-    fit_temperature,
-)
+from prefill_router.train.calibration import apply_temperature, fit_temperature
 from prefill_router.train.net import NetSettings, TrainedMember, TrunkEnsemble, train_head, train_nets
 from prefill_router.train.pretrained import check_trunk_fits, initial_from_trunk, load_trunk
 from prefill_router.train.probe_cache import ProbeCache
+from prefill_router.train.quality import target_quality
 from prefill_router.train.router import CalibrationRows, EncoderIdentity, RouterModel
 from prefill_router.train.transform import (
     BlockChoice,
@@ -385,8 +382,8 @@ def training_splits(
 
 
 def best_single(labels: np.ndarray, target_names: Sequence[str]) -> str:
-    """The target with the highest mean label over its labelled rows."""
-    return str(target_names[int(np.nanargmax(np.nanmean(labels, axis=0)))])
+    """The target with the highest mean label over its labelled rows (ties: the lower column)."""
+    return str(target_names[singles.best_single(singles.target_means(labels))])
 
 
 def validation_split(
@@ -593,23 +590,17 @@ def _probe_summary(
 def validation_metrics(
     p_val: np.ndarray, y_val: np.ndarray, temperatures: np.ndarray, names: Sequence[str]
 ) -> dict[str, dict[str, float]]:
-    """Per-target AUC, ECE before and after temperature scaling, Brier (calibrated), temperature."""
-    from sklearn.metrics import roc_auc_score
-
-    calibrated = apply_temperature(p_val, temperatures)
-    out: dict[str, dict[str, float]] = {
-        k: {} for k in ("val_auc", "ece_before", "ece_after", "brier", "temperatures")
+    """Per-target AUC, ECE before and after temperature scaling, Brier (calibrated), temperature:
+    :func:`~prefill_router.train.quality.target_quality` of the raw and the calibrated probabilities."""
+    raw = target_quality(p_val, y_val, names)
+    calibrated = target_quality(apply_temperature(p_val, temperatures), y_val, names)
+    return {
+        "val_auc": {name: raw[name]["auc"] for name in names},
+        "ece_before": {name: raw[name]["ece"] for name in names},
+        "ece_after": {name: calibrated[name]["ece"] for name in names},
+        "brier": {name: calibrated[name]["brier"] for name in names},
+        "temperatures": {name: float(t) for name, t in zip(names, temperatures, strict=True)},
     }
-    for j, name in enumerate(names):
-        seen = ~np.isnan(y_val[:, j])
-        truth = y_val[seen, j] >= LABEL_THRESHOLD
-        auc = roc_auc_score(truth, p_val[seen, j]) if 0 < truth.sum() < truth.size else float("nan")
-        out["val_auc"][name] = float(auc)
-        out["ece_before"][name] = expected_calibration_error(p_val[:, j], y_val[:, j])
-        out["ece_after"][name] = expected_calibration_error(calibrated[:, j], y_val[:, j])
-        out["brier"][name] = brier(calibrated[:, j], y_val[:, j])
-        out["temperatures"][name] = float(temperatures[j])
-    return out
 
 
 def _train_members(

@@ -21,7 +21,8 @@ from prefill_router._files import atomic_path
 from prefill_router.probe import ProbeReport
 
 #: Bumped when the probe's maths or report changes: older entries are then never looked up.
-PROBE_CACHE_VERSION = 1
+#: 2: each layer standardised and PCA-reduced by probe.fit_pca, the router transform's helper.
+PROBE_CACHE_VERSION = 2
 
 
 class ProbeCache:

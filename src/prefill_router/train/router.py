@@ -166,16 +166,6 @@ class RouterModel:
             return None
         return apply_temperature(self.ensemble.probabilities(self.calibration.x), self.temperatures)
 
-    @property
-    def calibration_x(self) -> np.ndarray | None:
-        """The calibration rows' net input (None: the router stores none)."""
-        return None if self.calibration is None else self.calibration.x
-
-    @property
-    def calibration_tokens(self) -> np.ndarray | None:
-        """The calibration rows' input-token counts (None: the router stores none)."""
-        return None if self.calibration is None else self.calibration.tokens
-
     # --------------------------------------------------------------- persistence
     @classmethod
     def fit(cls, dataset: RoutingDataset | str | Path, **options: Any) -> Self:
@@ -185,12 +175,10 @@ class RouterModel:
         name, a local model folder, or a list of them to fuse), ``settings`` (a TrainSettings),
         ``dtype``, ``max_tokens``, ``cache_dir``, ``on_progress``, ``on_encode``, and any
         :class:`~prefill_router.train.TrainSettings` field by name (``pca_k=64``, ``seeds=5``).
-        Features go through the feature store, so a refit on the same prompts encodes nothing.
-        The fit report is ``router.fit_report``.
+        Features go through the feature store, so a refit on the same prompts encodes nothing;
+        :class:`~prefill_router.train.trainer.RouterTrainer` also keeps the fit report.
 
-        Example::
-
-            router = Router.fit(RoutingDataset.load("bundled").select(split="train"), seeds=5)
+        Example: ``Router.fit(RoutingDataset.load("bundled").select(split="train"), seeds=5)``
         """
         from prefill_router.train.trainer import RouterTrainer
 
@@ -284,8 +272,6 @@ class RouterModel:
             raise DataError(
                 f"calibration labels must be ({len(prompts)}, {len(self.targets)}); got {labels.shape}"
             )
-        if ((labels < 0) | (labels > 1)).any():
-            raise DataError("calibration labels must lie in [0, 1] (NaN = missing)")
         rows = CalibrationRows(
             x=self.transform.transform(features), tokens=input_tokens(list(prompts)), labels=labels,
             independent=True, source=source,

@@ -7,7 +7,9 @@ block's encoder in the router's encoder list, and features come as one :class:`L
 encoder, in that order. Each target names the blocks its layers came from; targets that chose the
 same layers share one block, so the net's input is every distinct block once, concatenated.
 
-Fitting uses scikit-learn; applying is two numpy lines, so a loaded router needs no scikit-learn.
+Fitting is :func:`prefill_router.probe.fit_pca` (scikit-learn), the helper the layer probes use, so
+layers are chosen on the features the router is trained on; applying is two numpy lines
+(:func:`~prefill_router.probe.apply_pca`), so a loaded router needs no scikit-learn.
 """
 
 from __future__ import annotations
@@ -18,9 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from prefill_router.errors import ConfigError, DataError
-
-#: A standard deviation below this counts as a constant feature (scaled by 1, as scikit-learn does).
-_CONSTANT_STD = 1e-8
+from prefill_router.probe import apply_pca, fit_pca
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ class FeatureBlock:
             raise DataError(
                 f"block {self.name} expects {self.mean.shape[0]} features per prompt; got {x.shape[1]}"
             )
-        out: np.ndarray = ((x - self.mean) / self.scale) @ self.components.T
-        return out
+        return apply_pca(x, self.mean, self.scale, self.components)
 
     @property
     def name(self) -> str:
@@ -108,24 +107,17 @@ def fit_block(
 
     k is capped at min(pca_k, N - 1, D). Raises DataError on NaN/inf features.
     """
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
-
     if not np.isfinite(x).all():
         raise DataError(
             f"block {block_name(encoder, pooling, layers)} has NaN or inf features; re-encode the dataset"
         )
-    scaler = StandardScaler().fit(x)
-    scale = np.where(scaler.scale_ < _CONSTANT_STD, 1.0, scaler.scale_)
-    k = max(1, min(pca_k, x.shape[0] - 1, x.shape[1]))
-    pca = PCA(n_components=k, random_state=seed).fit((x - scaler.mean_) / scale)
-    # After standardisation the training mean is 0, so PCA's own centring is a no-op we can drop.
+    mean, scale, components = fit_pca(x, pca_k, seed)
     return FeatureBlock(
         pooling=pooling,
         layers=tuple(int(layer) for layer in layers),
-        mean=scaler.mean_.astype(np.float32),
-        scale=scale.astype(np.float32),
-        components=pca.components_.astype(np.float32),
+        mean=mean,
+        scale=scale,
+        components=components,
         encoder=encoder,
     )
 

@@ -32,6 +32,8 @@ Example ``serve.yaml``::
     routing_text: last_user        # last_user / first_user / conversation
     client_tokens_env: ROUTER_TOKENS  # comma-separated bearer tokens (or client_tokens: [...])
     cache_size: 10000              # decisions kept (LRU); 0 turns the cache off
+    cache_key_env: ROUTER_CACHE_KEY  # the HMAC key of cache and session keys (default: random per
+                                   # process; with `state`, the one kept in Redis): replicas share it
     max_body_bytes: 1000000
     max_batch: 32                  # prompts per encoder forward
     max_wait_ms: 3                 # how long the first prompt of a batch waits for company
@@ -47,6 +49,11 @@ Example ``serve.yaml``::
       batch-jobs: {token_env: BATCH_TOKEN, pin: false, overrides: [allowed, max_cost_usd]}
     decision_log_max_bytes: 100000000  # --log-decisions rotates past this size ...
     decision_log_backups: 5        # ... keeping this many old files
+    state: redis://127.0.0.1:6379/0   # shared state for several replicas (default: in-process)
+    state_required: false          # true: refuse to start while that Redis is unreachable
+    state_timeout_s: 0.5           # each Redis call; past it, that request uses in-process state
+    state_ttl_s: 86400             # decision cache entries and solved budgets in Redis
+    session_ttl_s: 3600            # session affinity in Redis (renewed at each turn)
 
 Target names must match ``TARGET_NAME`` (letters, digits and ``_ . : / @ + -``, at most 128), so
 that no name can inject a header or a log line.
@@ -61,7 +68,9 @@ from prefill_router.serve.config._fields import (
     ROUTING_TEXTS,
     PolicyName,
     RoutingTextMode,
+    check_state_url,
     parse_floor,
+    redact_password,
 )
 from prefill_router.serve.config.document import (
     ClientSpec,
@@ -99,5 +108,7 @@ __all__ = [
     "ServeFile",
     "TargetSpec",
     "UpstreamTarget",
+    "check_state_url",
     "parse_floor",
+    "redact_password",
 ]

@@ -146,6 +146,7 @@ PositiveCount = Annotated[int, Strict(), Field(ge=1), expect("an integer >= 1")]
 LogBytes = Annotated[int, Strict(), Field(ge=1000), expect("an integer >= 1000")]
 Seconds = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False), expect("a positive number")]
 SecondsOrZero = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False), expect("a number >= 0")]
+Flag = Annotated[bool, Strict(), expect("true or false")]
 Policy = Annotated[PolicyName, expect(lambda v: f" must be one of budget, lambda, tolerance; got {v!r}")]
 Knob = Annotated[float, Strict(), expect("a number")]
 RoutingText = Annotated[
@@ -232,5 +233,59 @@ def check_url(url: Any, where: str) -> str:
     """``url`` without its trailing slash; ConfigError naming ``where`` unless it is an http(s) URL."""
     try:
         return _URL.validate_python(url)
+    except ValidationError as exc:
+        raise config_error(exc, where) from None
+
+
+# ------------------------------------------------------------------------- shared state (Redis)
+def _is_redis_url(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise ValueError("not a Redis URL") from None
+    db = parts.path.strip("/")
+    ok = bool(parts.path) if parts.scheme == "unix" else (
+        parts.scheme in ("redis", "rediss") and bool(parts.hostname) and (db == "" or db.isdigit())
+    )  # fmt: skip
+    if not ok or not url.isprintable():
+        raise ValueError("not a Redis URL")
+    return url
+
+
+def redact_password(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for messages and logs."""
+    head, at, host = url.rpartition("@")
+    scheme, sep, user = head.partition("://")
+    if not at or not sep or ":" not in user:
+        return url
+    return f"{scheme}://{user.split(':')[0]}:***@{host}"
+
+
+RedisUrl = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_is_redis_url),
+    expect(
+        lambda url: (
+            " must be a Redis URL such as redis://127.0.0.1:6379/0 (or rediss://, unix://); got "
+            f"{redact_password(url) if isinstance(url, str) else url!r}"
+        )
+    ),
+]
+_REDIS_URL = TypeAdapter(RedisUrl | None)
+
+
+def check_state_url(url: Any, where: str = "state") -> str | None:
+    """``url`` when it is a Redis URL (``redis://HOST:PORT/DB``, ``rediss://``, ``unix://PATH``);
+    None for None.
+
+    Raises:
+        ConfigError: anything else, naming ``where`` (``state`` or ``--state``), its password hidden.
+    """
+    try:
+        return _REDIS_URL.validate_python(url)
     except ValidationError as exc:
         raise config_error(exc, where) from None

@@ -26,6 +26,7 @@ from prefill_router.serve.config._fields import (
     ROUTER_MODEL,
     Count,
     EnvName,
+    Flag,
     Knob,
     LogBytes,
     ModelId,
@@ -33,6 +34,7 @@ from prefill_router.serve.config._fields import (
     Policy,
     PolicyName,
     PositiveCount,
+    RedisUrl,
     RoutingText,
     Seconds,
     SecondsOrZero,
@@ -208,7 +210,8 @@ def _alone(floor: Any) -> Any:
 #: The settings that go from serve.yaml to ServeConfig as they are written.
 _AS_WRITTEN = {
     "routing_text", "cache_size", "max_body_bytes", "max_batch", "max_wait_ms", "max_prompts", "max_queue",
-    "score_timeout_s", "deadline_s", "drain_s", "decision_log_max_bytes", "decision_log_backups",
+    "score_timeout_s", "deadline_s", "drain_s", "decision_log_max_bytes", "decision_log_backups", "state",
+    "state_required", "state_timeout_s", "state_ttl_s", "session_ttl_s",
 }  # fmt: skip
 
 
@@ -259,6 +262,11 @@ class ServeFile(_Section):
     clients: dict[ClientName, ClientSpec] | None = None
     decision_log_max_bytes: LogBytes = default_of(ServeConfig, "decision_log_max_bytes")
     decision_log_backups: Count = default_of(ServeConfig, "decision_log_backups")
+    state: RedisUrl | None = None
+    state_required: Flag = default_of(ServeConfig, "state_required")
+    state_timeout_s: Seconds = default_of(ServeConfig, "state_timeout_s")
+    state_ttl_s: Seconds = default_of(ServeConfig, "state_ttl_s")
+    session_ttl_s: Seconds = default_of(ServeConfig, "session_ttl_s")
 
     @model_validator(mode="before")
     @classmethod

@@ -21,9 +21,11 @@ from prefill_router.serve.config._fields import (
     OVERRIDE_FIELDS,
     ROUTER_MODEL,
     Count,
+    Flag,
     LogBytes,
     PolicyName,
     PositiveCount,
+    RedisUrl,
     RoutingText,
     Seconds,
     SecondsOrZero,
@@ -114,6 +116,11 @@ class ServeConfig:
     clients: tuple[Client, ...] = ()  # named clients with rights of their own
     decision_log_max_bytes: LogBytes = 100_000_000  # the decision log rotates past this size ...
     decision_log_backups: Count = 5  # ... keeping this many old files
+    state: RedisUrl | None = None  # redis://HOST:PORT/DB: cache, sessions and budgets shared by replicas
+    state_required: Flag = False  # refuse to start while ``state`` is unreachable (else: in-process)
+    state_timeout_s: Seconds = 0.5  # every Redis call; past it the request uses the in-process state
+    state_ttl_s: Seconds = 86_400.0  # decision cache entries and solved budgets kept in Redis
+    session_ttl_s: Seconds = 3_600.0  # a session's target kept in Redis, renewed at each turn
 
     def profile(self, model: str) -> Profile | None:
         """The profile named ``model`` (``router`` is the default one), or None."""
