@@ -423,7 +423,7 @@ def test_openapi_json_documents_the_router_field(proxy: str) -> None:
     assert response.status_code == 200
     schema = response.json()
     components = schema["components"]["schemas"]
-    for path, body in [("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/route", "RouteRequest")]:
+    for path, body in [("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/route", "DecisionRequest")]:
         post = schema["paths"][path]["post"]
         assert post["requestBody"]["content"]["application/json"]["schema"] == {
             "$ref": f"#/components/schemas/{body}"

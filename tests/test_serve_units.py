@@ -418,22 +418,24 @@ def test_request_numbers_beyond_float_range_are_refused() -> None:
 
 
 def test_the_request_models_type_what_the_proxy_reads_and_keep_the_rest() -> None:
-    from prefill_router.serve.protocol import ChatCompletionRequest, RouteRequest
+    from prefill_router.serve.protocol import ChatCompletionRequest, DecisionRequest
 
     body = {"model": "router", "messages": [{"role": "user", "content": "hi", "name": "x"}], "seed": 7,
             "router": {"allowed": ["small"]}, "user": 5}  # fmt: skip
     chat = ChatCompletionRequest.parse(body)
     assert chat.model_extra == {"seed": 7} and chat.messages[0] == body["messages"][0]  # type: ignore[index]
     assert (chat.stream, chat.session_user, chat.overrides.allowed) == (False, None, ("small",))
-    route = RouteRequest.parse({"prompts": ["a", "b"], "prompt": 5, "messages": "x"})  # only prompts is read
+    route = DecisionRequest.parse(
+        {"prompts": ["a", "b"], "prompt": 5, "messages": "x"}
+    )  # only prompts is read
     assert route.texts("last_user") == ["a", "b"]
     with pytest.raises(ApiError, match=r"^'prompts' holds 3 prompts; one request may hold at most 2") as info:
-        RouteRequest.parse({"prompts": [1, 2, 3], "router": {}}, max_prompts=2)
+        DecisionRequest.parse({"prompts": [1, 2, 3], "router": {}}, max_prompts=2)
     assert info.value.code == "too_many_prompts"
     with pytest.raises(ApiError, match=r"^'prompt' must be a non-empty string"):
-        RouteRequest.parse({"prompt": None})
+        DecisionRequest.parse({"prompt": None})
     with pytest.raises(ApiError, match=r"^unknown field router\.x"):  # the router field before the prompts
-        RouteRequest.parse({"prompts": [], "router": {"x": 1}})
+        DecisionRequest.parse({"prompts": [], "router": {"x": 1}})
 
 
 def test_decisions_and_errors_dump_as_the_dicts_they_replace() -> None:

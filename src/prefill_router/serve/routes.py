@@ -24,10 +24,10 @@ from prefill_router.errors import ApiError
 from prefill_router.serve.config import OVERRIDE_FIELDS, ROUTER_MODEL, Client, Profile, ServeConfig
 from prefill_router.serve.protocol import (
     ChatCompletionRequest,
+    DecisionRequest,
     ErrorResponse,
     RouteDecision,
     RouteDecisionList,
-    RouteRequest,
     check_messages,
     check_model,
     check_unicode,
@@ -111,7 +111,7 @@ async def models(request: Request) -> dict[str, Any]:
 
 @endpoints.post(
     "/v1/route",
-    openapi_extra=_request_body(RouteRequest),
+    openapi_extra=_request_body(DecisionRequest),
     responses={200: {"model": RouteDecision | RouteDecisionList}, **_REFUSALS},
 )
 async def route(request: Request) -> dict[str, Any]:
@@ -124,7 +124,7 @@ async def route(request: Request) -> dict[str, Any]:
     profile = _profile(check_model(body.get("model", ROUTER_MODEL)), service, pin=False)
     assert profile is not None  # pin=False never returns None
     _check_rights(client, body.get("router"), pinned=None)
-    parsed = RouteRequest.parse(body, max_prompts=config.max_prompts)
+    parsed = DecisionRequest.parse(body, max_prompts=config.max_prompts)
     texts = parsed.texts(config.routing_text)
     routed = await asyncio.gather(*(service.route(text, profile, parsed.overrides) for text in texts))
     for r in routed:

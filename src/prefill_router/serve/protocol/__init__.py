@@ -1,7 +1,7 @@
 """The wire protocol: the proxy's request and response bodies as pydantic models, and a decision's
 wire forms (:class:`Routed`: the ``x-router-*`` headers and the ``/v1/route`` object).
 
-Requests (:class:`ChatCompletionRequest`, :class:`RouteRequest`) type the fields the proxy reads
+Requests (:class:`ChatCompletionRequest`, :class:`DecisionRequest`) type the fields the proxy reads
 and let every other field through: the chat body is forwarded as it was received (only ``model``
 replaced, ``router`` removed), never re-serialized from its model. Each field's type carries the
 words of its refusal, so a malformed field is refused as :class:`~prefill_router.errors.ApiError`
@@ -40,7 +40,7 @@ from prefill_router.serve.protocol.options import (
 from prefill_router.serve.protocol.requests import (
     ChatCompletionRequest,
     ChatMessage,
-    RouteRequest,
+    DecisionRequest,
     check_messages,
     check_model,
     check_unicode,
@@ -62,12 +62,12 @@ __all__ = [
     "MAX_NAME_CHARS",
     "ChatCompletionRequest",
     "ChatMessage",
+    "DecisionRequest",
     "ErrorDetail",
     "ErrorResponse",
     "Overrides",
     "RouteDecision",
     "RouteDecisionList",
-    "RouteRequest",
     "Routed",
     "RouterOptions",
     "check_messages",

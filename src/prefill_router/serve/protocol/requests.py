@@ -1,5 +1,5 @@
 """The requests as the proxy reads them: :class:`ChatCompletionRequest` (every other field passes
-through) and :class:`RouteRequest`, the checks the handlers run first, and the text routed on.
+through) and :class:`DecisionRequest`, the checks the handlers run first, and the text routed on.
 """
 
 from __future__ import annotations
@@ -140,11 +140,12 @@ class ChatCompletionRequest(BaseModel):
 _SOURCES = ("prompts", "prompt", "messages")  # of a route request's text, the first present is read
 
 
-class RouteRequest(BaseModel):
+class DecisionRequest(BaseModel):
     """A ``/v1/route`` request: ``prompts`` (a batch), ``prompt`` or ``messages``, the first present
     (the others are not read); other fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, title="RouteRequest")
+    # The /v1/route body; prefill_router.RouteRequest is the Python API's routing options.
+    model_config = ConfigDict(extra="ignore", frozen=True, title="DecisionRequest")
 
     model: ModelName = ROUTER_MODEL
     router: RouterOptions | None = Field(None, description="The proxy's routing options.")
@@ -185,13 +186,13 @@ class RouteRequest(BaseModel):
         return prompts
 
     @model_validator(mode="after")
-    def _one_source(self) -> RouteRequest:
+    def _one_source(self) -> DecisionRequest:
         if self.prompts is None and self.prompt is None and self.messages is None:
             raise refused("send 'prompt', 'prompts' or 'messages'", "prompt")
         return self
 
     @classmethod
-    def parse(cls, body: Mapping[str, Any], *, max_prompts: int | None = None) -> RouteRequest:
+    def parse(cls, body: Mapping[str, Any], *, max_prompts: int | None = None) -> DecisionRequest:
         """The request, with at most ``max_prompts`` prompts.
 
         Raises:

@@ -16,7 +16,7 @@ from pydantic.json_schema import models_json_schema
 
 from prefill_router.errors import ApiError
 from prefill_router.policy import Decision
-from prefill_router.serve.protocol.requests import ChatCompletionRequest, RouteRequest
+from prefill_router.serve.protocol.requests import ChatCompletionRequest, DecisionRequest
 
 _ASCII = str.maketrans(
     {"μ": "mu", "λ": "lambda", "τ": "tau", "δ": "delta", "−": "-", "·": "*", "ĉ": "c_norm", "…": "..."}
@@ -84,7 +84,7 @@ class ErrorResponse(BaseModel):
 def openapi_schemas() -> dict[str, Any]:
     """The request bodies' JSON schemas as OpenAPI components (``#/components/schemas/NAME``)."""
     _, schemas = models_json_schema(
-        [(ChatCompletionRequest, "validation"), (RouteRequest, "validation")],
+        [(ChatCompletionRequest, "validation"), (DecisionRequest, "validation")],
         ref_template="#/components/schemas/{model}",
     )
     definitions: dict[str, Any] = schemas["$defs"]
