@@ -311,10 +311,11 @@ def test_importing_the_package_does_not_import_serve() -> None:
 
 
 def test_header_values_are_printable_ascii() -> None:
-    from prefill_router.serve.app import header_safe
+    from prefill_router.policy.decision import header_text
 
-    assert header_safe("budget policy, mu=0: picked a") == "budget policy, mu=0: picked a"
-    assert header_safe("x\r\nset-cookie: a=b\x00é") == "x??set-cookie: a=b??"
+    assert header_text("budget policy, mu=0: picked a") == "budget policy, mu=0: picked a"
+    assert header_text("x\r\nset-cookie: a=b\x00é") == "x??set-cookie: a=b??"
+    assert header_text("μ=2·c − λ·ĉ, δ=0.05 …") == "mu=2*c - lambda*c_norm, delta=0.05 ..."
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,22 @@ from prefill_router.policy.choice import _check_costs, _check_matrix, _choose, c
 # ---------------------------------------------------------------------------------------------------
 # one request
 
+#: The reason's symbols spelled out for HTTP headers, which carry printable ASCII only.
+_ASCII = str.maketrans(
+    {"μ": "mu", "λ": "lambda", "τ": "tau", "δ": "delta", "−": "-", "·": "*", "ĉ": "c_norm", "…": "..."}
+)
+
+
+def header_text(text: str) -> str:
+    """``text`` as an HTTP header value: a reason's symbols spelled out (μ -> mu ...), anything else
+    that is not printable ASCII (CR, LF, é ...) as ``?``.
+
+    Example:
+        >>> header_text("budget policy, μ=1e+02\r\n")
+        'budget policy, mu=1e+02??'
+    """
+    return "".join(c if " " <= c <= "~" else "?" for c in text.translate(_ASCII))
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -34,6 +50,17 @@ class Decision:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (an infinite knob becomes null)."""
         out: dict[str, Any] = finite_or_none(asdict(self))
+        return out
+
+    def header_fields(self) -> dict[str, str]:
+        """``reason``, ``probabilities`` and ``estimated-cost`` as HTTP header values (what the proxy
+        sends as ``x-router-*`` and the LiteLLM step as ``x-litellm-prefill-router-*``); a decision
+        without probabilities or costs (pinned, fallback) leaves those out."""
+        out = {"reason": header_text(self.reason)}
+        if self.probabilities:
+            out["probabilities"] = ",".join(f"{t}={p:.3f}" for t, p in self.probabilities.items())
+        if self.target in self.costs_usd:
+            out["estimated-cost"] = f"{self.costs_usd[self.target]:.6g}"
         return out
 
 

@@ -36,14 +36,14 @@ from prefill_router._version import __version__
 from prefill_router.errors import ConfigError, DataError
 from prefill_router.serve.config import DEFAULT_PROFILE, ROUTER_MODEL, ServeConfig
 from prefill_router.serve.middleware import CountRequests, add_error_handlers
-from prefill_router.serve.protocol import Routed, header_safe, openapi_schemas
+from prefill_router.serve.protocol import Routed, openapi_schemas
 from prefill_router.serve.routes import endpoints
 from prefill_router.serve.service import RoutingService
 
 if TYPE_CHECKING:
     from prefill_router.policy import Router
 
-__all__ = ["Routed", "RoutingService", "check_servable", "create_app", "header_safe"]
+__all__ = ["Routed", "RoutingService", "check_servable", "create_app"]
 
 log = logging.getLogger("prefill_router.serve")
 

@@ -20,6 +20,8 @@ from litellm.router_api import ChangeSet
 from litellm.types.router import Deployment, LiteLLM_Params, RoutingContext
 
 from prefill_router.policy import Decision, RoutePlan, Router
+from prefill_router.policy.decision import header_text
+from prefill_router.serve.protocol import user_text
 
 __all__ = [
     "DECISIONS_KEPT",
@@ -39,9 +41,6 @@ DECISIONS_KEPT = 4096
 #: The complexity auto-router's marker model and the cause it records for a classifier's tier.
 _MARKER_MODEL = "auto_router/complexity_router"
 _PLUGIN_CAUSE = "classifier_plugin"
-_ASCII = str.maketrans(
-    {"μ": "mu", "λ": "lambda", "τ": "tau", "δ": "delta", "−": "-", "·": "*", "ĉ": "c_norm", "…": "..."}
-)
 
 
 class PrefillRouting:
@@ -242,8 +241,8 @@ class _DecisionCache:
 
 
 def routing_text(messages: object) -> str | None:
-    """The text a request is routed on: its last user message with text (a string, or the text
-    parts of a content list); None when there is none.
+    """The text a request is routed on: its last user message with text (as the proxy's
+    ``routing_text: last_user`` reads it); None when there is none.
 
     Example:
         >>> routing_text([{"role": "user", "content": "hi"}, {"role": "user", "content": "sum 2+2"}])
@@ -251,16 +250,7 @@ def routing_text(messages: object) -> str | None:
     """
     if not isinstance(messages, Sequence):
         return None
-    for message in reversed(messages):
-        if not isinstance(message, Mapping) or message.get("role") != "user":
-            continue
-        content = message.get("content")
-        if isinstance(content, list):
-            parts = [p for p in content if isinstance(p, Mapping) and p.get("type") == "text"]
-            content = "\n".join(str(p.get("text", "")) for p in parts)
-        if isinstance(content, str) and content.strip():
-            return content
-    return None
+    return user_text([m for m in messages if isinstance(m, Mapping)], "last_user") or None
 
 
 def decision_headers(decision: Decision) -> dict[str, str]:
@@ -270,17 +260,7 @@ def decision_headers(decision: Decision) -> dict[str, str]:
         >>> sorted(decision_headers(Router.load("router/").route("hi")))  # doctest: +SKIP
         ['x-litellm-prefill-router-certificate', 'x-litellm-prefill-router-estimated-cost', ...]
     """
-    out = {
-        "target": decision.target,
-        "reason": decision.reason,
-        "probabilities": ",".join(f"{t}={p:.3f}" for t, p in decision.probabilities.items()),
-        "estimated-cost": f"{decision.costs_usd[decision.target]:.6g}",
-    }
+    out = {"target": header_text(decision.target), **decision.header_fields()}
     if decision.certificate is not None:
-        out["certificate"] = str(decision.certificate["message"])
-    return {HEADER_PREFIX + name: _header_value(value) for name, value in out.items()}
-
-
-def _header_value(text: str) -> str:
-    """``text`` as a header value: Greek letters spelled out, anything else not printable ASCII as ``?``."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text.translate(_ASCII))
+        out["certificate"] = header_text(str(decision.certificate["message"]))
+    return {HEADER_PREFIX + name: value for name, value in out.items()}

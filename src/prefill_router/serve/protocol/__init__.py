@@ -46,6 +46,7 @@ from prefill_router.serve.protocol.requests import (
     check_unicode,
     message_text,
     routing_text,
+    user_text,
 )
 from prefill_router.serve.protocol.responses import (
     ErrorDetail,
@@ -53,7 +54,6 @@ from prefill_router.serve.protocol.responses import (
     Routed,
     RouteDecision,
     RouteDecisionList,
-    header_safe,
     openapi_schemas,
 )
 
@@ -73,9 +73,9 @@ __all__ = [
     "check_messages",
     "check_model",
     "check_unicode",
-    "header_safe",
     "message_text",
     "openapi_schemas",
     "parse_overrides",
     "routing_text",
+    "user_text",
 ]

@@ -293,8 +293,23 @@ def message_text(message: Mapping[str, Any]) -> str:
     return ""
 
 
+def user_text(messages: Sequence[Mapping[str, Any]], mode: str = "last_user") -> str:
+    """The text a conversation is routed on (empty when it holds none): its last or first user
+    message with text, or the whole conversation (``mode``: last_user / first_user / conversation).
+
+    Example:
+        >>> user_text([{"role": "user", "content": "hi"}, {"role": "user", "content": "sum 2+2"}])
+        'sum 2+2'
+    """
+    if mode == "conversation":
+        return "\n".join(f"{m['role']}: {message_text(m)}" for m in messages if message_text(m).strip())
+    users = [message_text(m) for m in messages if m.get("role") == "user"]
+    users = [u for u in users if u.strip()]
+    return (users[0] if mode == "first_user" else users[-1]) if users else ""
+
+
 def routing_text(messages: Sequence[Mapping[str, Any]], mode: str) -> str:
-    """The text a request is routed on: the last or first user message, or the whole conversation.
+    """:func:`user_text` of a request.
 
     Raises:
         ApiError: 400 when that text is empty (no user text to route on).
@@ -304,12 +319,7 @@ def routing_text(messages: Sequence[Mapping[str, Any]], mode: str) -> str:
         >>> routing_text(turns, "last_user")
         'sum 2+2'
     """
-    if mode == "conversation":
-        text = "\n".join(f"{m['role']}: {message_text(m)}" for m in messages if message_text(m).strip())
-    else:
-        users = [message_text(m) for m in messages if m.get("role") == "user"]
-        users = [u for u in users if u.strip()]
-        text = (users[0] if mode == "first_user" else users[-1]) if users else ""
+    text = user_text(messages, mode)
     if not text.strip():
         raise bad("the messages hold no user text to route on", "messages")
     return text

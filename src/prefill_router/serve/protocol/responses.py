@@ -18,10 +18,6 @@ from prefill_router.errors import ApiError
 from prefill_router.policy import Decision
 from prefill_router.serve.protocol.requests import ChatCompletionRequest, DecisionRequest
 
-_ASCII = str.maketrans(
-    {"μ": "mu", "λ": "lambda", "τ": "tau", "δ": "delta", "−": "-", "·": "*", "ĉ": "c_norm", "…": "..."}
-)
-
 
 class RouteDecision(BaseModel):
     """One ``/v1/route`` decision: the target, every probability and cost, why, and where it came from."""
@@ -101,12 +97,7 @@ class Routed:
 
     def headers(self) -> dict[str, str]:
         """The x-router-* decision headers (printable ASCII only)."""
-        d = self.decision
-        out = {"x-router-reason": header_safe(d.reason.translate(_ASCII))}
-        if d.probabilities:
-            out["x-router-probabilities"] = ",".join(f"{t}={p:.3f}" for t, p in d.probabilities.items())
-        if d.target in d.costs_usd:
-            out["x-router-estimated-cost"] = f"{d.costs_usd[d.target]:.6g}"
+        out = {f"x-router-{name}": value for name, value in self.decision.header_fields().items()}
         out["x-router-cache"] = "hit" if self.cached else "miss"
         return out
 
@@ -116,8 +107,3 @@ class Routed:
             {**self.decision.to_json(), "source": self.source, "cached": self.cached}
         )
         return decision.model_dump()
-
-
-def header_safe(text: str) -> str:
-    """``text`` as a header value: printable ASCII, anything else (CR, LF, é ...) as ``?``."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text)
