@@ -234,6 +234,13 @@ def _fit_tiny_router(model_dir: Path, cache: Path, folder: Path) -> Path:
     return router.save(folder / "router")
 
 
+def tiny_router(model_dir: Path, factory: Any, name: str) -> Any:
+    """The session's tiny router in a fresh folder ``name`` of ``factory`` (a TempPathFactory),
+    loaded with a one-thread encoder."""
+    cache = factory.getbasetemp() / "cache"
+    return load_tiny_router(build_tiny_router(model_dir, cache, factory.mktemp(name)), model_dir, cache)
+
+
 def load_tiny_router(path: Path, model_dir: Path, cache: Path) -> Any:
     """Load the saved tiny router with a one-thread encoder."""
     from prefill_router import Router

@@ -37,9 +37,9 @@ from tests.serve_support import (
     build_tiny_router,
     completion_bytes,
     fake_upstream,
-    load_tiny_router,
     prometheus,
     running_proxy,
+    tiny_router,
 )
 from tests.test_serve_app import CODE, FALLBACK, MATH, TARGETS, config_for
 
@@ -48,9 +48,7 @@ pytestmark = pytest.mark.adversarial
 
 @pytest.fixture(scope="module")
 def router(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Router:
-    cache = tmp_path_factory.getbasetemp() / "cache"
-    path = build_tiny_router(tiny_llama_dir, cache, tmp_path_factory.mktemp("adversarial"))
-    loaded: Router = load_tiny_router(path, tiny_llama_dir, cache)
+    loaded: Router = tiny_router(tiny_llama_dir, tmp_path_factory, "adversarial")
     return loaded
 
 

@@ -23,13 +23,12 @@ from tests.serve_support import (
     UPSTREAM_IDS,
     FakeBehaviour,
     ServerThread,
-    build_tiny_router,
     completion_bytes,
     fake_upstream,
-    load_tiny_router,
     prometheus,
     running_proxy,
     stream_chunks,
+    tiny_router,
 )
 
 TOKEN = "test-token"
@@ -42,9 +41,7 @@ MATH = "math question: blue square number"
 
 @pytest.fixture(scope="module")
 def router(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Router:
-    cache = tmp_path_factory.getbasetemp() / "cache"
-    path = build_tiny_router(tiny_llama_dir, cache, tmp_path_factory.mktemp("serve"))
-    loaded: Router = load_tiny_router(path, tiny_llama_dir, cache)
+    loaded: Router = tiny_router(tiny_llama_dir, tmp_path_factory, "serve")
     return loaded
 
 

@@ -27,11 +27,10 @@ from prefill_router import Router
 from tests.serve_support import (
     FakeBehaviour,
     ServerThread,
-    build_tiny_router,
     fake_upstream,
-    load_tiny_router,
     prometheus,
     running_proxy,
+    tiny_router,
 )
 from tests.test_serve_app import TARGETS, TOKEN, config_for
 
@@ -146,9 +145,7 @@ sessions = st.none() | st.text(alphabet=st.characters(min_codepoint=33, max_code
 # ------------------------------------------------------------------------------ the servers
 @pytest.fixture(scope="module")
 def proxy(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    cache = tmp_path_factory.getbasetemp() / "cache"
-    path = build_tiny_router(tiny_llama_dir, cache, tmp_path_factory.mktemp("fuzz"))
-    router: Router = load_tiny_router(path, tiny_llama_dir, cache)
+    router: Router = tiny_router(tiny_llama_dir, tmp_path_factory, "fuzz")
     with ServerThread(fake_upstream(FakeBehaviour())) as upstream:
         config = config_for(upstream.url, max_body_bytes=20_000, score_timeout_s=5.0)
         with running_proxy(router, config) as url:

@@ -29,7 +29,7 @@ from prefill_router.serve.metrics import Metrics
 from prefill_router.serve.redis_state import RedisState, probe, router_namespace
 from prefill_router.serve.state import LocalState
 from tests.redis_support import RedisServer, free_port, redis_server
-from tests.serve_support import build_tiny_router, load_tiny_router, prometheus, running_proxy
+from tests.serve_support import build_tiny_router, prometheus, running_proxy, tiny_router
 from tests.test_serve_app import AUTH, CODE, MATH, config_for
 
 T = TypeVar("T")
@@ -282,9 +282,7 @@ def test_state_required_refuses_to_start_without_redis(
 # ====================================================================== two proxies, one Redis
 @pytest.fixture(scope="module")
 def router(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Router:
-    cache = tmp_path_factory.getbasetemp() / "cache"
-    path = build_tiny_router(tiny_llama_dir, cache, tmp_path_factory.mktemp("state"))
-    loaded: Router = load_tiny_router(path, tiny_llama_dir, cache)
+    loaded: Router = tiny_router(tiny_llama_dir, tmp_path_factory, "state")
     return loaded
 
 

@@ -61,6 +61,11 @@ from prefill_router.serve.config.settings import (
 )
 
 
+def knob_suits_policy(knob: float | None, info: ValidationInfo) -> float | None:
+    """A ``knob`` in the range of the ``policy`` beside it (a profile's or the top level's)."""
+    policy = info.data.get("policy")
+    return knob if knob is None or policy is None else check_knob_words(policy, knob)
+
 class _Section(BaseModel):
     """A mapping of serve.yaml: known fields only, each checked in declaration order."""
 
@@ -137,11 +142,7 @@ class ProfileSpec(FloorSpec):
             no_unknown_fields(data, ("policy", "knob"), "; expected policy, knob (or a floor's fields)")
         return data
 
-    @field_validator("knob")
-    @classmethod
-    def _knob_suits_policy(cls, knob: float | None, info: ValidationInfo) -> float | None:
-        policy = info.data.get("policy")
-        return knob if knob is None or policy is None else check_knob_words(policy, knob)
+    _knob_suits_policy = field_validator("knob")(knob_suits_policy)
 
     @property
     def is_floor(self) -> bool:
@@ -294,11 +295,7 @@ class ServeFile(_Section):
         check_names(list(raw), names)
         return raw
 
-    @field_validator("knob")
-    @classmethod
-    def _knob_suits_policy(cls, knob: float | None, info: ValidationInfo) -> float | None:
-        policy = info.data.get("policy")
-        return knob if knob is None or policy is None else check_knob_words(policy, knob)
+    _knob_suits_policy = field_validator("knob")(knob_suits_policy)
 
     @field_validator("profiles", mode="before")
     @classmethod
