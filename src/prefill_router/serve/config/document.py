@@ -66,6 +66,7 @@ def knob_suits_policy(knob: float | None, info: ValidationInfo) -> float | None:
     policy = info.data.get("policy")
     return knob if knob is None or policy is None else check_knob_words(policy, knob)
 
+
 class _Section(BaseModel):
     """A mapping of serve.yaml: known fields only, each checked in declaration order."""
 
