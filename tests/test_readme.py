@@ -20,6 +20,7 @@ def test_ci_runs_make_test() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the subprocess's own limit; pyproject's 600 s default would cut it first
 def test_make_demo_runs_end_to_end() -> None:
     done = subprocess.run(
         ["make", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False
